@@ -1,0 +1,149 @@
+"""The `runner` command: parse, call, print. One subcommand per verb.
+
+Exit codes: 0 all good; 1 the input is invalid, over budget or not ready; 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner import __version__
+from runner.errors import RecipeInvalid, UserError
+
+
+def _recipe_files(args: Sequence[str]) -> list[Path]:
+    """Expand directories to their recipe files (not the repo defaults)."""
+    from runner.recipe import DEFAULTS_FILE
+
+    out: list[Path] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*.y*ml") if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE)
+        else:
+            out.append(p)
+    return out
+
+
+def _load_all(paths: Sequence[str]):
+    from runner import recipe
+
+    loaded, problems = [], []
+    for path in _recipe_files(paths):
+        try:
+            loaded.append(recipe.load(path))
+        except RecipeInvalid as e:
+            problems += [str(p) for p in e.problems]
+    return loaded, problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded, problems = _load_all(args.recipes)
+    for line in problems:
+        print(line, file=sys.stderr)
+    for item in loaded:
+        print(f"ok: {item.display}")
+    if not loaded and not problems:
+        print("error: no recipe files given or found", file=sys.stderr)
+        return 1
+    return 1 if problems else 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from runner import hub, render, report
+
+    token = None if hub.offline() else _token_if_hub(args.dataset)
+    sample = report.load_sample(args.dataset, split=args.split, config=args.config, revision=args.revision,
+                                root=Path.cwd(), token=token)
+    result = report.from_sample(sample)
+    if args.json:
+        print(json.dumps(result.public(), ensure_ascii=False))
+    else:
+        print(render.report_text(result, args.method))
+    if args.method:
+        return 0 if result.methods[args.method].status == "ready" else 1
+    return 0
+
+
+def _token_if_hub(dataset: str) -> str | None:
+    from runner import hub
+    from runner.recipe import looks_local_dataset
+
+    return None if looks_local_dataset(dataset) or Path(dataset).is_file() else hub.token()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from runner import gather, hub, render
+
+    loaded, problems = _load_all(args.recipes)
+    token = None if hub.offline() else hub.token()
+    price_table = gather.prices(token) if loaded else None
+    plans = []
+    for item in loaded:
+        try:
+            plans.append(gather.plan_recipe(item, token=token, price_table=price_table))
+        except UserError as e:
+            problems.append(str(e))
+    if not loaded and not problems:
+        problems.append("error: no recipe files given or found")
+    if args.json:
+        print(json.dumps({"ok": not problems and all(p.ok for p in plans), "errors": problems,
+                          "plans": [p.model_dump(mode="json") | {"ok": p.ok} for p in plans]}, ensure_ascii=False))
+    elif args.markdown:
+        print(render.plan_markdown(plans, problems))
+    else:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print("\n\n".join(render.plan_text(p) for p in plans))
+    return 0 if not problems and all(p.ok for p in plans) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description="Fine-tune LLMs as code: recipes in, models out.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check recipe files; one located line per problem")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("inspect", help="sample a dataset and say which methods it is ready for")
+    p.add_argument("dataset", metavar="DATASET", help="local .jsonl/.json/.csv/.parquet file or Hub dataset id")
+    p.add_argument("--split", default="train")
+    p.add_argument("--config", default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--method", choices=["sft", "dpo", "grpo", "kto"], default=None,
+                   help="show only this method; exit 1 unless it is ready")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plan", help="estimate hardware, time and cost for recipes")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument("--markdown", action="store_true", help="print the pull-request comment body")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for users; RUNNER_DEBUG=1 shows it
+        if os.environ.get("RUNNER_DEBUG"):
+            raise
+        print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              "rerun with RUNNER_DEBUG=1 and report it", file=sys.stderr)
+        return 1

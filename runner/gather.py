@@ -1,0 +1,86 @@
+"""Everything the plan needs to know, fetched at the edge: data sample, model facts, prices.
+
+Each source degrades instead of failing where it can: no token means built-in prices,
+no network means a model size from the built-in table or the model's name, and the
+plan lists what it had to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runner import hardware, hub, modelfacts, report
+from runner.errors import UserError
+from runner.formats import METHODS, MethodVerdict
+from runner.hardware import HardwareFlavor
+from runner.modelfacts import ModelFacts
+from runner.plan import Plan, plan
+from runner.recipe import LoadedRecipe
+from runner.report import DatasetReport
+
+HUB_TIMEOUT = 10.0
+
+
+@dataclass
+class Prices:
+    flavors: list[HardwareFlavor]
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def prices(token: str | None) -> Prices:
+    """Built-in prices, refreshed from the live hardware endpoint when a token is present."""
+    if not token or hub.offline():
+        return Prices(hardware.catalog(), "built-in price table")
+    try:
+        live = hardware.live_prices_from(hub.api(token).list_jobs_hardware())
+    except Exception as e:  # any failure: fall back, and say so
+        return Prices(hardware.catalog(), "built-in price table",
+                      [f"could not refresh prices from the Hub ({_why(e)}); using the built-in table"])
+    if not live:
+        return Prices(hardware.catalog(), "built-in price table")
+    return Prices(hardware.catalog(live), "live Hub hardware prices")
+
+
+def model_facts(loaded: LoadedRecipe, token: str | None) -> tuple[ModelFacts, list[str]]:
+    r = loaded.recipe
+    if r.base_model_is_local:
+        return modelfacts.from_local(loaded.local(r.base_model), r.base_model), []
+    reason = "offline"
+    if not hub.offline():
+        try:
+            return modelfacts.from_hub(r.base_model, hub.api(token)), []
+        except UserError:
+            raise
+        except Exception as e:  # network or server trouble: fall back to what we know
+            reason = _why(e)
+    facts = modelfacts.from_name(r.base_model)
+    if facts is None:
+        raise UserError(f"{loaded.display}: base_model: cannot tell the size of '{r.base_model}' ({reason}) and it is "
+                        "not a well-known model; run the plan with network access")
+    return facts, [f"model facts not read from the Hub ({reason})"]
+
+
+def dataset_report(loaded: LoadedRecipe, token: str | None) -> DatasetReport:
+    d = loaded.recipe.dataset
+    try:
+        sample = report.load_sample(d.path, split=d.split, config=d.config, revision=d.revision, root=loaded.root,
+                                    token=token)
+    except UserError as e:
+        verdict = MethodVerdict(status="unknown", reason=f"dataset could not be read: {e}")
+        return DatasetReport(dataset=d.path, config=d.config, split=d.split, rows=None, rows_exact=False, columns=[],
+                             methods={m: verdict for m in METHODS}, sample_size=0, source="none")
+    return report.from_sample(sample, d.columns)
+
+
+def plan_recipe(loaded: LoadedRecipe, *, token: str | None, price_table: Prices) -> Plan:
+    facts, notes = model_facts(loaded, token)
+    data = dataset_report(loaded, token)
+    result = plan(loaded, data, facts, price_table.flavors, price_source=price_table.source)
+    extra = price_table.warnings + notes
+    return result.model_copy(update={"warnings": result.warnings + extra}) if extra else result
+
+
+def _why(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:160] if text else type(e).__name__

@@ -1,0 +1,364 @@
+"""The cost plan: pure arithmetic from recipe, dataset report, model facts and flavors.
+
+The estimate is deliberately simple and stated, so a reviewer can check it:
+- tokens: mean sampled row length (about 4 characters per token) x rows x epochs;
+- compute: 6 FLOPs per parameter per token for full fine-tuning, 4 with LoRA (no
+  weight gradients), +2 with gradient checkpointing, +2 for DPO's reference pass;
+- time: compute over the flavor's peak throughput at a stated utilisation, plus
+  start-up (image, model download);
+- memory: weights, gradients and AdamW states (sharded by FSDP when one GPU is not
+  enough), activations for one micro-batch (checkpointed or not), logits, overhead;
+- flavor: the lowest estimated total cost among those that fit, not the cheapest hour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from runner.formats import MethodVerdict
+from runner.hardware import GiB, HardwareFlavor
+from runner.modelfacts import ModelFacts
+from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
+from runner.report import DatasetReport
+
+CHARS_PER_TOKEN = 4.0
+TOKENS_PER_MESSAGE = 4  # chat-template markup around each turn
+GPU_UTILISATION = 0.35
+CPU_UTILISATION = 0.25
+GENERATION_UTILISATION = 0.05  # GRPO decoding is memory-bound
+MULTI_DEVICE_SCALING = 0.9
+STARTUP_SECONDS = 300  # image pull, dependency install, dataset load
+DOWNLOAD_BYTES_PER_SECOND = 200e6
+MAX_HOURS = 48.0  # a flavor that needs longer is not considered
+UNKNOWN_ROWS = 10_000
+DEFAULT_VOCAB = 128_000
+GPU_OVERHEAD = 1.5 * GiB  # CUDA context, allocator slack
+CPU_OVERHEAD = 1.0 * GiB
+GGUF_FLAVORS = ("cpu-upgrade", "a10g-large", "l40sx1", "a100-large")
+TIMEOUT_HEADROOM = 1.5
+
+
+class Plan(BaseModel):
+    recipe: str
+    name: str
+    method: str
+    base_model: str
+    params: int
+    params_source: str
+    lora: bool
+    learning_rate: float
+    dataset: MethodVerdict
+    rows: int | None
+    tokens: int
+    flavor: str | None
+    strategy: Literal["single", "ddp", "fsdp"] | None
+    devices: int
+    memory_gb: float
+    memory_capacity_gb: float | None
+    fits: bool
+    hours: float
+    train_cost_usd: float
+    gguf_cost_usd: float
+    cost_usd: float
+    max_cost_usd: float
+    timeout_seconds: int
+    budget_usd: float | None
+    within_budget: bool
+    output_repo: str | None
+    price_source: str
+    warnings: list[str]
+    guesses: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.fits and self.within_budget and self.dataset.status == "ready"
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def _text_tokens(value: Any) -> float:
+    if isinstance(value, str):
+        return len(value) / CHARS_PER_TOKEN
+    if isinstance(value, list):  # a conversation
+        return sum(_text_tokens(m.get("content", "")) + TOKENS_PER_MESSAGE if isinstance(m, dict) else _text_tokens(m)
+                   for m in value)
+    if isinstance(value, dict):
+        return sum(_text_tokens(v) for v in value.values())
+    return 0.0 if value is None else len(str(value)) / CHARS_PER_TOKEN
+
+
+def row_sequences(row: dict[str, Any], method: str, completion_tokens: int) -> list[float]:
+    """Token lengths of the sequences one row becomes in training, before truncation."""
+    if method == "sft":
+        if "messages" in row:
+            return [_text_tokens(row["messages"])]
+        if "text" in row:
+            return [_text_tokens(row["text"])]
+        return [_text_tokens(row.get("prompt")) + _text_tokens(row.get("completion")) + 2 * TOKENS_PER_MESSAGE]
+    if method == "dpo":
+        prompt = _text_tokens(row.get("prompt"))
+        return [prompt + _text_tokens(row.get("chosen")), prompt + _text_tokens(row.get("rejected"))]
+    if method == "grpo":
+        return [_text_tokens(row.get("prompt")) + completion_tokens]
+    return [_text_tokens(row)]
+
+
+def sequence_stats(rows: Sequence[dict], method: str, max_length: int, completion_tokens: int) -> tuple[float, float, float]:
+    """(mean tokens per row, longest sequence, fraction of rows truncated), all after truncation."""
+    if not rows:
+        return 0.0, 0.0, 0.0
+    per_row, longest, truncated = [], 0.0, 0
+    for row in rows:
+        seqs = row_sequences(row, method, completion_tokens)
+        truncated += any(s > max_length for s in seqs)
+        clipped = [min(s, max_length) for s in seqs]
+        per_row.append(sum(clipped))
+        longest = max(longest, *clipped)
+    return sum(per_row) / len(per_row), longest, truncated / len(rows)
+
+
+# --- shape and memory --------------------------------------------------------------------------
+
+
+def model_shape(facts: ModelFacts) -> tuple[int, int, int]:
+    """(hidden, layers, vocab), from the config when known, else from a dense-decoder rule of thumb."""
+    hidden = facts.hidden_size or max(256, int(4096 * math.sqrt(facts.params / 8e9) / 128) * 128)
+    layers = facts.num_layers or max(2, round(facts.params / (12 * hidden * hidden)))
+    return hidden, layers, facts.vocab_size or DEFAULT_VOCAB
+
+
+def lora_params(facts: ModelFacts, r: int) -> int:
+    hidden, layers, _ = model_shape(facts)
+    # all-linear on a Llama-style block: q,k,v,o + gate,up,down ~ 18 x hidden inputs+outputs per rank.
+    return min(int(18 * hidden * r * layers), facts.params)
+
+
+def peak_memory(
+    facts: ModelFacts, flavor: HardwareFlavor, *, lora: bool, r: int, method: str, batch: int, seq: float,
+    checkpointing: bool, completion_tokens: int, generations: int, strategy: str,
+) -> float:
+    """Estimated peak bytes on one device."""
+    dtype = 2 if flavor.is_gpu else 4  # bf16/fp16 on GPUs, fp32 on CPUs
+    hidden, layers, vocab = model_shape(facts)
+    n = flavor.devices if strategy == "fsdp" else 1
+    if lora:
+        states = facts.params * dtype + lora_params(facts, r) * 16
+    else:
+        states = facts.params * (2 * dtype + 8)  # weights + grads + AdamW moments (fp32)
+        if method == "dpo":
+            states += facts.params * dtype  # a frozen reference copy
+    states /= n
+    sequences = 2 if method == "dpo" else 1
+    tokens = batch * seq * sequences
+    per_layer = 34 * hidden * dtype / 2  # Korthikanti et al., flash attention (no s^2 term)
+    acts = tokens * (2 * hidden * dtype * layers + per_layer) if checkpointing else tokens * per_layer * layers
+    logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
+    kv = 0.0
+    if method == "grpo":
+        kv = generations * (seq + completion_tokens) * 2 * layers * (hidden / 4) * dtype
+    overhead = GPU_OVERHEAD if flavor.is_gpu else CPU_OVERHEAD
+    return (states + acts + logits + kv + overhead) * 1.1
+
+
+# --- time and cost ---------------------------------------------------------------------------
+
+
+def flops_per_token(params: int, *, lora: bool, checkpointing: bool, method: str) -> float:
+    f = (4 if lora else 6) * params
+    if checkpointing:
+        f += 2 * params
+    if method == "dpo":
+        f += 2 * params
+    return f
+
+
+def billed(hours: float, usd_per_hour: float) -> float:
+    """Jobs bill per started minute."""
+    return math.ceil(hours * 60) * usd_per_hour / 60
+
+
+def gguf_estimate(facts: ModelFacts, flavors: Sequence[HardwareFlavor]) -> tuple[str | None, float, float]:
+    """(flavor, hours, usd) for the conversion job: enough RAM to hold and merge the model."""
+    need_gb = facts.params * 2 * 2.5 / GiB + 2
+    hours = (5 + 1.5 * facts.params / 1e9) / 60
+    by_name = {f.name: f for f in flavors}
+    for name in GGUF_FLAVORS:
+        f = by_name.get(name)
+        if f and f.ram_gb >= need_gb:
+            return f.name, hours, billed(hours, f.usd_per_hour)
+    return None, hours, 0.0
+
+
+class _Option(BaseModel):
+    flavor: HardwareFlavor
+    strategy: Literal["single", "ddp", "fsdp"]
+    memory: float
+    hours: float
+    cost: float
+    tokens: float
+    fits: bool
+
+
+def _evaluate(flavor: HardwareFlavor, ctx: dict[str, Any]) -> _Option:
+    facts: ModelFacts = ctx["facts"]
+    n = flavor.devices
+    strategies = ["single"] if n == 1 else ["ddp", "fsdp"]
+    memory, strategy = 0.0, strategies[0]
+    for strategy in strategies:
+        memory = peak_memory(facts, flavor, strategy=strategy, **ctx["mem"])
+        if memory <= flavor.memory_gb * GiB:
+            break
+    fits = memory <= flavor.memory_gb * GiB
+    if ctx["max_steps"]:
+        samples = ctx["max_steps"] * ctx["batch"] * ctx["accum"] * n
+        rows_seen = samples / ctx["generations"] if ctx["method"] == "grpo" else samples
+    else:
+        rows_seen = ctx["rows"] * ctx["epochs"]
+    tokens = rows_seen * ctx["row_tokens"] * (ctx["generations"] if ctx["method"] == "grpo" else 1)
+    util = GPU_UTILISATION if flavor.is_gpu else CPU_UTILISATION
+    throughput = flavor.peak_tflops * 1e12 * util * n * (MULTI_DEVICE_SCALING if n > 1 else 1.0)
+    seconds = tokens * ctx["fpt"] / throughput
+    if ctx["method"] == "grpo":
+        generated = rows_seen * ctx["generations"] * ctx["completion"]
+        seconds += generated * 2 * facts.params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION * n)
+    seconds += STARTUP_SECONDS + facts.params * 2 / DOWNLOAD_BYTES_PER_SECOND
+    hours = seconds / 3600
+    return _Option(flavor=flavor, strategy=strategy, memory=memory, hours=hours,
+                   cost=billed(hours, flavor.usd_per_hour), tokens=tokens, fits=fits and hours <= MAX_HOURS)
+
+
+def recommended_timeout(hours: float) -> int:
+    seconds = hours * 3600 * TIMEOUT_HEADROOM + 600
+    return max(1800, math.ceil(seconds / 600) * 600)
+
+
+def plan(
+    loaded: LoadedRecipe,
+    report: DatasetReport,
+    facts: ModelFacts,
+    flavors: Sequence[HardwareFlavor],
+    *,
+    price_source: str = "built-in price table",
+) -> Plan:
+    r = loaded.recipe
+    t = r.training
+    warnings: list[str] = []
+    guesses: list[str] = ["tokens (about 4 characters per token)"]
+    if facts.is_guess:
+        how = "a table of well-known models" if facts.source == "table" else "the model's name"
+        guesses.append(f"params (from {how})")
+    if not price_source.startswith("live"):
+        guesses.append(f"prices ({price_source})")
+
+    lora = r.adapter.lora if isinstance(r.adapter.lora, bool) else facts.params > LORA_AUTO_THRESHOLD
+    if r.adapter.lora is False and facts.params > LORA_AUTO_THRESHOLD:
+        warnings.append(f"LoRA is forced off on a {facts.params / 1e9:.1f}B-parameter model: full fine-tuning needs "
+                        "far more memory and money; consider `adapter.lora: auto`")
+    lr = t.learning_rate or (2e-4 if lora else 2e-5)
+
+    verdict = report.methods[r.method]
+    if verdict.status == "needs_mapping" and verdict.mapping:
+        pairs = ", ".join(f"{k}: {v}" for k, v in verdict.mapping.items())
+        verdict = verdict.model_copy(update={"reason": f"{verdict.reason}; add `dataset.columns: {{{pairs}}}`"})
+    if verdict.status != "ready":
+        warnings.append(f"dataset not ready for {r.method.upper()}: {verdict.reason}")
+    if report.truncated_cells:
+        warnings.append("the dataset viewer truncated some cells; token estimates are a lower bound")
+
+    rows = report.rows
+    if rows is None:
+        guesses.append(f"rows (row count unknown; assumed {UNKNOWN_ROWS:,})")
+    elif not report.rows_exact:
+        guesses.append("rows (estimated from file size)")
+    completion = t.max_completion_length or 256
+    generations = t.num_generations or 8
+    row_tokens, longest, truncated = sequence_stats(report.sample, r.method, t.max_length, completion)
+    if not report.sample:
+        row_tokens, longest = t.max_length / 2, float(t.max_length)
+        guesses.append(f"row length (no sample; assumed half of max_length {t.max_length})")
+    if truncated > 0:
+        warnings.append(f"{truncated:.0%} of sampled rows are longer than max_length {t.max_length} and will be "
+                        "truncated")
+    if r.method == "grpo":
+        guesses.append(f"completion length (assumes completions reach max_completion_length {completion})")
+    if t.packing:
+        longest = float(t.max_length)
+
+    ctx = {
+        "facts": facts, "method": r.method, "rows": rows or UNKNOWN_ROWS, "epochs": t.epochs,
+        "max_steps": t.max_steps, "batch": t.batch_size, "accum": t.grad_accum, "generations": generations,
+        "completion": completion, "row_tokens": row_tokens,
+        "fpt": flops_per_token(facts.params, lora=lora, checkpointing=t.gradient_checkpointing, method=r.method),
+        "mem": {"lora": lora, "r": r.adapter.r, "method": r.method, "batch": t.batch_size, "seq": max(longest, 1.0),
+                "checkpointing": t.gradient_checkpointing, "completion_tokens": completion,
+                "generations": generations},
+    }
+    options = [_evaluate(f, ctx) for f in flavors if r.hardware in ("auto", f.name)]
+    fitting = [o for o in options if o.fits]
+    if r.hardware != "auto":
+        chosen = options[0] if options else None
+        if chosen and chosen.memory > chosen.flavor.memory_gb * GiB:
+            warnings.append(f"{r.hardware} does not fit: needs about {chosen.memory / GiB:.1f} GB per device, has "
+                            f"{chosen.flavor.memory_gb:g} GB")
+        elif chosen and not chosen.fits:
+            warnings.append(f"{r.hardware} would need about {chosen.hours:.0f} h; pick a faster flavor")
+        if fitting and chosen is not None:
+            cheaper = min((_evaluate(f, ctx) for f in flavors), key=lambda o: (not o.fits, o.cost, o.hours))
+            if cheaper.fits and cheaper.flavor.name != r.hardware and cheaper.cost < chosen.cost * 0.8:
+                warnings.append(f"{cheaper.flavor.name} would cost about ${cheaper.cost:.2f} instead of "
+                                f"${chosen.cost:.2f}; consider `hardware: auto`")
+    else:
+        chosen = min(fitting, key=lambda o: (o.cost, o.hours)) if fitting else None
+        if chosen is None:
+            warnings.append("no hardware flavor fits this job; reduce batch_size or max_length, or enable LoRA")
+    if chosen and chosen.flavor.is_gpu and not chosen.flavor.bf16:
+        warnings.append(f"{chosen.flavor.name} has no bf16; training runs in fp16, which can be less stable")
+    if chosen and chosen.strategy == "fsdp":
+        warnings.append(f"the model does not fit one GPU; training is sharded with FSDP across {chosen.flavor.devices}")
+
+    hours = chosen.hours if chosen else 0.0
+    train_cost = chosen.cost if chosen else 0.0
+    gguf_cost = 0.0
+    if r.gguf.enabled:
+        gguf_flavor, _, gguf_cost = gguf_estimate(facts, flavors)
+        if gguf_flavor is None:
+            warnings.append("no CPU flavor has enough memory to convert this model to GGUF")
+    cost = round(train_cost + gguf_cost, 4)
+
+    explicit = r.timeout_seconds
+    timeout = explicit or recommended_timeout(hours)
+    if explicit and chosen and explicit < hours * 3600 * 1.1:
+        warnings.append(f"timeout risk: timeout {explicit // 60} min is below the estimated {hours * 60:.0f} min "
+                        f"(recommended {recommended_timeout(hours) // 60} min)")
+    max_cost = round(billed(timeout / 3600, chosen.flavor.usd_per_hour) + gguf_cost, 4) if chosen else 0.0
+
+    output_repo = loaded.output_repo
+    if output_repo is None:
+        warnings.append("no Hub output: set `output.repo` (or `namespace` in recipes/_defaults.yaml), or the trained "
+                        "model is lost when the HF job ends")
+    budget = r.budget_usd
+    within = budget is None or cost <= budget
+    if budget is None:
+        warnings.append("no budget set: add `budget_usd` to the recipe or recipes/_defaults.yaml")
+    elif not within:
+        warnings.append(f"over budget: estimated ${cost:.2f} exceeds budget_usd ${budget:.2f}")
+    elif max_cost > budget:
+        warnings.append(f"if the job runs until its timeout it would cost ${max_cost:.2f}, above the budget "
+                        f"${budget:.2f}")
+
+    return Plan(
+        recipe=loaded.display, name=r.name, method=r.method, base_model=r.base_model, params=facts.params,
+        params_source=facts.source, lora=lora, learning_rate=lr, dataset=verdict, rows=rows,
+        tokens=int(chosen.tokens if chosen else 0), flavor=chosen.flavor.name if chosen else None,
+        strategy=chosen.strategy if chosen else None, devices=chosen.flavor.devices if chosen else 0,
+        memory_gb=round((chosen.memory if chosen else 0) / GiB, 2),
+        memory_capacity_gb=chosen.flavor.memory_gb if chosen else None, fits=bool(chosen and chosen.fits),
+        hours=round(hours, 4), train_cost_usd=round(train_cost, 4), gguf_cost_usd=round(gguf_cost, 4),
+        cost_usd=cost, max_cost_usd=max_cost, timeout_seconds=timeout, budget_usd=budget, within_budget=within,
+        output_repo=output_repo, price_source=price_source, warnings=warnings, guesses=guesses,
+    )

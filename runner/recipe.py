@@ -1,0 +1,594 @@
+"""The recipe: what to train, on what, how, and for how much.
+
+A recipe is data from a pull request. Every string is checked for shape (slugs, Hub
+ids, repo-relative paths) so that no value can reach outside the repository or be
+spliced into a shell command or a workflow expression. Repo-wide defaults live in
+`recipes/_defaults.yaml` and are deep-merged under each recipe.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner import yamlsafe
+from runner.errors import Problem, RecipeInvalid
+from runner.hardware import FLAVOR_NAMES
+
+DEFAULTS_FILE = "_defaults.yaml"
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K")
+# Must match BUILTIN_REWARDS in runner/jobs/train.py (a test checks it).
+BUILTIN_REWARDS = ("exact_answer", "think_format", "concise")
+LORA_AUTO_THRESHOLD = 3_000_000_000  # parameters; `lora: auto` turns LoRA on above this
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+SPLIT = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]{1,128}$")
+REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def hub_id(value: str, what: str) -> str:
+    if not HUB_ID.match(value) or ".." in value or "--" in value:
+        raise ValueError(f"'{value}' is not a valid Hub {what} id (expected 'owner/name')")
+    return value
+
+
+def _repo_path(value: str, suffixes: tuple[str, ...] | None = None) -> str:
+    """A path relative to the repository root that cannot step outside it."""
+    p = value[2:] if value.startswith("./") else value
+    if not p or p.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:", p):
+        raise ValueError(f"'{value}' must be a path relative to the repository root")
+    parts = p.replace("\\", "/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"'{value}' must not contain '..', '.' or empty path segments")
+    if any(not re.match(r"^[A-Za-z0-9_.@+-]+$", part) for part in parts):
+        raise ValueError(f"'{value}' has characters not allowed in a path (use letters, digits, '_', '-', '.')")
+    if suffixes and not p.endswith(suffixes):
+        raise ValueError(f"'{value}' must end with one of {', '.join(suffixes)}")
+    return p
+
+
+def looks_local_dataset(path: str) -> bool:
+    return path.startswith("./") or path.lower().endswith(DATA_SUFFIXES)
+
+
+def parse_duration(value: str | int) -> int:
+    """'2h', '90m', '1h30m', '45s', '1d' or a number of seconds -> seconds."""
+    if isinstance(value, int):
+        seconds = value
+    else:
+        m = DURATION.match(value.strip())
+        if not value.strip() or not m:
+            raise ValueError(f"'{value}' is not a duration; use e.g. 90m, 2h, 1h30m or 'auto'")
+        d, h, mi, s = (int(g or 0) for g in m.groups())
+        seconds = d * 86400 + h * 3600 + mi * 60 + s
+    if not 300 <= seconds <= 7 * 86400:
+        raise ValueError("must be between 5 minutes and 7 days")
+    return seconds
+
+
+class Dataset(_Strict):
+    path: str = Field(description="Hub dataset id, or a repo-relative .jsonl/.json/.csv/.parquet file")
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    columns: dict[str, str] | None = Field(default=None, description="rename source column -> target column")
+    eval_split: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _repo_path(v, DATA_SUFFIXES) if looks_local_dataset(v) else hub_id(v, "dataset")
+
+    @field_validator("split", "eval_split", "config")
+    @classmethod
+    def _split(cls, v: str | None) -> str | None:
+        if v is not None and not SPLIT.match(v):
+            raise ValueError(f"'{v}' is not a valid name (letters, digits, '_', '-', '.')")
+        return v
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str | None) -> str | None:
+        if v is not None and (not REVISION.match(v) or ".." in v):
+            raise ValueError(f"'{v}' is not a valid git revision")
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for src, dst in (v or {}).items():
+            for name in (src, dst):
+                if not COLUMN.match(name):
+                    raise ValueError(f"'{name}' is not a valid column name")
+        if v and len(set(v.values())) != len(v):
+            raise ValueError("two columns are mapped to the same target")
+        return v
+
+    @property
+    def is_local(self) -> bool:
+        return looks_local_dataset(self.path)
+
+
+class Training(_Strict):
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    learning_rate: float | None = Field(None, gt=0, le=1.0, description="default: 2e-4 with LoRA, 2e-5 without")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    batch_size: int = Field(4, ge=1, le=1024)
+    grad_accum: int = Field(4, ge=1, le=1024)
+    max_length: int = Field(1024, ge=16, le=262_144)
+    packing: bool = False
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    gradient_checkpointing: bool = True
+    beta: float | None = Field(None, gt=0, le=100, description="DPO only")
+    num_generations: int | None = Field(None, ge=2, le=256, description="GRPO only; default 8")
+    max_completion_length: int | None = Field(None, ge=1, le=131_072, description="GRPO only; default 256")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Adapter(_Strict):
+    lora: Literal["auto"] | bool = "auto"
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        ok = v == "all-linear" or (isinstance(v, list) and v and all(isinstance(m, str) and IDENT.match(m) for m in v))
+        if not ok:
+            raise ValueError("must be 'all-linear' or a list of module names such as [q_proj, v_proj]")
+        return v
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, v: Any) -> Any:
+        if v not in ("auto", True, False) or isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ValueError(f"must be auto, true or false, not {v!r}")
+        return v
+
+    @field_validator("dropout", mode="before")
+    @classmethod
+    def _float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Reward(_Strict):
+    """A GRPO reward: a built-in by name, or `function` in a repo-local Python `file`."""
+
+    builtin: str | None = None
+    file: str | None = None
+    function: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Reward:
+        if self.builtin is not None:
+            if self.file is not None or self.function is not None:
+                raise ValueError("give either 'builtin' or 'file' with 'function', not both")
+            if self.builtin not in BUILTIN_REWARDS:
+                raise ValueError(f"unknown built-in reward '{self.builtin}'{_did_you_mean(self.builtin, BUILTIN_REWARDS)}"
+                                 f"; built-ins are {', '.join(BUILTIN_REWARDS)}")
+        elif self.file is None or self.function is None:
+            raise ValueError("a reward needs 'builtin: NAME', or 'file: PATH.py' with 'function: NAME'")
+        else:
+            _repo_path(self.file, (".py",))
+            if not IDENT.match(self.function):
+                raise ValueError(f"'{self.function}' is not a Python function name")
+        return self
+
+
+class Output(_Strict):
+    repo: str | None = Field(None, description="Hub model repo id; default <namespace>/<name>")
+    private: bool = True
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        return None if v is None else hub_id(v, "model")
+
+
+class Gguf(_Strict):
+    enabled: bool = True
+    quantizations: list[Literal[GGUF_TYPES]] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)  # type: ignore[valid-type]
+
+    @field_validator("quantizations", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return [q.upper() if isinstance(q, str) else q for q in v] if isinstance(v, list) else v
+
+
+class Tracking(_Strict):
+    project: str | None = Field(None, description="Trackio project; default: the recipe name")
+    space: str | None = Field(None, description="Trackio Space id, always created private")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$", v):
+            raise ValueError(f"'{v}' is not a valid project name (letters, digits, '_', '-', '.')")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: str | None) -> str | None:
+        return None if v is None else hub_id(v, "Space")
+
+
+Method = Literal["sft", "dpo", "grpo"]
+
+
+class Recipe(_Strict):
+    name: str
+    base_model: str
+    method: Method
+    dataset: Dataset
+    training: Training = Training()
+    adapter: Adapter = Adapter()
+    rewards: list[Reward] = Field(default_factory=list)
+    hardware: str = "auto"
+    timeout: str | int = "auto"
+    output: Output = Output()
+    gguf: Gguf = Gguf()
+    tracking: Tracking = Tracking()
+    budget_usd: float | None = Field(None, gt=0, le=1_000_000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError(f"'{v}' is not a slug: use lowercase letters, digits and '-', at most 64 characters")
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, v: str) -> str:
+        if v.startswith("./"):
+            _repo_path(v)
+            return v  # keep './': it is what marks a local model
+        return hub_id(v, "model")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("hardware")
+    @classmethod
+    def _hardware(cls, v: str) -> str:
+        if v != "auto" and v not in FLAVOR_NAMES:
+            raise ValueError(f"unknown hardware flavor '{v}'{_did_you_mean(v, FLAVOR_NAMES)}; use 'auto' or one of "
+                             f"{', '.join(FLAVOR_NAMES)}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str | int) -> str | int:
+        if v != "auto":
+            parse_duration(v)
+        return v
+
+    @field_validator("budget_usd", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> Recipe:
+        t = self.training
+        if self.method != "dpo" and t.beta is not None:
+            raise ValueError("training.beta applies only to method 'dpo'")
+        if self.method != "grpo":
+            if t.num_generations is not None or t.max_completion_length is not None:
+                raise ValueError("training.num_generations and max_completion_length apply only to method 'grpo'")
+            if self.rewards:
+                raise ValueError("rewards apply only to method 'grpo'")
+        elif not self.rewards:
+            raise ValueError("method 'grpo' needs at least one reward in 'rewards'")
+        return self
+
+    @property
+    def timeout_seconds(self) -> int | None:
+        return None if self.timeout == "auto" else parse_duration(self.timeout)
+
+    @property
+    def base_model_is_local(self) -> bool:
+        return self.base_model.startswith("./")
+
+
+class RepoDefaults(_Strict):
+    """`recipes/_defaults.yaml`: repo-wide settings plus recipe fields every recipe inherits."""
+
+    namespace: str | None = None
+    max_budget_usd: float | None = Field(None, gt=0)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str | None) -> str | None:
+        if v is not None and (not HUB_ID.match(v) or "/" in v):
+            raise ValueError(f"'{v}' is not a valid Hub user or organization name")
+        return v
+
+
+REPO_KEYS = set(RepoDefaults.model_fields)
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe with where it came from."""
+
+    recipe: Recipe
+    path: Path  # the recipe file
+    root: Path  # the repository root that relative paths resolve against
+    defaults: RepoDefaults
+
+    @property
+    def display(self) -> str:
+        return _display(self.path, self.root)
+
+    @property
+    def output_repo(self) -> str | None:
+        if self.recipe.output.repo:
+            return self.recipe.output.repo
+        return f"{self.defaults.namespace}/{self.recipe.name}" if self.defaults.namespace else None
+
+    @property
+    def tracking_project(self) -> str:
+        return self.recipe.tracking.project or self.recipe.name
+
+    def local(self, relative: str) -> Path:
+        """Resolve a repo-relative path and refuse one that escapes through a symlink."""
+        p = (self.root / relative).resolve()
+        if not p.is_relative_to(self.root.resolve()):
+            raise ValueError(f"'{relative}' resolves outside the repository")
+        return p
+
+
+def find_root(recipe_path: Path) -> Path:
+    """The repository root: the parent of the nearest `recipes/` directory, else the cwd."""
+    for parent in recipe_path.resolve().parents:
+        if parent.name == "recipes":
+            return parent.parent
+    return Path.cwd().resolve()
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
+    """Load and validate one recipe; raises RecipeInvalid listing every problem found."""
+    path = Path(path)
+    root = (root or find_root(path)).resolve()
+    display = _display(path, root)
+    doc = yamlsafe.load(path, display=display)
+
+    defaults_doc = None
+    defaults_path = path.resolve().parent / DEFAULTS_FILE
+    if path.name == DEFAULTS_FILE:
+        raise RecipeInvalid([Problem(display, 1, 1, "", f"{DEFAULTS_FILE} holds repo defaults, not a recipe")])
+    if defaults_path.is_file():
+        defaults_doc = yamlsafe.load(defaults_path, display=_display(defaults_path, root))
+
+    problems: list[Problem] = []
+    repo_defaults = RepoDefaults()
+    inherited: dict[str, Any] = {}
+    if defaults_doc is not None:
+        repo_part = {k: v for k, v in defaults_doc.data.items() if k in REPO_KEYS}
+        inherited = {k: v for k, v in defaults_doc.data.items() if k not in REPO_KEYS}
+        try:
+            repo_defaults = RepoDefaults.model_validate(repo_part)
+        except ValidationError as e:
+            problems += _problems(e, [defaults_doc])
+        for key in ("name", "base_model", "method", "dataset"):
+            if key in inherited:
+                problems.append(defaults_doc.problem((key,), f"'{key}' is per recipe; it cannot be a repo default",
+                                                     key=True))
+        for key in [k for k in inherited if k not in Recipe.model_fields]:
+            problems.append(defaults_doc.problem((key,), f"unknown field '{key}'{_did_you_mean(key, _fields_at(()))}",
+                                                 key=True))
+
+    data = _deep_merge(inherited, doc.data)
+    data.setdefault("name", path.stem)
+    docs = [doc] + ([defaults_doc] if defaults_doc else [])
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        problems += _problems(e, docs)
+    problems += _scan_strings(doc)
+    if recipe is not None:
+        loaded = LoadedRecipe(recipe, path, root, repo_defaults)
+        problems += _check_files(loaded, doc)
+        cap = repo_defaults.max_budget_usd
+        if cap is not None and recipe.budget_usd is not None and recipe.budget_usd > cap:
+            problems.append(doc.problem(("budget_usd",), f"{recipe.budget_usd:g} USD is above the repository cap "
+                                        f"max_budget_usd {cap:g} in {DEFAULTS_FILE}"))
+    if problems:
+        order = {d.file: i for i, d in enumerate(docs)}
+        raise RecipeInvalid(sorted(_dedupe(problems), key=lambda p: (order.get(p.file, 9), p.line, p.col)))
+    assert recipe is not None
+    return LoadedRecipe(recipe, path, root, repo_defaults)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out
+
+
+def _scan_strings(doc: yamlsafe.Located) -> list[Problem]:
+    """Refuse values that look like workflow expressions or carry control characters."""
+    out: list[Problem] = []
+
+    def walk(value: Any, path: tuple) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, path + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, path + (i,))
+        elif isinstance(value, str):
+            if "${{" in value:
+                out.append(doc.problem(path, "GitHub expressions '${{' are not allowed in recipe values"))
+            elif re.search(r"[\x00-\x1f\x7f]", value):
+                out.append(doc.problem(path, "control characters and line breaks are not allowed here"))
+
+    walk(doc.data, ())
+    return out
+
+
+def _check_files(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
+    """Local files the recipe names must exist inside the repo; reward functions are parsed, never imported."""
+    r = loaded.recipe
+    out: list[Problem] = []
+
+    def inside(relative: str, path: tuple) -> Path | None:
+        try:
+            return loaded.local(relative)
+        except ValueError as e:
+            out.append(doc.problem(path, str(e)))
+            return None
+
+    if r.dataset.is_local:
+        p = inside(r.dataset.path, ("dataset", "path"))
+        if p is not None and not p.is_file():
+            out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository"))
+    if r.base_model_is_local:
+        p = inside(r.base_model, ("base_model",))
+        if p is not None and not (p / "config.json").is_file():
+            out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json)"))
+    for i, reward in enumerate(r.rewards):
+        if reward.file is None or reward.function is None:
+            continue
+        p = inside(reward.file, ("rewards", i, "file"))
+        if p is None:
+            continue
+        message = reward_function_problem(p, reward.function)
+        if message:
+            out.append(doc.problem(("rewards", i, "file" if "file" in message else "function"), message))
+    return out
+
+
+def reward_function_problem(path: Path, function: str) -> str | None:
+    """Check by parsing (never importing) that `function` is defined with a usable signature."""
+    if not path.is_file():
+        return f"reward file '{path.name}' not found in the repository"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as e:
+        return f"reward file '{path.name}' does not parse: {getattr(e, 'msg', e)}"
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    node = defs.get(function)
+    if node is None:
+        return f"no top-level function '{function}' in {path.name}{_did_you_mean(function, list(defs))}"
+    if isinstance(node, ast.AsyncFunctionDef):
+        return f"'{function}' must be a plain (not async) function"
+    names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+    if "completions" not in names or node.args.kwarg is None:
+        return f"'{function}' must accept (completions, **kwargs) like a TRL reward function"
+    return None
+
+
+# --- turning pydantic errors into located one-liners -------------------------------------
+
+
+def _did_you_mean(word: str, candidates: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """Field names allowed at a location in the recipe, for 'did you mean'."""
+    model: type[BaseModel] | None = Recipe
+    for part in path:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+_EXPECTED = {
+    "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "int_from_float": "a whole number",
+}
+
+
+def _describe(value: Any) -> str:
+    kinds = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+             dict: "a mapping", type(None): "nothing (null)"}
+    kind = kinds.get(type(value), type(value).__name__)
+    return kind if isinstance(value, (dict, list, type(None))) else f"{kind} {value!r}"
+
+
+def _problems(error: ValidationError, docs: list[yamlsafe.Located]) -> list[Problem]:
+    out = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        doc = next((d for d in docs if loc in d.values or loc in d.keys), docs[0])
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            out.append(doc.problem(loc, f"unknown field '{key}'{_did_you_mean(str(key), _fields_at(loc[:-1]))}",
+                                   key=True))
+        elif kind == "missing":
+            out.append(doc.problem(loc, "required field is missing"))
+        elif kind == "literal_error":
+            expected = re.findall(r"'([^']*)'", e["ctx"]["expected"])
+            out.append(doc.problem(loc, f"{e['input']!r} is not one of {', '.join(expected)}"
+                                   f"{_did_you_mean(str(e['input']), expected)}"))
+        elif kind in _EXPECTED:
+            out.append(doc.problem(loc, f"expected {_EXPECTED[kind]}, found {_describe(e['input'])}"))
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            out.append(doc.problem(loc, message))
+    return out

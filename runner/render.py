@@ -1,0 +1,115 @@
+"""Plans and reports as text for people: terminal lines and the PR-comment Markdown.
+
+Dataset column names, reasons and warnings can carry text from a pull request or a
+dataset, so everything interpolated into Markdown is escaped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from runner.plan import Plan
+from runner.report import DatasetReport
+
+COMMENT_MARKER = "<!-- recipes-runner:plan -->"
+MAX_COMMENT_CHARS = 65_000  # GitHub's limit is 65,536
+
+
+def md(text: object) -> str:
+    """Escape untrusted text for Markdown table cells and lists: no HTML, links, or formatting."""
+    s = str(text).replace("\r", " ").replace("\n", " ")
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_\[\]|#!~@])", r"\\\1", s)
+
+
+def verdict_line(method: str, status: str, reason: str) -> str:
+    return f"{method.upper()}: {status.upper()} - {reason}"
+
+
+def _duration(hours: float) -> str:
+    minutes = hours * 60
+    if minutes < 90:
+        return f"{max(minutes, 1):.0f} min"
+    return f"{hours:.1f} h"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def report_text(r: DatasetReport, method: str | None = None) -> str:
+    rows = "unknown" if r.rows is None else (f"{r.rows:,}" if r.rows_exact else f"~{r.rows:,} (estimated)")
+    lines = [
+        f"dataset: {r.dataset}" + (f" [{r.config}]" if r.config else "") + f"  split: {r.split}",
+        f"rows: {rows}  (sampled {r.sample_size} via {r.source})",
+        f"columns: {', '.join(r.columns) or '(none)'}",
+    ]
+    for m, v in r.methods.items():
+        if method and m != method:
+            continue
+        line = verdict_line(m, v.status, v.reason)
+        if v.mapping:
+            line += "  mapping: " + ", ".join(f"{k} -> {t}" for k, t in v.mapping.items())
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plan_text(p: Plan) -> str:
+    status = "OK" if p.ok else "BLOCKED"
+    lines = [
+        f"{p.recipe}: {p.name} [{status}]",
+        "  " + verdict_line(p.method, p.dataset.status, p.dataset.reason),
+        f"  model: {p.base_model} ({_count(p.params)} params, {p.params_source}); "
+        f"{'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g}",
+        f"  hardware: {p.flavor or 'none fits'}" + (f" ({p.strategy}, {p.devices} device(s))" if p.flavor else "")
+        + f", est. peak {p.memory_gb:.1f} GB" + (f" of {p.memory_capacity_gb:g} GB" if p.memory_capacity_gb else ""),
+        f"  tokens: {_count(p.tokens)}; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
+        f"  cost: ${p.cost_usd:.2f} (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}); "
+        f"worst case ${p.max_cost_usd:.2f}; budget " + (f"${p.budget_usd:.2f}" if p.budget_usd else "none"),
+    ]
+    lines += [f"  warning: {w}" for w in p.warnings]
+    if p.guesses:
+        lines.append("  guesses: " + "; ".join(p.guesses))
+    return "\n".join(lines)
+
+
+def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = ()) -> str:
+    """The body of the sticky PR comment."""
+    out = [COMMENT_MARKER, "## Training plan", ""]
+    for line in errors:
+        out.append(f"- :x: `{line.replace('`', chr(39))}`")
+    if errors:
+        out.append("")
+    for p in plans:
+        mark = ":white_check_mark:" if p.ok else ":x:"
+        out += [f"### {mark} {md(p.name)} (`{p.recipe}`)", "",
+                f"**{md(verdict_line(p.method, p.dataset.status, p.dataset.reason))}**", ""]
+        hardware = (f"{md(p.flavor)} ({p.devices}x, {p.strategy}), est. peak {p.memory_gb:.1f} GB of "
+                    f"{p.memory_capacity_gb:g} GB" if p.flavor else "no flavor fits")
+        budget = f"${p.budget_usd:.2f}" if p.budget_usd else "none"
+        rows = "unknown" if p.rows is None else f"{p.rows:,}"
+        out += [
+            "| | |", "|---|---|",
+            f"| Base model | `{p.base_model}` ({_count(p.params)} params) |",
+            f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
+            f"| Hardware | {hardware} |",
+            f"| Data | {rows} rows, {_count(p.tokens)} training tokens |",
+            f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",
+            f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
+            f"worst case ${p.max_cost_usd:.2f} |",
+            f"| Budget | {budget}: {'within' if p.within_budget else '**over budget**'} |",
+            f"| Output | {('`' + p.output_repo + '`') if p.output_repo else 'none'} |",
+            "",
+        ]
+        if p.warnings:
+            out += ["**Warnings**", ""] + [f"- {md(w)}" for w in p.warnings] + [""]
+        if p.guesses:
+            out += [f"<sub>Estimated: {md('; '.join(p.guesses))}. Prices: {md(p.price_source)}.</sub>", ""]
+    text = "\n".join(out)
+    if len(text) > MAX_COMMENT_CHARS:
+        text = text[: MAX_COMMENT_CHARS - 80] + "\n\n_(plan truncated: too long for one comment)_\n"
+    return text

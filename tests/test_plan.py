@@ -1,0 +1,313 @@
+"""`runner plan`: model facts, flavor choice by total cost, budget and readiness verdicts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_subprocess, write_jsonl, write_recipe
+from hubstub import HubStub
+
+from runner import hardware, modelfacts
+from runner.plan import billed
+
+LOCAL = """\
+name: {name}
+base_model: ./models/tiny
+method: sft
+dataset: data/sft.jsonl
+budget_usd: 5
+output:
+  repo: acme/{name}
+"""
+
+HUB = """\
+name: {name}
+base_model: {model}
+method: sft
+dataset: data/sft.jsonl
+budget_usd: {budget}
+output:
+  repo: acme/{name}
+"""
+
+
+def plan_json(cli, repo: Path, *recipes: str) -> tuple[int, dict]:
+    result = cli("plan", *recipes, "--json", cwd=repo)
+    return result.code, json.loads(result.out)
+
+
+def test_local_model_plan_has_the_promised_fields(repo: Path, cli) -> None:
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    code, doc = plan_json(cli, repo, "recipes/demo.yaml")
+    assert code == 0 and doc["ok"] is True and doc["errors"] == []
+    (p,) = doc["plans"]
+    for key in ("flavor", "lora", "params", "tokens", "hours", "cost_usd", "timeout_seconds", "within_budget",
+                "warnings"):
+        assert key in p
+    # Exact count from the safetensors header: embed 1000x256 + 2 layers x (512x256 + 256x256).
+    assert p["params"] == 1000 * 256 + 2 * (512 * 256 + 256 * 256) and p["params_source"] == "local"
+    assert p["lora"] is False  # auto: LoRA only above 3B
+    assert p["flavor"] == "cpu-basic"  # a tiny model is cheapest on a CPU
+    assert p["rows"] == 40 and p["tokens"] > 0
+    assert p["dataset"]["status"] == "ready"
+    assert p["within_budget"] is True and p["timeout_seconds"] == 1800
+
+
+def test_flavor_is_lowest_total_cost_not_cheapest_hour(repo: Path, cli) -> None:
+    # Many long rows on a 1.5B model: a T4 is cheaper per hour, an L40S is cheaper per token.
+    long_rows = [{"messages": [{"role": "user", "content": "q " * 600}, {"role": "assistant", "content": "a " * 900}]}]
+    write_jsonl(repo / "data" / "sft.jsonl", long_rows * 200)
+    knobs = "adapter:\n  lora: true\ntraining:\n  epochs: 100\n  max_length: 2048\nbudget_usd"
+    write_recipe(repo, "auto", HUB.format(name="auto", model="Qwen/Qwen2.5-1.5B-Instruct", budget=500)
+                 .replace("budget_usd", knobs))
+    write_recipe(repo, "t4", HUB.format(name="t4", model="Qwen/Qwen2.5-1.5B-Instruct", budget=500)
+                 .replace("budget_usd", "hardware: a10g-small\n" + knobs))
+    code, doc = plan_json(cli, repo, "recipes/auto.yaml", "recipes/t4.yaml")
+    auto, fixed = doc["plans"]
+    prices = {f.name: f.usd_per_hour for f in hardware.catalog()}
+    assert auto["fits"] and fixed["fits"]
+    assert prices[auto["flavor"]] > prices["a10g-small"]  # not the cheapest hour...
+    assert auto["train_cost_usd"] < fixed["train_cost_usd"]  # ...but the cheapest run
+    assert any("would cost about" in w and "hardware: auto" in w for w in fixed["warnings"])
+
+
+def test_large_model_gets_lora_and_a_big_enough_gpu(repo: Path, cli) -> None:
+    write_recipe(repo, "big", HUB.format(name="big", model="meta-llama/Llama-3.1-8B-Instruct", budget=50))
+    code, doc = plan_json(cli, repo, "recipes/big.yaml")
+    (p,) = doc["plans"]
+    assert p["params"] == modelfacts.KNOWN_PARAMS["meta-llama/Llama-3.1-8B-Instruct"]
+    assert p["lora"] is True and p["learning_rate"] == pytest.approx(2e-4)
+    assert p["flavor"] not in ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium")
+    assert p["memory_gb"] <= p["memory_capacity_gb"]
+    assert "params (from a table of well-known models)" in p["guesses"]
+
+
+def test_lora_forced_off_on_large_model_warns_and_may_shard(repo: Path, cli) -> None:
+    text = HUB.format(name="full", model="meta-llama/Llama-3.1-8B-Instruct", budget=500) + "adapter:\n  lora: false\n"
+    write_recipe(repo, "full", text)
+    code, doc = plan_json(cli, repo, "recipes/full.yaml")
+    (p,) = doc["plans"]
+    assert p["lora"] is False
+    assert any("LoRA is forced off on a 8.0B-parameter model" in w for w in p["warnings"])
+    # 8B x 12 bytes of weights+grads+Adam is ~96 GB: only an H200 holds it whole, or FSDP shards it.
+    assert p["flavor"] in ("h200",) or p["strategy"] == "fsdp"
+
+
+def test_over_budget_exits_1(repo: Path, cli) -> None:
+    write_recipe(repo, "big", HUB.format(name="big", model="Qwen/Qwen3-8B", budget=0.01))
+    result = cli("plan", "recipes/big.yaml", cwd=repo)
+    assert result.code == 1
+    assert "[BLOCKED]" in result.out and "over budget" in result.out
+
+
+def test_unready_dataset_exits_1_and_mapping_fixes_it(repo: Path, cli) -> None:
+    write_jsonl(repo / "data" / "qa.jsonl", [{"question": "2+2?", "answer": "4"}] * 10)
+    text = LOCAL.format(name="qa").replace("data/sft.jsonl", "data/qa.jsonl")
+    write_recipe(repo, "qa", text)
+    result = cli("plan", "recipes/qa.yaml", "--markdown", cwd=repo)
+    assert result.code == 1
+    assert "**SFT: NEEDS\\_MAPPING - " in result.out and "dataset.columns: {question: prompt, answer: completion}" \
+        in result.out.replace("\\", "")
+    write_recipe(repo, "qa", text.replace("data/qa.jsonl", "\n  path: data/qa.jsonl\n  columns: {question: prompt, "
+                                          "answer: completion}"))
+    code, doc = plan_json(cli, repo, "recipes/qa.yaml")
+    assert code == 0 and doc["plans"][0]["dataset"]["status"] == "ready"
+
+
+def test_mapping_of_a_missing_column(repo: Path, cli) -> None:
+    write_recipe(repo, "m", LOCAL.format(name="m").replace(
+        "data/sft.jsonl", "\n  path: data/sft.jsonl\n  columns: {conversation: messages}"))
+    code, doc = plan_json(cli, repo, "recipes/m.yaml")
+    assert code == 1 and "maps 'conversation', which is not a column" in doc["plans"][0]["dataset"]["reason"]
+
+
+def test_explicit_short_timeout_warns(repo: Path, cli) -> None:
+    text = HUB.format(name="slow", model="Qwen/Qwen3-4B", budget=500) + "timeout: 5m\nhardware: t4-small\n"
+    write_jsonl(repo / "data" / "sft.jsonl",
+                [{"messages": [{"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "a " * 300}]}] * 2000)
+    write_recipe(repo, "slow", text)
+    code, doc = plan_json(cli, repo, "recipes/slow.yaml")
+    (p,) = doc["plans"]
+    assert p["timeout_seconds"] == 300
+    assert any(w.startswith("timeout risk: timeout 5 min is below the estimated") for w in p["warnings"])
+
+
+def test_no_output_repo_warns_and_namespace_fixes_it(repo: Path, cli) -> None:
+    write_recipe(repo, "nohub", LOCAL.format(name="nohub").replace("output:\n  repo: acme/nohub\n", ""))
+    code, doc = plan_json(cli, repo, "recipes/nohub.yaml")
+    assert doc["plans"][0]["output_repo"] is None
+    assert any(w.startswith("no Hub output") for w in doc["plans"][0]["warnings"])
+    (repo / "recipes" / "_defaults.yaml").write_text("namespace: acme\n")
+    code, doc = plan_json(cli, repo, "recipes/nohub.yaml")
+    assert doc["plans"][0]["output_repo"] == "acme/nohub"
+
+
+def test_long_rows_truncation_warning(repo: Path, cli) -> None:
+    write_jsonl(repo / "data" / "sft.jsonl", [{"text": "word " * 400}] * 4)
+    write_recipe(repo, "t", LOCAL.format(name="t").replace("data/sft.jsonl", "data/sft.jsonl\ntraining:\n  max_length: 64"))
+    code, doc = plan_json(cli, repo, "recipes/t.yaml")
+    assert any("100% of sampled rows are longer than max_length 64" in w for w in doc["plans"][0]["warnings"])
+
+
+def test_invalid_recipe_in_plan_is_reported_with_others(repo: Path, cli) -> None:
+    write_recipe(repo, "good", LOCAL.format(name="good"))
+    write_recipe(repo, "bad", LOCAL.format(name="bad") + "epochs: 3\n")
+    code, doc = plan_json(cli, repo, "recipes")
+    assert code == 1 and len(doc["plans"]) == 1
+    assert doc["errors"] == ["recipes/bad.yaml:8:1: epochs: unknown field 'epochs'"]
+
+
+def test_markdown_escapes_untrusted_text(repo: Path, cli) -> None:
+    write_jsonl(repo / "data" / "x.jsonl", [{"<img src=x onerror=alert(1)>": "a", "col|pipe": "b"}])
+    write_recipe(repo, "x", LOCAL.format(name="x").replace("data/sft.jsonl", "data/x.jsonl"))
+    result = cli("plan", "recipes/x.yaml", "--markdown", cwd=repo)
+    assert result.code == 1
+    assert "<img" not in result.out and "&lt;img src=x onerror=alert(1)&gt;" in result.out
+    assert "col\\|pipe" in result.out
+    assert result.out.startswith("<!-- recipes-runner:plan -->")
+
+
+def test_billing_is_per_started_minute() -> None:
+    assert billed(61 / 3600, 60.0) == pytest.approx(2.0)
+    assert billed(0.5, 1.0) == pytest.approx(0.5)
+
+
+# --- the Hub side, through the real HfApi against the stand-in -----------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    with HubStub() as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.url)
+        monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", stub.url)
+        yield stub
+
+
+def test_params_from_hub_safetensors_metadata(repo: Path, cli, hub: HubStub) -> None:
+    hub.state.models["acme/custom-model"] = {"params": 2_500_000_000}
+    write_recipe(repo, "c", HUB.format(name="c", model="acme/custom-model", budget=50))
+    code, doc = plan_json(cli, repo, "recipes/c.yaml")
+    p = doc["plans"][0]
+    assert p["params"] == 2_500_000_000 and p["params_source"] == "hub"
+    assert not any(g.startswith("params") for g in p["guesses"])
+    req = next(r for r in hub.state.requests if r.path == "/api/models/acme/custom-model")
+    assert set(req.query["expand"]) == {"safetensors", "config"}
+
+
+@pytest.mark.parametrize("setup,fragment", [
+    (lambda s: None, "acme/ghost: model not found on the Hub"),
+    (lambda s: s.gated.add("acme/ghost"), "acme/ghost: gated model"),
+])
+def test_missing_or_gated_model_is_a_clear_error(repo: Path, cli, hub: HubStub, setup, fragment: str) -> None:
+    setup(hub.state)
+    write_recipe(repo, "g", HUB.format(name="g", model="acme/ghost", budget=5))
+    result = cli("plan", "recipes/g.yaml", cwd=repo)
+    assert result.code == 1 and fragment in result.err
+
+
+def test_hub_outage_falls_back_to_known_sizes(repo: Path, cli, hub: HubStub) -> None:
+    hub.state.faults["/api/models/"] = [503] * 20
+    write_recipe(repo, "q", HUB.format(name="q", model="Qwen/Qwen3-0.6B", budget=5))
+    code, doc = plan_json(cli, repo, "recipes/q.yaml")
+    p = doc["plans"][0]
+    assert code == 0 and p["params"] == modelfacts.KNOWN_PARAMS["Qwen/Qwen3-0.6B"]
+    assert any("model facts not read from the Hub" in w for w in p["warnings"])
+
+
+def test_live_prices_with_token_and_token_never_printed(repo: Path, cli, hub: HubStub,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "hf_live_price_token_for_tests_0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    hub.state.hardware_prices["cpu-basic"] = 1_000_000  # $1/minute: no longer the cheapest
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    result = cli("plan", "recipes/demo.yaml", "--json", cwd=repo)
+    p = json.loads(result.out)["plans"][0]
+    assert p["price_source"] == "live Hub hardware prices"
+    assert p["flavor"] != "cpu-basic"
+    hw = next(r for r in hub.state.requests if r.path == "/api/jobs/hardware")
+    assert hw.headers.get("authorization") == f"Bearer {token}"
+    for mode in ((), ("--markdown",), ("--json",)):
+        out = cli("plan", "recipes/demo.yaml", *mode, cwd=repo)
+        assert token not in out.out + out.err
+
+
+def test_hardware_endpoint_failure_keeps_builtin_prices(repo: Path, cli, hub: HubStub,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_x_token_for_tests_only_000000000000")
+    hub.state.faults["/api/jobs/hardware"] = [500]
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    code, doc = plan_json(cli, repo, "recipes/demo.yaml")
+    p = doc["plans"][0]
+    assert p["price_source"] == "built-in price table"
+    assert any("could not refresh prices from the Hub" in w for w in p["warnings"])
+
+
+def test_hub_dataset_in_plan(repo: Path, cli, hub: HubStub) -> None:
+    hub.state.datasets["acme/chat"] = {("default", "train"): [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 20}
+    write_recipe(repo, "h", LOCAL.format(name="h").replace("data/sft.jsonl", "acme/chat"))
+    code, doc = plan_json(cli, repo, "recipes/h.yaml")
+    assert code == 0 and doc["plans"][0]["rows"] == 20
+
+
+def test_offline_plan_completes_and_says_what_it_guessed(repo: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_recipe(repo, "o", HUB.format(name="o", model="Qwen/Qwen3-1.7B", budget=5).replace("data/sft.jsonl",
+                                                                                          "acme/chat"))
+    code, doc = plan_json(cli, repo, "recipes/o.yaml")
+    p = doc["plans"][0]
+    assert code == 1  # the data could not be checked, so the plan cannot pass
+    assert p["dataset"]["status"] == "unknown" and "cannot be sampled offline" in p["dataset"]["reason"]
+    assert p["flavor"] and p["cost_usd"] > 0
+    assert "rows (row count unknown; assumed 10,000)" in p["guesses"]
+    assert "prices (built-in price table)" in p["guesses"]
+
+
+def test_unknown_model_offline_is_an_error(repo: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_recipe(repo, "u", HUB.format(name="u", model="acme/mystery", budget=5))
+    result = cli("plan", "recipes/u.yaml", cwd=repo)
+    assert result.code == 1 and "cannot tell the size of 'acme/mystery' (offline)" in result.err
+
+
+def test_name_based_guess() -> None:
+    facts = modelfacts.from_name("someone/Fancy-3.5B-Chat")
+    assert facts is not None and facts.params == 3_500_000_000 and facts.is_guess
+    assert modelfacts.from_name("someone/SmolThing-135M").params == 135_000_000
+    assert modelfacts.from_name("someone/no-size") is None
+
+
+def test_validate_and_plan_import_no_training_stack(repo: Path) -> None:
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    code = ("import sys, runner.cli\n"
+            "rc = runner.cli.main(['validate', 'recipes/demo.yaml'])\n"
+            "rc |= runner.cli.main(['plan', 'recipes/demo.yaml', '--json'])\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n"
+            "raise SystemExit(rc)\n")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(repo / ".hf")})
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+def test_module_entry_point(repo: Path) -> None:
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    proc = run_subprocess("validate", "recipes/demo.yaml", cwd=repo)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok: recipes/demo.yaml"
+    proc = run_subprocess("plan", cwd=repo)
+    assert proc.returncode == 2 and "the following arguments are required" in proc.stderr
+
+
+def test_example_recipes_plan_offline(cli) -> None:
+    if not (ROOT / "examples" / "tiny-model" / "config.json").exists():
+        pytest.skip("tiny model not built")
+    code, doc = plan_json(cli, ROOT, "recipes")
+    assert doc["errors"] == []
+    assert {p["name"] for p in doc["plans"]} >= {"tiny-sft", "tiny-dpo", "tiny-grpo"}
+    assert all(p["dataset"]["status"] == "ready" for p in doc["plans"])
