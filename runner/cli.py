@@ -103,6 +103,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if not problems and all(p.ok for p in plans) else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from runner import gather, hub, pipeline, recipe
+    from runner.backends.local import LocalBackend
+
+    if args.backend != "local":
+        raise UserError(f"backend '{args.backend}' is not available yet; use --backend local")
+    loaded = recipe.load(args.recipe)
+    token = None if hub.offline() else hub.token()
+    plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
+    if plan.dataset.status != "ready":
+        raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
+    state = loaded.root / ".runner"
+    # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
+    backend = LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
+    hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else state / "hub"
+    echo = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
+         f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor}")
+    record = pipeline.run(loaded, plan, backend, hub_dir=hub_dir, processes=args.processes, echo=echo)
+    print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
+                      "failure": record.failure.model_dump() if record.failure else None}))
+    return 0 if record.state == "recorded" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description="Fine-tune LLMs as code: recipes in, models out.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -128,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--markdown", action="store_true", help="print the pull-request comment body")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="validate, plan, train, convert to GGUF, and record the card and run")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--backend", choices=["local", "hf"], default="local",
+                   help="local: subprocesses on this machine (default); hf: Hugging Face Jobs")
+    p.add_argument("--processes", type=int, default=1, choices=range(1, 65), metavar="N",
+                   help="data-parallel training processes (torchrun) for the local backend")
+    p.add_argument("--hub-dir", default=None, help="local stand-in for the Hub (default .runner/hub)")
+    p.add_argument("--quiet", action="store_true", help="print only the final JSON line")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

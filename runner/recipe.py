@@ -131,7 +131,7 @@ class Training(_Strict):
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
     learning_rate: float | None = Field(None, gt=0, le=1.0, description="default: 2e-4 with LoRA, 2e-5 without")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
     batch_size: int = Field(4, ge=1, le=1024)
     grad_accum: int = Field(4, ge=1, le=1024)
     max_length: int = Field(1024, ge=16, le=262_144)

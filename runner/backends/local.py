@@ -1,0 +1,184 @@
+"""The local backend: job scripts as subprocesses on this machine.
+
+Each job gets a directory `.runner/jobs/<id>/` holding its spec, config, log and
+status. A small detached launcher (`python -m runner.backends.local JOBDIR`) runs the
+script, enforces the timeout and writes the final status, so a job outlives the
+`runner` process that started it, just as an HF job does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from runner.backends.base import JobSpec, JobStatus
+from runner.ledger import atomic_write
+
+JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
+
+
+def script_path(name: str) -> Path:
+    return JOBS_DIR / f"{name}.py"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.env = env or {}
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        existing = self.find(spec.labels)
+        if existing:
+            return existing
+        job_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+        job_dir = self.state_dir / job_id
+        job_dir.mkdir(parents=True)
+        atomic_write(job_dir / "config.json", json.dumps(spec.config, indent=2))
+        atomic_write(job_dir / "spec.json", spec.model_dump_json(indent=2))
+        self._write_status(job_dir, "SCHEDULING")
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        subprocess.Popen([sys.executable, "-m", "runner.backends.local", str(job_dir)], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        job_dir = self._dir(job_id)
+        data = json.loads((job_dir / "status.json").read_text())
+        status = JobStatus(id=job_id, stage=data["stage"], message=data.get("message"), exit_code=data.get("exit_code"))
+        if not status.finished and data.get("launcher_pid") and not _alive(data["launcher_pid"]):
+            return JobStatus(id=job_id, stage="ERROR", message="the local launcher process died")
+        return status
+
+    def logs(self, job_id: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
+        path = self._dir(job_id) / "log.txt"
+        while not path.exists():
+            if not follow or self.status(job_id).finished:
+                return
+            time.sleep(poll)
+        with path.open("r", encoding="utf-8", errors="replace") as f:
+            buf = ""
+            while True:
+                chunk = f.read()
+                if chunk:
+                    buf += chunk
+                    *lines, buf = buf.split("\n")
+                    yield from lines
+                    continue
+                if not follow or self.status(job_id).finished:
+                    rest = f.read()
+                    tail = (buf + rest).split("\n")
+                    yield from (line for line in tail if line)
+                    return
+                time.sleep(poll)
+
+    def cancel(self, job_id: str) -> None:
+        job_dir = self._dir(job_id)
+        data = json.loads((job_dir / "status.json").read_text())
+        if data["stage"] in ("COMPLETED", "ERROR", "CANCELED"):
+            return
+        (job_dir / "cancel").touch()
+        pgid = data.get("child_pgid")
+        if pgid:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def find(self, labels: dict[str, str]) -> str | None:
+        """A job with these labels that has not failed: adopt it instead of running again."""
+        if not labels or not self.state_dir.exists():
+            return None
+        for job_dir in sorted(self.state_dir.iterdir(), reverse=True):
+            try:
+                spec = JobSpec.model_validate_json((job_dir / "spec.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if spec.labels == labels and self.status(job_dir.name).stage not in ("ERROR", "CANCELED"):
+                return job_dir.name
+        return None
+
+    def job_dir(self, job_id: str) -> Path:
+        return self._dir(job_id)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _dir(self, job_id: str) -> Path:
+        if not job_id.replace("-", "").isalnum():
+            raise ValueError(f"not a local job id: {job_id!r}")
+        return self.state_dir / job_id
+
+    @staticmethod
+    def _write_status(job_dir: Path, stage: str, **extra: object) -> None:
+        atomic_write(job_dir / "status.json", json.dumps({"stage": stage, **extra}))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _command(spec: JobSpec, config: Path) -> list[str]:
+    script = str(script_path(spec.script))
+    if spec.processes > 1:
+        # torchrun gives real data parallelism on CPU (gloo); `accelerate launch --cpu` runs one process.
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.processes}",
+                script, "--config", str(config)]
+    return [sys.executable, script, "--config", str(config)]
+
+
+def launch(job_dir: Path) -> int:
+    """Run one job to completion: the body of the detached launcher."""
+    spec = JobSpec.model_validate_json((job_dir / "spec.json").read_text())
+    write = LocalBackend._write_status
+    with (job_dir / "log.txt").open("ab", buffering=0) as log:
+        child = subprocess.Popen(_command(spec, job_dir / "config.json"), stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        write(job_dir, "RUNNING", launcher_pid=os.getpid(), child_pgid=child.pid)
+        try:
+            code = child.wait(timeout=spec.timeout_seconds)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _stop(child)
+            code, timed_out = child.returncode, True
+    if (job_dir / "cancel").exists():
+        write(job_dir, "CANCELED", exit_code=code, message="canceled")
+    elif timed_out:
+        write(job_dir, "ERROR", exit_code=code, message=f"timed out after {spec.timeout_seconds} s")
+    elif code == 0:
+        write(job_dir, "COMPLETED", exit_code=0)
+    else:
+        write(job_dir, "ERROR", exit_code=code, message=f"job script exited with code {code}")
+    return 0
+
+
+def _stop(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(launch(Path(sys.argv[1])))

@@ -1,0 +1,131 @@
+"""The model card: what was trained on what, how, how it went, where the files are, and what it cost."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from runner.ledger import RunRecord
+from runner.recipe import LoadedRecipe
+
+
+def loss_points(log_history: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(float(e["step"]), float(e["loss"])) for e in log_history
+            if "loss" in e and "step" in e and isinstance(e["loss"], (int, float)) and math.isfinite(e["loss"])]
+
+
+def loss_plot_png(log_history: list[dict[str, Any]], title: str) -> bytes | None:
+    points = loss_points(log_history)
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
+    """The card text (YAML metadata + Markdown) via huggingface_hub's ModelCard."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    r = loaded.recipe
+    summary = record.train_summary or {}
+    gguf = record.gguf_summary or {}
+    base_is_hub = not r.base_model_is_local
+    data = ModelCardData(
+        base_model=r.base_model if base_is_hub else None,
+        datasets=[r.dataset.path] if not r.dataset.is_local else None,
+        library_name="peft" if summary.get("adapter") else "transformers",
+        license=license,
+        model_name=r.name,
+        tags=["trl", r.method, "recipes-runner"] + (["lora"] if summary.get("adapter") else []) + (
+            ["gguf"] if gguf.get("files") else []),
+        pipeline_tag="text-generation",
+    )
+    t = r.training
+    repo = loaded.output_repo
+    lines = [
+        f"# {r.name}",
+        "",
+        f"Fine-tuned from `{r.base_model}` with TRL {r.method.upper()}"
+        f" ({'LoRA' if summary.get('adapter') else 'full fine-tuning'}) on `{r.dataset.path}`"
+        f" (split `{r.dataset.split}`). Trained from the recipe `{loaded.display}`.",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        f"| method | {r.method} |",
+        f"| learning rate | {record.plan.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
+        f"| epochs / max steps | {t.epochs:g} / {t.max_steps or '-'} |",
+        f"| batch size x accumulation | {t.batch_size} x {t.grad_accum} |",
+        f"| max length | {t.max_length} (packing {'on' if t.packing else 'off'}) |",
+        f"| seed | {t.seed} |",
+    ]
+    if summary.get("adapter"):
+        a = r.adapter
+        lines.append(f"| LoRA | r={a.r}, alpha={a.alpha}, dropout={a.dropout}, targets {a.target_modules} |")
+    if r.method == "dpo":
+        lines.append(f"| DPO beta | {t.beta if t.beta is not None else 'TRL default'} |")
+    if r.method == "grpo":
+        names = [w.builtin or f"{w.file}:{w.function}" for w in r.rewards]
+        lines.append(f"| GRPO rewards | {', '.join(names)} |")
+    lines += ["", "## Results", ""]
+    if record.metrics:
+        lines += ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in sorted(record.metrics.items())]
+    steps = summary.get("steps")
+    if steps is not None:
+        lines += ["", f"{steps} steps, {summary.get('tokens_seen', 'unknown')} tokens seen, "
+                  f"{summary.get('train_runtime_s', 0):.1f} s of training on {summary.get('world_size', 1)} process(es)."]
+    if has_plot:
+        lines += ["", "![training loss](loss.png)"]
+    files = gguf.get("files") or []
+    if files:
+        lines += ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
+        lines += [f"| `{f['path'].rsplit('/', 1)[-1]}` | {f['quantization']} | {_human_bytes(f['bytes'])} |"
+                  for f in files]
+        quant = next((f["quantization"] for f in files if f["quantization"] == "Q4_K_M"), files[0]["quantization"])
+        if repo:
+            lines += ["", "Run it with llama.cpp, LM Studio or Ollama:", "", "```bash",
+                      f"llama-server -hf {repo}-GGUF:{quant}",
+                      f"ollama run hf.co/{repo}-GGUF:{quant}", "```"]
+        first = files[0]["path"].rsplit("/", 1)[-1]
+        lines += ["", "Or from a local copy:", "", "```bash", f"llama-server -m {first}", "```"]
+    lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
+              f"| run | `{record.run_id}` ({record.backend} backend) |",
+              f"| recipe | `{loaded.display}` (sha256 `{record.recipe_sha256[:16]}`) |",
+              f"| commit | `{record.commit or 'not a git checkout'}` |",
+              f"| dataset revision | `{r.dataset.revision or 'latest'}` |"]
+    for stage, job in record.jobs.items():
+        lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}` |")
+    est = record.cost_usd.get("estimated")
+    actual = record.cost_usd.get("actual")
+    lines += ["", "## Cost", "",
+              f"Estimated ${est:.2f} on {record.plan.get('flavor')}; actual "
+              + ("$0.00 (trained locally)" if record.backend == "local" else
+                 (f"${actual:.2f}" if actual is not None else "unknown")) + "."]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return str(card)

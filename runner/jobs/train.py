@@ -1,0 +1,399 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "trl>=1.16,<2",
+#     "peft>=0.17",
+#     "transformers>=5,<6",
+#     "accelerate>=1.4",
+#     "datasets>=4",
+#     "trackio>=0.40",
+#     "torch>=2.6",
+#     "sentencepiece>=0.2",
+#     "protobuf>=5",
+#     "huggingface_hub>=2.4,<2.5",
+# ]
+# ///
+"""Train one recipe with TRL: SFT, DPO or GRPO, full or LoRA, metrics to Trackio.
+
+Runs unchanged under `uv run` on a Hugging Face Jobs container and with the project's
+Python locally, in one process or data-parallel under `torchrun --nproc_per_node N`.
+It reads one JSON document (`--config FILE`, else env RUNNER_JOB_CONFIG) written by
+the runner (see runner/jobspec.py for the keys), and writes a JSON summary.
+
+This file must not import the `runner` package: it runs on machines that do not have it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+
+class JobError(Exception):
+    """The user's input is wrong: reported as one `error:` line, exit 1."""
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def log(message: str) -> None:
+    if rank() == 0:
+        print(message, flush=True)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="Train one recipe with TRL.")
+    parser.add_argument("--config", type=Path, help="JSON config (default: env RUNNER_JOB_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        text = args.config.read_text(encoding="utf-8") if args.config else os.environ["RUNNER_JOB_CONFIG"]
+        config = json.loads(text)
+    except KeyError:
+        raise JobError("no --config given and RUNNER_JOB_CONFIG is not set") from None
+    except (OSError, ValueError) as e:
+        raise JobError(f"cannot read the job config: {e}") from None
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    for key in ("method", "base_model", "dataset", "training", "output_dir", "summary_path"):
+        if key not in config:
+            raise JobError(f"job config is missing '{key}'")
+    if config["method"] not in ("sft", "dpo", "grpo"):
+        raise JobError(f"unknown method {config['method']!r}")
+    t = config["training"]
+    bounds = {"learning_rate": (0, 1), "epochs": (0, 1000), "batch_size": (0, 100_000), "grad_accum": (0, 100_000),
+              "max_length": (0, 10_000_000)}
+    for key, (low, high) in bounds.items():
+        value = t.get(key)
+        if not isinstance(value, (int, float)) or not (low < value <= high):
+            raise JobError(f"training.{key} must be in ({low}, {high}], got {value!r}")
+    if config["method"] == "grpo":
+        if not config.get("rewards"):
+            raise JobError("GRPO needs at least one reward function")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        g = t.get("num_generations") or 8
+        if (t["batch_size"] * world * t["grad_accum"]) % g:
+            raise JobError(f"batch_size x processes x grad_accum ({t['batch_size']} x {world} x {t['grad_accum']}) "
+                           f"must be divisible by num_generations ({g})")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def load_data(spec: dict[str, Any]):
+    from datasets import load_dataset
+
+    source = spec["source"]
+    suffix = Path(source).suffix.lower()
+    try:
+        if suffix in LOCAL_SUFFIXES and Path(source).exists():
+            data = load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
+        else:
+            data = load_dataset(source, spec.get("config"), split=spec.get("split") or "train",
+                                revision=spec.get("revision"))
+    except FileNotFoundError as e:
+        raise JobError(f"dataset {source}: {e}") from None
+    columns = spec.get("columns") or {}
+    missing = [c for c in columns if c not in data.column_names]
+    if missing:
+        raise JobError(f"dataset column '{missing[0]}' named in the column mapping does not exist "
+                       f"(columns: {', '.join(data.column_names)})")
+    if columns:
+        data = data.rename_columns(columns)
+    if "messages" in data.column_names and _is_sharegpt(data[0]["messages"]):
+        data = data.map(lambda row: {"messages": [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]),
+                                                   "content": m["value"]} for m in row["messages"]]})
+    return data
+
+
+def _is_sharegpt(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
+
+
+REQUIRED = {
+    "sft": [("messages",), ("text",), ("prompt", "completion")],
+    "dpo": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],
+    "grpo": [("prompt",)],
+}
+
+
+def check_rows(method: str, data) -> None:
+    """Every row must have the columns the trainer will read (the plan only saw a sample)."""
+    form = next((cols for cols in REQUIRED[method] if all(c in data.column_names for c in cols)), None)
+    if form is None:
+        wanted = " or ".join("+".join(cols) for cols in REQUIRED[method])
+        raise JobError(f"{method.upper()} needs columns {wanted} after the column mapping "
+                       f"(columns: {', '.join(data.column_names)})")
+    for column in form:
+        for i, value in enumerate(data[column]):
+            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                raise JobError(f"row {i}: column '{column}' is empty or missing")
+
+
+# --- rewards -----------------------------------------------------------------------------------
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, list):  # conversational: a list of messages
+        return " ".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def exact_answer(completions: list[Any], answer: list[Any] | None = None, **kwargs: Any) -> list[float]:
+    """1.0 when the last number in the completion equals the row's `answer`."""
+    if answer is None:
+        raise ValueError("the exact_answer reward needs an 'answer' column")
+    out = []
+    for completion, expected in zip(completions, answer):
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", _text(completion))
+        out.append(1.0 if numbers and numbers[-1] == str(expected).strip() else 0.0)
+    return out
+
+
+def think_format(completions: list[Any], **kwargs: Any) -> list[float]:
+    """1.0 for `<think>...</think>` followed by an answer (TRL's check, on plain text too)."""
+    pattern = re.compile(r"^<think>(?!.*<think>)(.*?)</think>.*$", re.DOTALL)
+    return [1.0 if pattern.match(_text(c)) else 0.0 for c in completions]
+
+
+def concise(completions: list[Any], **kwargs: Any) -> list[float]:
+    """A small penalty that grows with completion length (0 to -1 over 1,000 characters)."""
+    return [-min(len(_text(c)) / 1000.0, 1.0) for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
+    "exact_answer": exact_answer,
+    "think_format": think_format,
+    "concise": concise,
+}
+
+
+def reward_functions(specs: list[dict[str, str]]) -> list[Callable[..., list[float]]]:
+    funcs = []
+    for spec in specs:
+        if "name" in spec:
+            if spec["name"] not in BUILTIN_REWARDS:
+                raise JobError(f"unknown built-in reward {spec['name']!r}")
+            funcs.append(BUILTIN_REWARDS[spec["name"]])
+            continue
+        path = Path(spec["path"])
+        module_spec = importlib.util.spec_from_file_location(f"reward_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise JobError(f"cannot load reward file {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        func = getattr(module, spec["function"], None)
+        if not callable(func):
+            raise JobError(f"{path.name} has no function {spec['function']!r}")
+        funcs.append(func)
+    return funcs
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def progress_callback():
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One flushed line per log: the runner streams these as progress."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items()
+                                 if isinstance(v, (int, float)) and k in ("loss", "reward", "learning_rate",
+                                                                          "grad_norm", "rewards/accuracies"))
+                print(f"progress step={state.global_step}/{state.max_steps} {shown}", flush=True)
+
+    return Progress()
+
+
+def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    t = config["training"]
+    hub_repo = config.get("hub_repo")
+    tracking = config.get("tracking") or {}
+    steps = t.get("max_steps")
+    args: dict[str, Any] = {
+        "output_dir": config["output_dir"],
+        "num_train_epochs": t["epochs"],
+        "max_steps": steps or -1,
+        "learning_rate": t["learning_rate"],
+        "lr_scheduler_type": t.get("lr_scheduler", "cosine"),
+        # transformers 5 takes a ratio (< 1) or a step count in warmup_steps.
+        "warmup_steps": t.get("warmup_ratio", 0.0),
+        "per_device_train_batch_size": t["batch_size"],
+        "gradient_accumulation_steps": t["grad_accum"],
+        "seed": t.get("seed", 42),
+        "activation_checkpointing": bool(t.get("gradient_checkpointing")) and gpu,
+        # On CPU, use_cpu is what lets accelerate join torchrun's processes (gloo); without it each trains alone.
+        "use_cpu": not gpu,
+        "bf16": gpu and _bf16_ok(),
+        "fp16": gpu and not _bf16_ok(),
+        "logging_steps": 1 if steps and steps <= 200 else 10,
+        "report_to": ["trackio"],
+        "project": tracking.get("project") or "recipes-runner",
+        "run_name": config.get("run_id"),
+        "trackio_space_id": tracking.get("space_id"),
+        # Without a Space, stay local: no static dashboard sync at push time.
+        "trackio_static_space_id": None if tracking.get("space_id") else False,
+        "hub_private_repo": bool(config.get("private", True)),
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": not sys.stdout.isatty(),
+        "dataloader_num_workers": 0,
+        "save_strategy": "steps" if hub_repo else "no",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "push_to_hub": bool(hub_repo),
+        "hub_model_id": hub_repo,
+        # Every save goes to the Hub, so a job that times out leaves its last checkpoint behind.
+        "hub_strategy": "checkpoint" if hub_repo else "every_save",
+    }
+    if gpu and _liger_available():
+        args["use_liger_kernel"] = True
+    return args
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def peft_config(lora: dict[str, Any] | None):
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+
+
+def build_trainer(config: dict[str, Any], data):
+    from transformers import PrinterCallback
+
+    trainer = _trainer(config, data)
+    trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts
+    return trainer
+
+
+def _trainer(config: dict[str, Any], data):
+    import torch
+
+    gpu = torch.cuda.is_available()
+    t = config["training"]
+    method = config["method"]
+    args = common_args(config, gpu)
+    model_kwargs = {"dtype": torch.bfloat16 if gpu and _bf16_ok() else (torch.float16 if gpu else torch.float32)}
+    peft = peft_config(config.get("lora"))
+    callbacks = [progress_callback()]
+    if method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        packing = bool(t.get("packing"))
+        # Packing (BFD, padding-free) is exact only with FlashAttention, which keeps packed sequences apart;
+        # without it, batches of similar lengths cut padding while staying exact on any device.
+        extra = {} if packing else {"train_sampling_strategy": "group_by_length"}
+        sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=packing,
+                             model_init_kwargs=model_kwargs)
+        return SFTTrainer(model=config["base_model"], args=sft_args, train_dataset=data, peft_config=peft,
+                          callbacks=callbacks)
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
+        dpo_args = DPOConfig(**args, max_length=t["max_length"], model_init_kwargs=model_kwargs, **extra)
+        return DPOTrainer(model=config["base_model"], args=dpo_args, train_dataset=data, peft_config=peft,
+                          callbacks=callbacks)
+    from trl import GRPOConfig, GRPOTrainer
+
+    grpo_args = GRPOConfig(**args, num_generations=t.get("num_generations") or 8,
+                           max_completion_length=t.get("max_completion_length") or 256,
+                           model_init_kwargs=model_kwargs, log_completions=False)
+    return GRPOTrainer(model=config["base_model"], args=grpo_args, train_dataset=data, peft_config=peft,
+                       reward_funcs=reward_functions(config["rewards"]), callbacks=callbacks)
+
+
+def peak_memory_bytes() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def train(config: dict[str, Any]) -> dict[str, Any] | None:
+    data = load_data(config["dataset"])
+    check_rows(config["method"], data)
+    log(f"loaded {len(data)} rows; training {config['method'].upper()} on {config['base_model']}")
+    trainer = build_trainer(config, data)
+    start = time.monotonic()
+    result = trainer.train()
+    wall = time.monotonic() - start
+    trainer.save_model(config["output_dir"])
+    if not trainer.is_world_process_zero():
+        return None
+    if config.get("hub_repo"):
+        trainer.push_to_hub(commit_message=f"recipes-runner run {config.get('run_id')}")
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    last = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
+    if "loss" in last:
+        metrics["final_loss"] = last["loss"]
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    runtime = metrics.get("train_runtime", wall)
+    return {
+        "method": config["method"],
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": runtime,
+        "tokens_seen": tokens,
+        "tokens_per_second": tokens / runtime if runtime else 0.0,
+        "final_metrics": metrics,
+        "log_history": trainer.state.log_history,
+        "adapter": config.get("lora") is not None,
+        "world_size": trainer.args.world_size,
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+        summary = train(config)
+    except JobError as e:
+        print(f"error: {e}", flush=True)
+        return 1
+    if summary is not None:
+        path = Path(config["summary_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+        log(f"done: {summary['steps']} steps, {summary['tokens_seen']} tokens, model in {config['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

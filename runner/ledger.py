@@ -1,0 +1,128 @@
+"""Run records: `runs/<name>.json`, one file per recipe, every run kept.
+
+A run is a small state machine persisted here so any later process can pick it up:
+planned -> training -> trained -> converting -> converted -> recorded, or failed / canceled.
+Writes are atomic (temp file + rename in the same directory): a crash never leaves a
+half-written record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from runner.errors import UserError
+
+State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
+NEXT: dict[str, tuple[str, ...]] = {
+    "planned": ("training", "failed", "canceled"),
+    "training": ("trained", "failed", "canceled"),
+    "trained": ("converting", "recorded", "failed", "canceled"),
+    "converting": ("converted", "failed", "canceled"),
+    "converted": ("recorded", "failed", "canceled"),
+}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JobRef(BaseModel):
+    id: str
+    backend: str
+    flavor: str | None = None
+    submitted_at: str
+    finished_at: str | None = None
+    stage: str = "SCHEDULING"
+    script_sha256: str | None = None
+
+
+class Failure(BaseModel):
+    stage: str
+    reason: str
+    log_tail: list[str] = Field(default_factory=list)
+    checkpoint_on_hub: bool = False
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    recipe: str
+    recipe_sha256: str
+    commit: str | None
+    backend: str
+    state: State = "planned"
+    created_at: str = Field(default_factory=now)
+    updated_at: str = Field(default_factory=now)
+    history: list[dict[str, str]] = Field(default_factory=list)  # [{state, at}]
+    plan: dict[str, Any] = Field(default_factory=dict)
+    jobs: dict[str, JobRef] = Field(default_factory=dict)  # "train" / "gguf"
+    train_summary: dict[str, Any] | None = None
+    gguf_summary: dict[str, Any] | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
+    cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
+    links: dict[str, str] = Field(default_factory=dict)
+    failure: Failure | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def move(self, state: State) -> None:
+        if state not in NEXT.get(self.state, ()):
+            raise ValueError(f"run {self.run_id}: cannot go from {self.state} to {state}")
+        self.state = state
+        self.updated_at = now()
+        self.history.append({"state": state, "at": self.updated_at})
+
+
+class RecipeRuns(BaseModel):
+    name: str
+    runs: list[RunRecord] = Field(default_factory=list)
+
+
+def runs_path(root: Path, name: str) -> Path:
+    return root / "runs" / f"{name}.json"
+
+
+def read(root: Path, name: str) -> RecipeRuns:
+    path = runs_path(root, name)
+    if not path.exists():
+        return RecipeRuns(name=name)
+    try:
+        return RecipeRuns.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path}: run record is not valid ({str(e).splitlines()[0]}); fix or move it aside") from None
+
+
+def save(root: Path, record: RunRecord, name: str) -> None:
+    """Insert or replace `record` in the recipe's run file, atomically."""
+    runs = read(root, name)
+    ids = [r.run_id for r in runs.runs]
+    if record.run_id in ids:
+        runs.runs[ids.index(record.run_id)] = record
+    else:
+        runs.runs.append(record)
+    atomic_write(runs_path(root, name), json.dumps(runs.model_dump(mode="json"), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
