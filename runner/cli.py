@@ -118,13 +118,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
     backend = LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else state / "hub"
-    echo = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    echo = (lambda line: None) if args.quiet else _progress_printer()
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor}")
     record = pipeline.run(loaded, plan, backend, hub_dir=hub_dir, processes=args.processes, echo=echo)
     print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
                       "failure": record.failure.model_dump() if record.failure else None}))
     return 0 if record.state == "recorded" else 1
+
+
+def _progress_printer():
+    """Job log lines as progress, minus progress-bar redraws and blank lines (the full log stays on disk)."""
+    import re
+
+    bar = re.compile(r"\d+%\|")
+
+    def echo(line: str) -> None:
+        text = line.split("] ", 1)[-1].strip()
+        if text and not bar.search(text):
+            print(line, file=sys.stderr, flush=True)
+
+    return echo
 
 
 def build_parser() -> argparse.ArgumentParser:
