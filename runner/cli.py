@@ -103,28 +103,144 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if not problems and all(p.ok for p in plans) else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from runner import gather, hub, pipeline, recipe
+def _backend(name: str, root: Path, repo: str | None = None):
+    """The engine a run uses; `repo` (the output repo) fixes the HF namespace jobs run and bill in."""
     from runner.backends.local import LocalBackend
 
-    if args.backend != "local":
-        raise UserError(f"backend '{args.backend}' is not available yet; use --backend local")
+    if name == "hf":
+        from runner import hub
+        from runner.backends.hf import HfBackend, namespace_of
+
+        token = None if hub.offline() else hub.token()
+        if not token:
+            raise UserError("the hf backend needs a Hugging Face token with write access: set HF_TOKEN "
+                            "(in GitHub Actions, a repository secret) or run `hf auth login`")
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the backend reports its own retries, one line each
+        api = hub.api(token)
+        return HfBackend(api, namespace_of(repo, api), token, echo=_progress_printer())
+    state = root / ".runner"
+    # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
+    return LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runner import gather, hub, pipeline, recipe
+
     loaded = recipe.load(args.recipe)
+    backend = _backend(args.backend, loaded.root, loaded.output_repo)
     token = None if hub.offline() else hub.token()
     plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
-    state = loaded.root / ".runner"
-    # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
-    backend = LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
-    hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else state / "hub"
+    hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor}")
-    record = pipeline.run(loaded, plan, backend, hub_dir=hub_dir, processes=args.processes, echo=echo)
+    record = pipeline.resumable(loaded, backend)
+    if record is None:
+        record = pipeline.start(loaded, plan, backend, hub_dir=hub_dir, processes=args.processes)
+    else:
+        echo(f"[run] {loaded.display} at this commit already has run {record.run_id} ({record.state}); "
+             "carrying it on instead of training again")
+    record = pipeline.drive(record, pipeline.Step(loaded, backend, echo), wait=not args.detach)
     print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
                       "failure": record.failure.model_dump() if record.failure else None}))
+    if args.detach and not record.terminal:
+        echo(f"[detach] run {record.run_id} is {record.state}; `runner reconcile` carries it on")
+        return 0
     return 0 if record.state == "recorded" else 1
+
+
+def _latest(name_or_path: str):
+    """The newest run of a recipe given by name or by its file."""
+    from runner import ledger
+
+    name = Path(name_or_path).stem if name_or_path.endswith((".yaml", ".yml")) else name_or_path
+    runs = ledger.read(Path.cwd(), name).runs
+    if not runs:
+        raise UserError(f"no runs recorded for '{name}' (runs/{name}.json)")
+    return name, runs[-1]
+
+
+def _repo(record) -> str | None:
+    return (record.configs.get("train") or {}).get("hub_repo")
+
+
+def _current_job(record) -> tuple[str, str]:
+    stage = "gguf" if "gguf" in record.jobs else "train"
+    if stage not in record.jobs:
+        raise UserError(f"run {record.run_id} has no job yet (state {record.state})")
+    return stage, record.jobs[stage].id
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from runner import ledger
+
+    names = [Path(a).stem if a.endswith((".yaml", ".yml")) else a for a in args.recipes]
+    groups = [ledger.read(Path.cwd(), n) for n in names] if names else ledger.all_runs(Path.cwd())
+    for group in groups:
+        if not group.runs:
+            print(f"{group.name}: no runs")
+            continue
+        r = group.runs[-1]
+        line = f"{group.name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
+        if not r.terminal and r.jobs:
+            stage, job_id = _current_job(r)
+            live = _backend(r.backend, Path.cwd(), _repo(r)).status(job_id)
+            line += f"; {stage} job {job_id} is {live.stage}"
+        if r.failure:
+            line += f"; {r.failure.stage} failed: {r.failure.reason}"
+        print(line)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    name, record = _latest(args.recipe)
+    stage, job_id = _current_job(record)
+    for line in _backend(record.backend, Path.cwd(), _repo(record)).logs(job_id, follow=args.follow):
+        print(f"[{stage}] {line}", flush=True)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from runner import pipeline, recipe
+
+    name, record = _latest(args.recipe)
+    if record.terminal:
+        print(f"{name}: run {record.run_id} already {record.state}")
+        return 0
+    stage, job_id = _current_job(record)
+    backend = _backend(record.backend, Path.cwd(), _repo(record))
+    backend.cancel(job_id)
+    step = pipeline.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
+    record = pipeline.drive(record, step, wait=True)
+    print(f"{name}: run {record.run_id} {record.state}")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Carry every unfinished run forward as far as it can go without waiting."""
+    from runner import ledger, pipeline, recipe
+
+    root = Path.cwd()
+    problems = 0
+    for group in ledger.all_runs(root):
+        for record in [r for r in group.runs if not r.terminal]:
+            try:
+                step = pipeline.Step(recipe.load(root / record.recipe), _backend(record.backend, root, _repo(record)),
+                                     _progress_printer())
+                record = pipeline.drive(record, step, wait=args.wait)
+            except pipeline.RunBusy:
+                print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
+                continue
+            except UserError as e:
+                print(f"{group.name}: run {record.run_id} not advanced: {str(e).splitlines()[0]}", file=sys.stderr)
+                problems += 1
+                continue
+            print(f"{group.name}: run {record.run_id} {record.state}")
+    return 1 if problems else 0
 
 
 def _progress_printer():
@@ -175,7 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel training processes (torchrun) for the local backend")
     p.add_argument("--hub-dir", default=None, help="local stand-in for the Hub (default .runner/hub)")
     p.add_argument("--quiet", action="store_true", help="print only the final JSON line")
+    p.add_argument("--detach", action="store_true",
+                   help="submit the training job and return; `runner reconcile` carries the run on")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the latest run of each recipe, with its live job stage")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all with runs)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="the log of a recipe's current job")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="cancel a recipe's running job; the run ends canceled")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
+    p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
+    p.set_defaults(func=cmd_reconcile)
     return parser
 
 

@@ -14,20 +14,60 @@ from runner.plan import Plan
 from runner.recipe import LoadedRecipe
 
 
+BUNDLE_DIR = "runner"  # folder of the model repo that holds each run's job bundle: runner/<run_id>/
+
+
 @dataclass(frozen=True)
 class Places:
-    """Where a job reads and writes (local paths here; mounted paths on HF Jobs)."""
+    """Where a job reads and writes: local paths here, container paths on HF Jobs.
 
-    model_dir: Path  # the trained model or adapter
+    On HF Jobs the repo-local inputs (a local dataset file, reward functions, a local base
+    model) are shipped with the job script to the model repo under runner/<run_id>/ and
+    that folder is mounted read-only at `mount`; outputs go to the Hub, scratch to `work_dir`.
+    """
+
+    model_dir: Path
     gguf_dir: Path
     work_dir: Path  # summaries and scratch
+    mount: str | None = None
 
 
-def _local_or_id(loaded: LoadedRecipe, value: str, is_local: bool) -> str:
-    return str(loaded.local(value)) if is_local else value
+def hf_places(mount: str) -> Places:
+    # Relative to the job's working directory inside the container.
+    return Places(model_dir=Path("output/model"), gguf_dir=Path("output/gguf"), work_dir=Path("output"), mount=mount)
+
+
+def bundle_path(run_id: str, name: str) -> str:
+    return f"{BUNDLE_DIR}/{run_id}/{name}"
+
+
+def _input(loaded: LoadedRecipe, places: Places, value: str, is_local: bool) -> str:
+    """A recipe input as the job sees it: a Hub id, a local path, or its mounted copy."""
+    if not is_local:
+        return value
+    path = loaded.local(value)
+    return f"{places.mount}/{path.relative_to(loaded.root).as_posix()}" if places.mount else str(path)
+
+
+def shipped_files(loaded: LoadedRecipe) -> dict[str, Path]:
+    """Repo-local inputs a remote job needs, by repo-relative path: they travel with the script."""
+    r = loaded.recipe
+    paths: list[Path] = []
+    if r.dataset.is_local:
+        paths.append(loaded.local(r.dataset.path))
+    paths += [loaded.local(w.file) for w in r.rewards if w.file]
+    if r.base_model_is_local:
+        base = loaded.local(r.base_model)
+        paths += sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+    return {p.relative_to(loaded.root).as_posix(): p for p in paths}
+
+
+def _summary_upload(repo: str | None, run_id: str, name: str) -> dict[str, str] | None:
+    return {"repo": repo, "path": bundle_path(run_id, name)} if repo else None
 
 
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool) -> dict[str, Any]:
+    repo = loaded.output_repo if push else None
     r = loaded.recipe
     t = r.training
     lora = None
@@ -40,13 +80,13 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
             rewards.append({"name": reward.builtin})
         else:
             assert reward.file and reward.function
-            rewards.append({"path": str(loaded.local(reward.file)), "function": reward.function})
+            rewards.append({"path": _input(loaded, places, reward.file, True), "function": reward.function})
     return {
         "run_id": run_id,
         "method": r.method,
-        "base_model": _local_or_id(loaded, r.base_model, r.base_model_is_local),
+        "base_model": _input(loaded, places, r.base_model, r.base_model_is_local),
         "dataset": {
-            "source": _local_or_id(loaded, r.dataset.path, r.dataset.is_local),
+            "source": _input(loaded, places, r.dataset.path, r.dataset.is_local),
             "config": r.dataset.config,
             "split": r.dataset.split,
             "revision": r.dataset.revision,
@@ -70,25 +110,29 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
             "max_completion_length": t.max_completion_length or 256,
         },
         "lora": lora,
+        "strategy": plan.strategy or "single",
         "rewards": rewards,
         "output_dir": str(places.model_dir),
-        "hub_repo": loaded.output_repo if push else None,
+        "hub_repo": repo,
         "private": r.output.private,
         "tracking": {"project": loaded.tracking_project, "space_id": r.tracking.space},
         "summary_path": str(places.work_dir / "train-summary.json"),
+        "summary_upload": _summary_upload(repo, run_id, "train-summary.json"),
     }
 
 
-def gguf_config(loaded: LoadedRecipe, places: Places, *, adapter: bool, push: bool) -> dict[str, Any]:
+def gguf_config(loaded: LoadedRecipe, places: Places, run_id: str, *, adapter: bool, push: bool) -> dict[str, Any]:
     r = loaded.recipe
-    repo = loaded.output_repo
+    repo = loaded.output_repo if push else None
     return {
         "model_dir": str(places.model_dir),
-        "base_model": _local_or_id(loaded, r.base_model, r.base_model_is_local) if adapter else None,
+        "model_repo": repo,  # when set, the job downloads the trained model from here into model_dir
+        "base_model": _input(loaded, places, r.base_model, r.base_model_is_local) if adapter else None,
         "name": r.name,
         "quantizations": list(r.gguf.quantizations),
         "output_dir": str(places.gguf_dir),
-        "hub_repo": f"{repo}-GGUF" if (push and repo) else None,
+        "hub_repo": f"{repo}-GGUF" if repo else None,
         "private": r.output.private,
         "summary_path": str(places.work_dir / "gguf-summary.json"),
+        "summary_upload": _summary_upload(repo, run_id, "gguf-summary.json"),
     }

@@ -70,6 +70,11 @@ class RunRecord(BaseModel):
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)
     failure: Failure | None = None
+    # What any later process needs to carry the run on: the job configs (JSON the job scripts read,
+    # no secrets), the data-parallel width, and whether outputs go to the Hub.
+    configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    processes: int = 1
+    push: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -86,6 +91,10 @@ class RunRecord(BaseModel):
 class RecipeRuns(BaseModel):
     name: str
     runs: list[RunRecord] = Field(default_factory=list)
+
+
+def all_runs(root: Path) -> list[RecipeRuns]:
+    return [read(root, p.stem) for p in sorted((root / "runs").glob("*.json"))]
 
 
 def runs_path(root: Path, name: str) -> Path:

@@ -1,38 +1,38 @@
 """After the merge: train, convert, record. The same steps whatever the backend.
 
-Each step moves the run record forward and saves it, so a crash leaves a record that
-says exactly how far the run got.
+A run is the state machine in runner/ledger.py. `advance` moves it one step and saves
+the record, so any process (this one, a re-run, a scheduled `runner reconcile`) can
+pick a run up wherever the last one stopped. Jobs carry labels (recipe, run, commit,
+stage) so a repeated submission adopts the job already running instead of paying twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
-import json
 import secrets
-import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner import card, ledger
 from runner.backends.base import Backend, JobSpec, JobStatus
 from runner.backends.local import script_path
-from runner.jobspec import Places, gguf_config, train_config
+from runner.errors import UserError
+from runner.hardware import BUILTIN_FLAVORS
+from runner.jobspec import BUNDLE_DIR, Places, gguf_config, hf_places, shipped_files, train_config
 from runner.ledger import Failure, JobRef, RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
 
 LOG_TAIL = 30
+GGUF_FLAVOR = "cpu-upgrade"
+GGUF_TIMEOUT = 3600
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Outcome:
-    status: JobStatus
-    tail: list[str]
 
 
 def new_run_id() -> str:
@@ -58,120 +58,238 @@ def local_places(loaded: LoadedRecipe, run_id: str, hub_dir: Path) -> Places:
                   work_dir=loaded.root / ".runner" / "runs" / run_id)
 
 
-def follow(backend: Backend, job_id: str, stage: str, echo: Echo) -> Outcome:
-    tail: deque[str] = deque(maxlen=LOG_TAIL)
-    for line in backend.logs(job_id, follow=True):
-        tail.append(line)
-        echo(f"[{stage}] {line}")
-    status = backend.status(job_id)
-    while not status.finished:  # logs can end a moment before the status does
-        time.sleep(0.2)
-        status = backend.status(job_id)
-    return Outcome(status, list(tail))
+@contextlib.contextmanager
+def run_lock(root: Path, name: str) -> Iterator[bool]:
+    """An exclusive, non-blocking lock per recipe: two reconcilers never advance one run at once."""
+    path = root / ".runner" / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+class RunBusy(UserError):
+    """Another process holds this recipe's run lock: it is already carrying the run on."""
 
 
-def run(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path, processes: int = 1,
-        echo: Echo = print) -> RunRecord:
+@dataclass
+class Step:
+    """Everything `advance` needs besides the record."""
+
+    loaded: LoadedRecipe
+    backend: Backend
+    echo: Echo = print
+
+
+def _places(step_backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
+    if step_backend.mount:
+        return hf_places(step_backend.mount)
+    assert hub_dir is not None
+    return local_places(loaded, run_id, hub_dir)
+
+
+def _devices(plan: Plan) -> int:
+    """GPUs the planned flavor has: a multi-GPU flavor trains data-parallel (or sharded) across all."""
+    flavor = next((f for f in BUILTIN_FLAVORS if f.name == plan.flavor), None)
+    return flavor.devices if flavor and plan.strategy in ("ddp", "fsdp") else 1
+
+
+def resumable(loaded: LoadedRecipe, backend: Backend) -> RunRecord | None:
+    """The run this very recipe, at this very commit, already has on this backend, if not failed.
+
+    A repeated trigger (a re-delivered merge event, a re-run workflow) carries that run on,
+    or finds it done, instead of paying for a second training job.
+    """
+    runs = ledger.read(loaded.root, loaded.recipe.name).runs
+    last = runs[-1] if runs else None
+    if last and last.backend == backend.name and last.state not in ("failed", "canceled") and \
+            last.commit == git_commit(loaded.root) and last.recipe_sha256 == sha256_file(loaded.path):
+        return last
+    return None
+
+
+def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
+          processes: int = 1) -> RunRecord:
+    """A new run in state `planned`, with the training job's config fixed and saved."""
     r = loaded.recipe
     run_id = new_run_id()
-    commit = git_commit(loaded.root)
+    push = backend.name != "local"
+    if push:
+        if not loaded.output_repo:
+            raise UserError(f"{loaded.display}: training on HF Jobs needs an output repo (output.repo, or a "
+                            "namespace in recipes/_defaults.yaml); the trained model would be lost")
+        processes = _devices(plan)
     record = RunRecord(
-        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), commit=commit,
+        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), commit=git_commit(loaded.root),
         backend=backend.name, plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}),
-        cost_usd={"estimated": plan.cost_usd, "actual": 0.0 if backend.name == "local" else None},
+        cost_usd={"estimated": plan.cost_usd, "actual": 0.0 if not push else None}, processes=processes, push=push,
     )
     record.history.append({"state": "planned", "at": record.created_at})
+    places = _places(backend, loaded, run_id, hub_dir)
+    record.configs["train"] = train_config(loaded, plan, run_id, places, push=push)
+    record.links["model"] = f"https://huggingface.co/{loaded.output_repo}" if push else str(places.model_dir)
     ledger.save(loaded.root, record, r.name)
-    places = local_places(loaded, run_id, hub_dir)
-    places.work_dir.mkdir(parents=True, exist_ok=True)
-    labels = {"recipe": r.name, "run": run_id, "commit": (commit or "none")[:12]}
-    push = backend.name != "local"
+    return record
 
-    def submit(stage: str, spec: JobSpec) -> str:
-        job_id = backend.submit(spec)
-        record.jobs[stage] = JobRef(id=job_id, backend=backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
-                                    script_sha256=sha256_file(script_path(spec.script)))
-        return job_id
 
-    def fail(stage: str, outcome: Outcome) -> RunRecord:
-        reason = outcome.status.message or outcome.status.stage.lower()
-        # The job's own one-line error if it printed one, else its last words (an exception, usually).
-        errors = [ln for ln in outcome.tail if ln.startswith("error:")]
-        last = errors[-1].removeprefix("error:").strip() if errors else next(
-            (ln.strip() for ln in reversed(outcome.tail) if ln.strip()), "")
-        if last:
-            reason = f"{reason}: {last}"
-        record.failure = Failure(stage=stage, reason=reason, log_tail=outcome.tail)
-        record.jobs[stage].stage = outcome.status.stage
-        record.jobs[stage].finished_at = ledger.now()
-        record.move("canceled" if outcome.status.stage == "CANCELED" else "failed")
-        ledger.save(loaded.root, record, r.name)
-        echo(f"[{stage}] failed: {reason}")
-        return record
+def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
+    return {"recipe": name, "run": record.run_id, "commit": (record.commit or "none")[:12], "stage": stage}
 
-    # --- train -----------------------------------------------------------------------------------
-    config = train_config(loaded, plan, run_id, places, push=push)
+
+def _spec(step: Step, record: RunRecord, script: str, **kw) -> JobSpec:
+    """A job of this run; remote engines also get the bundle: where it goes and the repo-local inputs."""
+    bundle = {}
+    if record.push:
+        bundle = {"bundle_repo": step.loaded.output_repo, "bundle_dir": f"{BUNDLE_DIR}/{record.run_id}",
+                  "files": {k: str(v) for k, v in shipped_files(step.loaded).items()}}
+    return JobSpec(script=script, config=record.configs[script], labels=_labels(record, step.loaded.recipe.name, script),
+                   **bundle, **kw)
+
+
+def _submit(step: Step, record: RunRecord, stage: str, spec: JobSpec) -> None:
+    job_id = step.backend.submit(spec)  # adopts a job with the same labels if one exists
+    record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
+                                script_sha256=sha256_file(script_path(spec.script)))
+    step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
+
+
+def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatus | None:
+    """The job's final status; None while it runs (and we are not waiting)."""
+    job_id = record.jobs[stage].id
+    if wait:
+        for line in step.backend.logs(job_id, follow=True):
+            step.echo(f"[{stage}] {line}")
+    status = step.backend.status(job_id)
+    while wait and not status.finished:  # logs can end a moment before the status does
+        time.sleep(0.2)
+        status = step.backend.status(job_id)
+    if status.stage != record.jobs[stage].stage:
+        step.echo(f"[{stage}] job {job_id}: {record.jobs[stage].stage} -> {status.stage}")
+        record.jobs[stage].stage = status.stage
+    if not status.finished:
+        return None
+    record.jobs[stage].stage = status.stage
+    record.jobs[stage].finished_at = ledger.now()
+    submitted = time.mktime(time.strptime(record.jobs[stage].submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
+    finished = time.mktime(time.strptime(record.jobs[stage].finished_at, "%Y-%m-%dT%H:%M:%SZ"))
+    record.seconds[stage] = max(finished - submitted, 0.0)
+    return status
+
+
+def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
+    tail = list(deque(step.backend.logs(record.jobs[stage].id), maxlen=LOG_TAIL))
+    reason = status.message or status.stage.lower()
+    # The job's own one-line error if it printed one, else its last words (an exception, usually).
+    errors = [ln for ln in tail if ln.startswith("error:")]
+    last = errors[-1].removeprefix("error:").strip() if errors else next(
+        (ln.strip() for ln in reversed(tail) if ln.strip()), "")
+    if last and last not in reason:
+        reason = f"{reason}: {last}"
+    checkpoint = stage == "train" and step.backend.checkpoint_saved(record.configs["train"])
+    record.failure = Failure(stage=stage, reason=reason, log_tail=tail, checkpoint_on_hub=checkpoint)
+    if checkpoint:
+        reason += "; a checkpoint was saved, so a rerun can resume from it"
+    record.move("canceled" if status.stage == "CANCELED" else "failed")
+    step.echo(f"[{stage}] {record.state}: {reason}")
+
+
+def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
+    """Move the run one step and save it. Returns False when it must wait for a job to finish."""
+    loaded = step.loaded
+    r = loaded.recipe
+    plan = record.plan
+    state = record.state
+    if state == "planned":
+        if not record.push:
+            Path(record.configs["train"]["summary_path"]).parent.mkdir(parents=True, exist_ok=True)
+        _submit(step, record, "train", _spec(step, record, "train", flavor=plan.get("flavor"),
+                                             timeout_seconds=plan.get("timeout_seconds"), processes=record.processes))
+        record.move("training")
+    elif state == "training":
+        status = _finished(step, record, "train", wait)
+        if status is None:
+            return False
+        if status.stage != "COMPLETED":
+            _fail(step, record, "train", status)
+        else:
+            summary = step.backend.summary(record.configs["train"]) or {}
+            record.train_summary = summary
+            record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            record.move("trained")
+    elif state == "trained":
+        if not r.gguf.enabled:
+            _record(step, record)
+        else:
+            places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
+            adapter = bool((record.train_summary or {}).get("adapter"))
+            record.configs["gguf"] = gguf_config(loaded, places, record.run_id, adapter=adapter, push=record.push)
+            _submit(step, record, "gguf", _spec(step, record, "gguf", flavor=GGUF_FLAVOR, timeout_seconds=GGUF_TIMEOUT))
+            record.move("converting")
+    elif state == "converting":
+        status = _finished(step, record, "gguf", wait)
+        if status is None:
+            return False
+        if status.stage != "COMPLETED":
+            _fail(step, record, "gguf", status)
+        else:
+            record.gguf_summary = step.backend.summary(record.configs["gguf"])
+            gguf_dir = record.configs["gguf"]["output_dir"]
+            repo = record.configs["gguf"].get("hub_repo")
+            record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else gguf_dir
+            record.move("converted")
+    elif state == "converted":
+        _record(step, record)
+    else:
+        return False
+    ledger.save(loaded.root, record, r.name)
+    return True
+
+
+def _local_gguf_places(record: RunRecord) -> Places:
+    model_dir = Path(record.configs["train"]["output_dir"])
+    return Places(model_dir=model_dir, gguf_dir=model_dir.with_name(model_dir.name + "-GGUF"),
+                  work_dir=Path(record.configs["train"]["summary_path"]).parent)
+
+
+def _record(step: Step, record: RunRecord) -> None:
+    """Write the model card (and loss plot) into the repo, and beside the weights."""
+    loaded = step.loaded
+    r = loaded.recipe
     start = time.monotonic()
-    job_id = submit("train", JobSpec(script="train", config=config, flavor=plan.flavor,
-                                     timeout_seconds=plan.timeout_seconds, labels=labels | {"stage": "train"},
-                                     processes=processes))
-    record.move("training")
-    ledger.save(loaded.root, record, r.name)
-    echo(f"[train] job {job_id} on the {backend.name} backend")
-    outcome = follow(backend, job_id, "train", echo)
-    record.seconds["train"] = round(time.monotonic() - start, 2)
-    if outcome.status.stage != "COMPLETED":
-        return fail("train", outcome)
-    record.jobs["train"].stage, record.jobs["train"].finished_at = "COMPLETED", ledger.now()
-    record.train_summary = _read_json(Path(config["summary_path"]))
-    summary = record.train_summary or {}
-    record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    record.links["model"] = str(places.model_dir) if not push else f"https://huggingface.co/{loaded.output_repo}"
-    record.move("trained")
-    ledger.save(loaded.root, record, r.name)
-
-    # --- convert ---------------------------------------------------------------------------------
-    if r.gguf.enabled:
-        gconfig = gguf_config(loaded, places, adapter=bool(summary.get("adapter")), push=push)
-        start = time.monotonic()
-        job_id = submit("gguf", JobSpec(script="gguf", config=gconfig, flavor="cpu-upgrade",
-                                        timeout_seconds=3600, labels=labels | {"stage": "gguf"}))
-        record.move("converting")
-        ledger.save(loaded.root, record, r.name)
-        echo(f"[gguf] job {job_id}")
-        outcome = follow(backend, job_id, "gguf", echo)
-        record.seconds["gguf"] = round(time.monotonic() - start, 2)
-        if outcome.status.stage != "COMPLETED":
-            return fail("gguf", outcome)
-        record.jobs["gguf"].stage, record.jobs["gguf"].finished_at = "COMPLETED", ledger.now()
-        record.gguf_summary = _read_json(Path(gconfig["summary_path"]))
-        record.links["gguf"] = str(places.gguf_dir) if not push else f"https://huggingface.co/{loaded.output_repo}-GGUF"
-        record.move("converted")
-        ledger.save(loaded.root, record, r.name)
-
-    # --- record ----------------------------------------------------------------------------------
-    start = time.monotonic()
+    if record.recipe_sha256 != sha256_file(loaded.path):
+        step.echo(f"[record] note: {loaded.display} changed since run {record.run_id} started")
     card_dir = loaded.root / "models" / r.name
+    summary = record.train_summary or {}
     png = card.loss_plot_png(summary.get("log_history") or [], f"{r.name} ({r.method.upper()})")
     if png:
         ledger.atomic_write(card_dir / "loss.png", png)
     text = card.build(loaded, record, has_plot=png is not None)
     ledger.atomic_write(card_dir / "README.md", text)
-    if not push:  # the local Hub copy sits beside the weights, as README.md does on the Hub
-        ledger.atomic_write(places.model_dir / "README.md", text)
-        if png:
-            shutil.copyfile(card_dir / "loss.png", places.model_dir / "loss.png")
+    # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights).
+    step.backend.publish(record.configs["train"], {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
+                         f"recipes-runner: model card for run {record.run_id}")
     record.links["card"] = str((card_dir / "README.md").relative_to(loaded.root))
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
-    ledger.save(loaded.root, record, r.name)
-    echo(f"[done] {r.name}: card {record.links['card']}, record {ledger.runs_path(loaded.root, r.name).relative_to(loaded.root)}")
+    step.echo(f"[done] {r.name}: card {record.links['card']}, record runs/{r.name}.json")
+
+
+def drive(record: RunRecord, step: Step, *, wait: bool) -> RunRecord:
+    """Advance until the run is terminal, or (not waiting) until it waits on a running job."""
+    with run_lock(step.loaded.root, step.loaded.recipe.name) as mine:
+        if not mine:
+            raise RunBusy(f"another runner process is advancing {step.loaded.recipe.name}; try again later")
+        # Another process may have moved the run while we waited for the lock: start from what is on disk.
+        saved = {r.run_id: r for r in ledger.read(step.loaded.root, step.loaded.recipe.name).runs}
+        record = saved.get(record.run_id, record)
+        while not record.terminal and advance(record, step, wait=wait):
+            pass
     return record

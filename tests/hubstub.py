@@ -1,18 +1,38 @@
 """A local stand-in for the Hugging Face Hub and its dataset viewer.
 
 It speaks the HTTP contract that huggingface_hub's `HfApi` and the viewer clients
-use (real routes, field names, error headers), records every request, and injects
-faults on request. Tests drive it through the real clients; nothing is patched.
+use (real routes, field names, error headers, `Z` datetimes), records every request,
+and injects faults on request. Tests drive it through the real clients; nothing is patched.
+
+Besides model info and the viewer it keeps model repos (create, preupload + commit,
+tree, resolve) and runs Jobs (create, inspect, list by label with Link paging, cancel,
+logs as SSE replayed per connection). A job either runs for real on this machine (its
+repo volume materialised in a temp dir, `uv run` played by this Python, the secrets in
+its environment) or plays a scripted stage sequence (`JobScript`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+USER = "alice"
 
 HARDWARE = [
     # name, pretty, cpu, ram, accelerator, micro-USD per minute
@@ -33,6 +53,70 @@ class Request:
     headers: dict[str, str]
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{datetime.now().microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Repo:
+    private: bool
+    commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (oid, full tree)
+
+    def tree(self, revision: str = "main") -> tuple[str, dict[str, bytes]] | None:
+        if not self.commits:
+            return None
+        if revision == "main":
+            return self.commits[-1]
+        return next((c for c in self.commits if c[0] == revision), None)
+
+
+@dataclass
+class JobScript:
+    """A job that plays stages instead of running: seconds in SCHEDULING, then RUNNING, then `end`.
+
+    `outlive_timeout` keeps it running until its timeout ends it (as the Hub does, with ERROR);
+    `summary` is uploaded where the job's config asks (summary_upload) when it completes.
+    """
+
+    scheduling: float = 0.1
+    running: float = 0.3
+    end: str = "COMPLETED"
+    message: str | None = None
+    logs: list[str] = field(default_factory=lambda: ["starting", "progress step=1/2 loss=2.0", "done"])
+    outlive_timeout: bool = False
+    summary: dict[str, Any] | None = None
+    checkpoint: bool = False  # push last-checkpoint/ to the output repo before ending
+
+
+@dataclass
+class Job:
+    id: str
+    namespace: str
+    spec: dict[str, Any]
+    created_at: str
+    stage: str = "SCHEDULING"
+    message: str | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)  # (timestamp, line)
+    finished_at: str | None = None
+    process: subprocess.Popen | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def info(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "id": self.id, "createdAt": self.created_at, "dockerImage": spec.get("dockerImage"),
+            "spaceId": spec.get("spaceId"), "command": spec.get("command"), "arguments": spec.get("arguments", []),
+            "environment": spec.get("environment", {}),
+            # The Hub never returns secret values; only which secrets are set.
+            "secrets": {k: None for k in spec.get("secrets", {})},
+            "flavor": spec.get("flavor", "cpu-basic"), "labels": spec.get("labels", {}),
+            "volumes": spec.get("volumes"), "timeoutSeconds": spec.get("timeoutSeconds"),
+            "status": {"stage": self.stage, "message": self.message},
+            "owner": {"id": "1" * 24, "name": self.namespace, "type": "user"},
+            "finishedAt": self.finished_at,
+        }
+
+
 @dataclass
 class HubState:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {"params": int, "architectures": [...]}
@@ -40,116 +124,33 @@ class HubState:
     # dataset id -> {(config, split): rows}
     datasets: dict[str, dict[tuple[str, str], list[dict]]] = field(default_factory=dict)
     hardware_prices: dict[str, int] = field(default_factory=dict)  # override micro-USD per minute
-    faults: dict[str, list[int]] = field(default_factory=dict)  # path prefix -> statuses to return first
+    faults: dict[str, list[int]] = field(default_factory=dict)  # "[METHOD ]path prefix" -> statuses to return first
     requests: list[Request] = field(default_factory=list)
+    repos: dict[str, Repo] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    job_scripts: list[JobScript] = field(default_factory=list)  # consumed one per created job; empty: run for real
+    fail_after_create: int = 0  # answer this many job creations with 503 *after* creating the job
+    drop_log_streams: int = 0  # cut this many log streams after their first event
+    page_size: int = 2
+    timeout_scale: float = 1.0  # the stand-in's clock for job timeouts runs this many times faster
+    job_env: dict[str, str] = field(default_factory=dict)  # extra environment for real jobs
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class HubStub:
     def __init__(self) -> None:
         self.state = HubState()
-        state = self.state
+        self.tmp = Path(tempfile.mkdtemp(prefix="hubstub-"))
+        self._port = 0
+        self._start_server()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
+    # --- lifecycle ---------------------------------------------------------------------------------
 
-            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                state.requests.append(Request("GET", url.path, parse_qs(url.query), {k.lower(): v for k, v in self.headers.items()}))
-                for prefix, statuses in state.faults.items():
-                    if url.path.startswith(prefix) and statuses:
-                        status = statuses.pop(0)
-                        return self._send(status, {"error": f"injected {status}"})
-                q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                if url.path == "/api/jobs/hardware":
-                    return self._send(200, [self._hardware(h) for h in HARDWARE])
-                if url.path.startswith("/api/models/"):
-                    return self._model(url.path[len("/api/models/"):])
-                if url.path == "/splits":
-                    return self._splits(q)
-                if url.path == "/first-rows":
-                    return self._first_rows(q)
-                if url.path == "/size":
-                    return self._size(q)
-                return self._send(404, {"error": "Not Found"})
-
-            def _hardware(self, h: tuple) -> dict[str, Any]:
-                name, pretty, cpu, ram, acc, micro = h
-                micro = state.hardware_prices.get(name, micro)
-                return {
-                    "name": name, "prettyName": pretty, "cpu": cpu, "ram": ram, "ephemeralStorage": "50 GB",
-                    "accelerator": None if acc is None else {
-                        "type": "gpu", "model": acc[0], "quantity": acc[1], "vram": acc[2], "manufacturer": "Nvidia"},
-                    "unitCostMicroUSD": micro, "unitCostUSD": micro / 1e6, "unitLabel": "minute",
-                }
-
-            def _model(self, rest: str) -> None:
-                repo = rest.split("/revision/")[0]
-                if repo in state.gated:
-                    return self._send(403, {"error": "gated"}, {"X-Error-Code": "GatedRepo"})
-                model = state.models.get(repo)
-                if model is None:
-                    return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-                return self._send(200, {
-                    "_id": "0" * 24, "id": repo, "sha": "a" * 40, "private": False,
-                    "lastModified": "2025-01-01T00:00:00.000Z",
-                    "safetensors": {"parameters": {"BF16": model["params"]}, "total": model["params"]},
-                    "config": {"architectures": model.get("architectures", ["Qwen3ForCausalLM"]),
-                               "model_type": "qwen3"},
-                })
-
-            def _dataset(self, q: dict[str, str]) -> dict | None:
-                ds = state.datasets.get(q.get("dataset", ""))
-                if ds is None:
-                    self._send(404, {"error": "The dataset does not exist."}, {"X-Error-Code": "DatasetNotFoundError"})
-                return ds
-
-            def _splits(self, q: dict[str, str]) -> None:
-                ds = self._dataset(q)
-                if ds is not None:
-                    self._send(200, {"splits": [{"dataset": q["dataset"], "config": c, "split": s} for c, s in ds],
-                                     "pending": [], "failed": []})
-
-            def _first_rows(self, q: dict[str, str]) -> None:
-                ds = self._dataset(q)
-                if ds is None:
-                    return
-                rows = ds.get((q.get("config", ""), q.get("split", "")))
-                if rows is None:
-                    return self._send(404, {"error": "Not found."}, {"X-Error-Code": "ResponseNotFound"})
-                names = list(dict.fromkeys(k for r in rows for k in r))
-                self._send(200, {
-                    "dataset": q["dataset"], "config": q["config"], "split": q["split"],
-                    "features": [{"feature_idx": i, "name": n, "type": {"_type": "Value", "dtype": "string"}}
-                                 for i, n in enumerate(names)],
-                    "rows": [{"row_idx": i, "row": r, "truncated_cells": []} for i, r in enumerate(rows[:100])],
-                    "truncated": len(rows) > 100,
-                })
-
-            def _size(self, q: dict[str, str]) -> None:
-                ds = self._dataset(q)
-                if ds is None:
-                    return
-                splits = [{"dataset": q["dataset"], "config": c, "split": s, "num_rows": len(r),
-                           "num_columns": len(r[0]) if r else 0} for (c, s), r in ds.items()
-                          if "config" not in q or c == q["config"]]
-                self._send(200, {"size": {"dataset": {"dataset": q["dataset"],
-                                                      "num_rows": sum(s["num_rows"] for s in splits)},
-                                          "configs": [], "splits": splits},
-                                 "pending": [], "failed": [], "partial": False})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def _start_server(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler(self))
+        self.server.daemon_threads = True
+        self._port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self._port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> HubStub:
@@ -159,3 +160,459 @@ class HubStub:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+        for job in list(self.state.jobs.values()):
+            job.cancel.set()
+            if job.process and job.process.poll() is None:
+                job.process.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def restart(self, down_for: float = 1.0) -> None:
+        """The stand-in goes away and comes back on the same port; jobs and repos survive, as on the Hub."""
+        self.server.shutdown()
+        self.server.server_close()
+        time.sleep(down_for)
+        self._start_server()
+        self._thread.start()
+
+    # --- repos ---------------------------------------------------------------------------------------
+
+    def commit(self, repo_id: str, files: dict[str, bytes], deleted: tuple[str, ...] = ()) -> str:
+        with self.state.lock:
+            repo = self.state.repos.setdefault(repo_id, Repo(private=True))
+            tree = dict(repo.commits[-1][1]) if repo.commits else {}
+            tree.update(files)
+            for d in deleted:
+                tree = {k: v for k, v in tree.items() if k != d and not k.startswith(d.rstrip("/") + "/")}
+            oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in tree.items())).encode()
+                               + str(len(repo.commits)).encode()).hexdigest()
+            repo.commits.append((oid, tree))
+            return oid
+
+    def files(self, repo_id: str) -> dict[str, bytes]:
+        repo = self.state.repos.get(repo_id)
+        found = repo.tree() if repo else None
+        return dict(found[1]) if found else {}
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    def create_job(self, namespace: str, spec: dict[str, Any]) -> Job:
+        job = Job(id=secrets.token_hex(12), namespace=namespace, spec=spec, created_at=_now())
+        with self.state.lock:
+            self.state.jobs[job.id] = job
+            script = self.state.job_scripts.pop(0) if self.state.job_scripts else None
+        target = self._play if script else self._run_for_real
+        threading.Thread(target=target, args=(job, script) if script else (job,), daemon=True).start()
+        return job
+
+    def _log(self, job: Job, line: str) -> None:
+        job.logs.append((_now(), line))
+
+    def _finish(self, job: Job, stage: str, message: str | None = None) -> None:
+        if job.stage in ("COMPLETED", "ERROR", "CANCELED", "DELETED"):
+            return
+        job.stage, job.message, job.finished_at = stage, message, _now()
+
+    def _deadline(self, job: Job) -> float | None:
+        timeout = job.spec.get("timeoutSeconds")
+        return time.monotonic() + float(timeout) / self.state.timeout_scale if timeout else None
+
+    def _play(self, job: Job, script: JobScript) -> None:
+        if job.cancel.wait(script.scheduling):
+            return self._finish(job, "CANCELED")
+        job.stage = "RUNNING"
+        self._log(job, "===== Job started at " + _now() + " =====")
+        deadline = self._deadline(job)
+        for line in script.logs:
+            self._log(job, line)
+        if script.checkpoint:
+            repo = _config(job).get("hub_repo")
+            if repo:
+                self.commit(repo, {"last-checkpoint/trainer_state.json": b"{}", "last-checkpoint/config.json": b"{}"})
+        end = None if script.outlive_timeout else time.monotonic() + script.running
+        while end is None or time.monotonic() < end:
+            if job.cancel.wait(0.05):
+                return self._finish(job, "CANCELED")
+            if deadline and time.monotonic() > deadline:
+                return self._finish(job, "ERROR", "Job timeout")
+        if script.end == "COMPLETED" and script.summary is not None:
+            target = _config(job).get("summary_upload")
+            if target:
+                self.commit(target["repo"], {target["path"]: json.dumps(script.summary).encode()})
+        self._finish(job, script.end, script.message)
+
+    def _run_for_real(self, job: Job) -> None:
+        """Play the container: mount the repo volumes, run `uv run SCRIPT` with this Python, secrets as env."""
+        work = self.tmp / job.id
+        (work / "cwd").mkdir(parents=True)
+        command = list(job.spec.get("command", [])) + list(job.spec.get("arguments", []))
+        mounts: dict[str, str] = {}
+        for i, vol in enumerate(job.spec.get("volumes") or []):
+            local = work / f"mnt{i}"
+            repo = self.state.repos.get(vol["source"])
+            found = repo.tree(vol.get("revision") or "main") if repo else None
+            prefix = (vol.get("path") or "").strip("/")
+            for name, data in (found[1] if found else {}).items():
+                if not prefix or name.startswith(prefix + "/"):
+                    dest = local / name[len(prefix) + 1 if prefix else 0:]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(data)
+            local.mkdir(exist_ok=True)
+            mounts[vol["mountPath"]] = str(local)
+
+        def place(value: str) -> str:
+            """A container path (alone, or quoted inside a JSON value) as this machine's mounted copy."""
+            for mount, local in mounts.items():
+                value = re.sub(rf'(^|"){re.escape(mount)}(?=/|"|$)', lambda m: m.group(1) + local, value)
+            return value
+
+        if command[:2] == ["uv", "run"]:  # this Python stands in for uv and the container image
+            rest = command[2:]
+            while rest and rest[0].startswith("--"):
+                rest = rest[2:] if rest[0] in ("--python", "--with") else rest[1:]
+            command = [sys.executable] + rest
+        command = [place(c) for c in command]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+        env.update({k: place(str(v)) for k, v in (job.spec.get("environment") or {}).items()})
+        env.update({k: str(v) for k, v in (job.spec.get("secrets") or {}).items()})
+        env.update({"HF_ENDPOINT": self.url, "HF_HOME": str(work / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+                    "TRACKIO_DIR": str(work / "trackio"), **self.state.job_env})
+        job.stage = "RUNNING"
+        self._log(job, "===== Job started at " + _now() + " =====")
+        deadline = self._deadline(job)
+        job.process = subprocess.Popen(command, cwd=work / "cwd", env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                       errors="replace", start_new_session=True)
+        reader = threading.Thread(target=lambda: [self._log(job, ln.rstrip("\n")) for ln in job.process.stdout],
+                                  daemon=True)
+        reader.start()
+        while job.process.poll() is None:
+            if job.cancel.wait(0.1):
+                job.process.kill()
+                job.process.wait()
+                return self._finish(job, "CANCELED")
+            if deadline and time.monotonic() > deadline:
+                job.process.kill()
+                job.process.wait()
+                return self._finish(job, "ERROR", "Job timeout")
+        reader.join(timeout=10)
+        code = job.process.returncode
+        self._finish(job, "COMPLETED" if code == 0 else "ERROR", None if code == 0 else f"exit code {code}")
+
+
+def _config(job: Job) -> dict[str, Any]:
+    try:
+        return json.loads((job.spec.get("environment") or {}).get("RUNNER_JOB_CONFIG", "{}"))
+    except ValueError:
+        return {}
+
+
+def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
+    state = stub.state
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+            data = raw if raw is not None else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _begin(self) -> tuple[Any, dict[str, str]] | None:
+            url = urlparse(self.path)
+            state.requests.append(Request(self.command, url.path, parse_qs(url.query),
+                                          {k.lower(): v for k, v in self.headers.items()}))
+            for key, statuses in state.faults.items():
+                method, _, prefix = key.rpartition(" ")
+                if (not method or method == self.command) and url.path.startswith(prefix) and statuses:
+                    status = statuses.pop(0)
+                    self._body()
+                    self._send(status, {"error": f"injected {status}"}, {"Retry-After": "0"} if status == 429 else None)
+                    return None
+            return url, {k: v[-1] for k, v in parse_qs(url.query).items()}
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def _json(self) -> Any:
+            try:
+                return json.loads(self._body() or b"{}")
+            except ValueError:
+                return {}
+
+        # --- verbs ---------------------------------------------------------------------------------
+
+        def do_HEAD(self) -> None:
+            begun = self._begin()
+            if begun:
+                self._resolve(begun[0].path)
+
+        def do_GET(self) -> None:
+            begun = self._begin()
+            if begun is None:
+                return
+            url, q = begun
+            path = url.path
+            if path == "/api/jobs/hardware":
+                return self._send(200, [self._hardware(h) for h in HARDWARE])
+            if path == "/api/whoami-v2":
+                return self._send(200, {"type": "user", "name": USER, "fullname": "Alice", "orgs": [],
+                                        "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+            if path.startswith("/api/jobs/"):
+                return self._jobs_get(path[len("/api/jobs/"):].split("/"), url)
+            if path.startswith("/api/models/") and "/tree/" in path:
+                return self._tree(path[len("/api/models/"):])
+            if path.startswith("/api/models/"):
+                return self._model(path[len("/api/models/"):])
+            if "/resolve/" in path:
+                return self._resolve(path)
+            if path == "/splits":
+                return self._splits(q)
+            if path == "/first-rows":
+                return self._first_rows(q)
+            if path == "/size":
+                return self._size(q)
+            return self._send(404, {"error": "Not Found"})
+
+        def do_POST(self) -> None:
+            begun = self._begin()
+            if begun is None:
+                return
+            path = begun[0].path
+            if path == "/api/repos/create":
+                return self._create_repo(self._json())
+            if path == "/api/validate-yaml":
+                self._body()
+                return self._send(200, {"errors": [], "warnings": []})
+            if path.startswith("/api/models/") and "/preupload/" in path:
+                body = self._json()
+                return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                                   "oid": None} for f in body.get("files", [])]})
+            if path.startswith("/api/models/") and "/commit/" in path:
+                return self._commit(path[len("/api/models/"):].split("/commit/")[0])
+            parts = path[len("/api/jobs/"):].split("/") if path.startswith("/api/jobs/") else []
+            if len(parts) == 1 and parts[0]:
+                job = stub.create_job(parts[0], self._json())
+                if state.fail_after_create > 0:  # the job exists, but the answer is lost
+                    state.fail_after_create -= 1
+                    return self._send(503, {"error": "Service Unavailable"})
+                return self._send(200, job.info())
+            if len(parts) == 3 and parts[2] == "cancel":
+                job = state.jobs.get(parts[1])
+                if job is None:
+                    return self._send(404, {"error": "Job not found"})
+                job.cancel.set()
+                if job.stage == "SCHEDULING":
+                    stub._finish(job, "CANCELED")
+                return self._send(200, {})
+            self._body()
+            return self._send(404, {"error": "Not Found"})
+
+        # --- repos -----------------------------------------------------------------------------------
+
+        def _create_repo(self, body: dict[str, Any]) -> None:
+            repo_id = f"{body.get('organization') or USER}/{body['name']}"
+            if body.get("type", "model") not in (None, "model"):
+                return self._send(400, {"error": "only model repos here"})
+            url = f"{stub.url}/{repo_id}"
+            if repo_id in state.repos:
+                return self._send(409, {"error": "You already created this model repo", "url": url})
+            with state.lock:
+                state.repos[repo_id] = Repo(private=bool(body.get("private")))
+            stub.commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+            return self._send(200, {"url": url, "name": repo_id, "id": "2" * 24})
+
+        def _commit(self, repo_id: str) -> None:
+            if repo_id not in state.repos:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            files: dict[str, bytes] = {}
+            deleted: list[str] = []
+            summary = ""
+            for line in self._body().decode().splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                value = item["value"]
+                if item["key"] == "header":
+                    summary = value.get("summary", "")
+                elif item["key"] == "file":
+                    files[value["path"]] = base64.b64decode(value["content"])
+                elif item["key"] in ("deletedFile", "deletedFolder"):
+                    deleted.append(value["path"])
+                else:
+                    return self._send(400, {"error": f"unsupported commit item {item['key']}"})
+            oid = stub.commit(repo_id, files, tuple(deleted))
+            self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{stub.url}/{repo_id}/commit/{oid}",
+                             "commitMessage": summary})
+
+        def _tree(self, rest: str) -> None:
+            repo_id, _, tail = rest.partition("/tree/")
+            revision, _, sub = unquote(tail).partition("/")
+            repo = state.repos.get(repo_id)
+            found = repo.tree(revision) if repo else None
+            if found is None:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            items = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                     for name, data in sorted(found[1].items()) if not sub or name.startswith(sub.rstrip("/") + "/")]
+            self._send(200, items)
+
+        def _resolve(self, path: str) -> None:
+            repo_id, _, tail = path.lstrip("/").partition("/resolve/")
+            revision, _, name = tail.partition("/")
+            repo = state.repos.get(repo_id)
+            found = repo.tree(unquote(revision)) if repo else None
+            data = found[1].get(unquote(name)) if found else None
+            if data is None:
+                return self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            self._send(200, None, {"X-Repo-Commit": found[0], "ETag": f'"{hashlib.sha1(data).hexdigest()}"'},
+                       raw=data)
+
+        # --- jobs ------------------------------------------------------------------------------------
+
+        def _jobs_get(self, parts: list[str], url: Any) -> None:
+            if len(parts) == 1:
+                return self._list_jobs(parts[0], url)
+            job = state.jobs.get(parts[1])
+            if job is None or job.namespace != parts[0]:
+                return self._send(404, {"error": "Job not found"})
+            if len(parts) == 2:
+                return self._send(200, job.info())
+            if parts[2] == "logs":
+                return self._logs(job)
+            return self._send(404, {"error": "Not Found"})
+
+        def _list_jobs(self, namespace: str, url: Any) -> None:
+            q = parse_qs(url.query)
+            wanted = [tuple(v.split("=", 1)) for v in q.get("label", [])]
+            jobs = [j for j in sorted(state.jobs.values(), key=lambda j: j.created_at)
+                    if j.namespace == namespace and all(j.spec.get("labels", {}).get(k) == v for k, v in wanted)]
+            start = int(q.get("cursor", ["0"])[0])
+            page = jobs[start:start + state.page_size]
+            headers = {}
+            if start + state.page_size < len(jobs):
+                params = "&".join(f"label={quote(lbl)}" for lbl in q.get("label", []))
+                nxt = f"{stub.url}/api/jobs/{namespace}?{params}&cursor={start + state.page_size}"
+                headers["Link"] = f'<{nxt}>; rel="next"'
+            self._send(200, [j.info() for j in page], headers)
+
+        def _logs(self, job: Job) -> None:
+            """SSE over a chunked response, replayed from the start on every connection; ends with the job.
+
+            A dropped stream is cut mid-body (no final chunk), as a lost connection looks to the client.
+            """
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            sent = 0
+            drop = False
+            with state.lock:
+                if state.drop_log_streams > 0:
+                    state.drop_log_streams -= 1
+                    drop = True
+
+            def chunk(data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+            try:
+                while True:
+                    done = job.stage in ("COMPLETED", "ERROR", "CANCELED", "DELETED")
+                    while sent < len(job.logs):
+                        ts, line = job.logs[sent]
+                        chunk(f"data: {json.dumps({'data': line, 'timestamp': ts})}\n\n".encode())
+                        sent += 1
+                        if drop and sent >= 2:
+                            self.wfile.flush()
+                            return  # the connection drops mid-stream
+                    self.wfile.flush()
+                    if done:
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+        # --- the earlier read-only routes --------------------------------------------------------------
+        def _hardware(self, h: tuple) -> dict[str, Any]:
+            name, pretty, cpu, ram, acc, micro = h
+            micro = state.hardware_prices.get(name, micro)
+            return {
+                "name": name, "prettyName": pretty, "cpu": cpu, "ram": ram, "ephemeralStorage": "50 GB",
+                "accelerator": None if acc is None else {
+                    "type": "gpu", "model": acc[0], "quantity": acc[1], "vram": acc[2], "manufacturer": "Nvidia"},
+                "unitCostMicroUSD": micro, "unitCostUSD": micro / 1e6, "unitLabel": "minute",
+            }
+
+        def _model(self, rest: str) -> None:
+            repo = rest.split("/revision/")[0]
+            if repo in state.gated:
+                return self._send(403, {"error": "gated"}, {"X-Error-Code": "GatedRepo"})
+            model = state.models.get(repo)
+            if model is None and repo in state.repos:
+                revision = rest.split("/revision/")[1] if "/revision/" in rest else "main"
+                found = state.repos[repo].tree(unquote(revision))
+                if found is None:
+                    return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                return self._send(200, {"_id": "0" * 24, "id": repo, "sha": found[0], "private": state.repos[repo].private,
+                                        "lastModified": _now(), "siblings": [{"rfilename": n} for n in sorted(found[1])]})
+            if model is None:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return self._send(200, {
+                "_id": "0" * 24, "id": repo, "sha": "a" * 40, "private": False,
+                "lastModified": "2025-01-01T00:00:00.000Z",
+                "safetensors": {"parameters": {"BF16": model["params"]}, "total": model["params"]},
+                "config": {"architectures": model.get("architectures", ["Qwen3ForCausalLM"]),
+                           "model_type": "qwen3"},
+            })
+
+        def _dataset(self, q: dict[str, str]) -> dict | None:
+            ds = state.datasets.get(q.get("dataset", ""))
+            if ds is None:
+                self._send(404, {"error": "The dataset does not exist."}, {"X-Error-Code": "DatasetNotFoundError"})
+            return ds
+
+        def _splits(self, q: dict[str, str]) -> None:
+            ds = self._dataset(q)
+            if ds is not None:
+                self._send(200, {"splits": [{"dataset": q["dataset"], "config": c, "split": s} for c, s in ds],
+                                 "pending": [], "failed": []})
+
+        def _first_rows(self, q: dict[str, str]) -> None:
+            ds = self._dataset(q)
+            if ds is None:
+                return
+            rows = ds.get((q.get("config", ""), q.get("split", "")))
+            if rows is None:
+                return self._send(404, {"error": "Not found."}, {"X-Error-Code": "ResponseNotFound"})
+            names = list(dict.fromkeys(k for r in rows for k in r))
+            self._send(200, {
+                "dataset": q["dataset"], "config": q["config"], "split": q["split"],
+                "features": [{"feature_idx": i, "name": n, "type": {"_type": "Value", "dtype": "string"}}
+                             for i, n in enumerate(names)],
+                "rows": [{"row_idx": i, "row": r, "truncated_cells": []} for i, r in enumerate(rows[:100])],
+                "truncated": len(rows) > 100,
+            })
+
+        def _size(self, q: dict[str, str]) -> None:
+            ds = self._dataset(q)
+            if ds is None:
+                return
+            splits = [{"dataset": q["dataset"], "config": c, "split": s, "num_rows": len(r),
+                       "num_columns": len(r[0]) if r else 0} for (c, s), r in ds.items()
+                      if "config" not in q or c == q["config"]]
+            self._send(200, {"size": {"dataset": {"dataset": q["dataset"],
+                                                  "num_rows": sum(s["num_rows"] for s in splits)},
+                                      "configs": [], "splits": splits},
+                             "pending": [], "failed": [], "partial": False})
+
+    return Handler

@@ -20,6 +20,11 @@ class JobSpec(BaseModel):
     timeout_seconds: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     processes: int = 1  # data-parallel processes (torchrun) for the training job
+    # Remote engines ship the script and these repo-local inputs (repo-relative path -> local file)
+    # to `bundle_repo` under `bundle_dir`, and mount that folder into the job.
+    bundle_repo: str | None = None
+    bundle_dir: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
 
 
 class JobStatus(BaseModel):
@@ -35,6 +40,7 @@ class JobStatus(BaseModel):
 
 class Backend(Protocol):
     name: str
+    mount: str | None  # where a job sees the shipped repo-local inputs; None: in place
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""
@@ -44,3 +50,12 @@ class Backend(Protocol):
     def logs(self, job_id: str, *, follow: bool = False) -> Iterator[str]: ...
 
     def cancel(self, job_id: str) -> None: ...
+
+    def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The JSON summary a finished job wrote (None if it wrote none)."""
+
+    def checkpoint_saved(self, config: dict[str, Any]) -> bool:
+        """Whether a training job left a checkpoint a rerun could resume from."""
+
+    def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
+        """Put files (the model card, the loss plot) beside the trained model."""

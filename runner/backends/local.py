@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from runner.backends.base import JobSpec, JobStatus
 from runner.ledger import atomic_write
@@ -30,6 +31,7 @@ def script_path(name: str) -> Path:
 
 class LocalBackend:
     name = "local"
+    mount = None  # jobs read the repo's files in place
 
     def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
@@ -95,6 +97,19 @@ class LocalBackend:
                 os.killpg(pgid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return json.loads(Path(config["summary_path"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def checkpoint_saved(self, config: dict[str, Any]) -> bool:
+        return any(Path(config["output_dir"]).glob("checkpoint-*"))
+
+    def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
+        for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
+            atomic_write(Path(config["output_dir"]) / name, data)
 
     def find(self, labels: dict[str, str]) -> str | None:
         """A job with these labels that has not failed: adopt it instead of running again."""

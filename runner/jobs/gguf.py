@@ -163,8 +163,31 @@ def publish(files: list[Path], repo: str, private: bool) -> None:
         api.upload_file(path_or_fileobj=str(f), path_in_repo=f.name, repo_id=repo)
 
 
+def download(repo: str, dest: Path) -> None:
+    """The trained model from its Hub repo (not the checkpoints or the run bundles beside it)."""
+    from huggingface_hub import snapshot_download
+
+    log(f"downloading {repo}")
+    try:
+        snapshot_download(repo, local_dir=dest, ignore_patterns=["last-checkpoint/*", "checkpoint-*/*", "runner/*"])
+    except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
+        raise JobError(f"cannot download the trained model from {repo}: {str(e).splitlines()[0]}") from None
+
+
+def upload_summary(summary_path: Path, target: dict[str, str] | None) -> None:
+    """Put the summary where the runner reads it when the job ran remotely."""
+    if not target:
+        return
+    from huggingface_hub import HfApi
+
+    HfApi().upload_file(path_or_fileobj=str(summary_path), path_in_repo=target["path"], repo_id=target["repo"],
+                        commit_message="recipes-runner: GGUF summary")
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
     model_dir = Path(config["model_dir"])
+    if config.get("model_repo"):
+        download(config["model_repo"], model_dir)
     if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
         raise JobError(f"model_dir {model_dir} holds no model (no config.json or adapter_config.json)")
     quants = [q.upper() for q in config["quantizations"]]
@@ -238,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     os.replace(tmp, path)
+    upload_summary(path, config.get("summary_upload"))
     log(f"done: {len(summary['files'])} file(s) in {config['output_dir']}")
     return 0
 

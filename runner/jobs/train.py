@@ -269,6 +269,11 @@ def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
     }
     if gpu and _liger_available():
         args["use_liger_kernel"] = True
+    if gpu and config.get("strategy") == "fsdp":
+        # Shard weights, gradients and optimizer state when one GPU cannot hold them (past ~7B full FT).
+        args["fsdp"] = "full_shard auto_wrap"
+        args["fsdp_config"] = {"activation_checkpointing": bool(t.get("gradient_checkpointing"))}
+        args["activation_checkpointing"] = False  # FSDP's own checkpointing replaces the trainer's
     return args
 
 
@@ -378,7 +383,17 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def relaunch_data_parallel(argv: list[str] | None) -> None:
+    """With RUNNER_NPROC=N (> 1) and not yet under torchrun, become N torchrun processes."""
+    n = int(os.environ.get("RUNNER_NPROC", "1") or 1)
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        args = sys.argv[1:] if argv is None else argv
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={n}", os.path.abspath(__file__), *args])
+
+
 def main(argv: list[str] | None = None) -> int:
+    relaunch_data_parallel(argv)
     try:
         config = load_config(argv)
         summary = train(config)
@@ -391,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, path)
+        target = config.get("summary_upload")
+        if target:  # a remote job's summary reaches the runner through the model repo
+            from huggingface_hub import HfApi
+
+            HfApi().upload_file(path_or_fileobj=str(path), path_in_repo=target["path"], repo_id=target["repo"],
+                                commit_message="recipes-runner: training summary")
         log(f"done: {summary['steps']} steps, {summary['tokens_seen']} tokens, model in {config['output_dir']}")
     return 0
 

@@ -1,0 +1,276 @@
+"""`--backend hf`: the whole lifecycle against the Hub stand-in, through the real `HfApi`.
+
+Most tests play scripted jobs (stages, logs, a summary) so they run in seconds; one
+runs both jobs for real (TRL training, llama.cpp conversion) inside the stand-in.
+Every test checks the record it ends with and that no job was paid for twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from hubstub import HubStub, JobScript
+
+from runner.cli import main
+
+TOKEN = "hf_stubSECRETtoken0123456789abcdef"
+SUMMARY = {"method": "sft", "steps": 2, "tokens_seen": 512, "final_metrics": {"train_loss": 1.5, "final_loss": 1.25},
+           "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}], "adapter": False}
+GGUF_SUMMARY = {"files": [{"quantization": "Q4_K_M", "path": "output/gguf/tiny-sft-Q4_K_M.gguf", "bytes": 1000,
+                           "sha256": "0" * 64, "smoke_test": "hi"}], "merged_adapter": False}
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    with HubStub() as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield stub
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A git checkout of the template with a namespace set, so outputs go to alice/<recipe>."""
+    repo = tmp_path / "ws"
+    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
+        shutil.copytree(ROOT / part, repo / part)
+    defaults = repo / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "namespace: alice\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "init"], check=True)
+    return repo
+
+
+def scripted(hub: HubStub, *, train: JobScript | None = None) -> None:
+    hub.state.job_scripts += [train or JobScript(summary=SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+
+
+def run(ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    monkeypatch.chdir(ws)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err, out.err
+    return code, out.out + out.err
+
+
+def record(ws: Path, name: str = "tiny-sft") -> dict:
+    return json.loads((ws / "runs" / f"{name}.json").read_text())["runs"][-1]
+
+
+def created(hub: HubStub, stage: str | None = None) -> list:
+    return [j for j in hub.state.jobs.values() if stage is None or j.spec["labels"].get("stage") == stage]
+
+
+def assert_no_token(hub: HubStub, ws: Path, *texts: str) -> None:
+    """The token appears nowhere but where it must: the job's secret and the Authorization header."""
+    for text in texts:
+        assert TOKEN not in text
+    for path in ws.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for job in hub.state.jobs.values():
+        assert TOKEN not in json.dumps(job.info())
+        assert TOKEN not in json.dumps(job.spec.get("environment"))
+        assert job.spec["secrets"] == {"HF_TOKEN": TOKEN}
+        assert all(TOKEN not in line for _, line in job.logs)
+    for repo in hub.state.repos.values():
+        for _, tree in repo.commits:
+            assert all(TOKEN.encode() not in data for data in tree.values())
+
+
+def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub)
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    rec = record(workspace)
+    assert rec["state"] == "recorded"
+    assert [h["state"] for h in rec["history"]] == ["planned", "training", "trained", "converting", "converted",
+                                                    "recorded"]
+    assert rec["metrics"]["final_loss"] == 1.25
+    assert rec["links"]["model"].endswith("alice/tiny-sft") and rec["links"]["gguf"].endswith("alice/tiny-sft-GGUF")
+    train, gguf = created(hub, "train"), created(hub, "gguf")
+    assert len(train) == 1 and len(gguf) == 1
+    spec = train[0].spec
+    assert spec["labels"]["recipe"] == "tiny-sft" and spec["labels"]["run"] == rec["run_id"]
+    assert spec["labels"]["commit"] == rec["commit"][:12]
+    assert spec["flavor"] == rec["plan"]["flavor"] and spec["timeoutSeconds"] == rec["plan"]["timeout_seconds"]
+    # The script ships through an ordinary commit, mounted at that commit: the exact script stays with the model.
+    volume = spec["volumes"][0]
+    model = hub.files("alice/tiny-sft")
+    bundle = f"runner/{rec['run_id']}"
+    assert volume["source"] == "alice/tiny-sft" and volume["path"] == bundle and len(volume["revision"]) == 40
+    assert model[f"{bundle}/train.py"] == (ROOT / "runner" / "jobs" / "train.py").read_bytes()
+    assert model[f"{bundle}/examples/data/sft.jsonl"] == (workspace / "examples/data/sft.jsonl").read_bytes()
+    config = json.loads(spec["environment"]["RUNNER_JOB_CONFIG"])
+    assert config["dataset"]["source"] == "/runner/examples/data/sft.jsonl"
+    assert config["hub_repo"] == "alice/tiny-sft"
+    # The card is the model repo's README, and the repo keeps its copy.
+    assert model["README.md"].decode() == (workspace / "models" / "tiny-sft" / "README.md").read_text()
+    assert "loss.png" in model
+    assert_no_token(hub, workspace, out)
+
+
+def test_repeated_trigger_adopts_instead_of_paying_twice(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub)
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 0
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0 and "already has run" in out
+    assert len(created(hub)) == 2
+    assert len(json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]) == 1
+
+
+def test_429_and_5xx_bursts_are_survived(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub)
+    faults = {"POST /api/jobs/alice": [429, 503], "GET /api/jobs/alice/": [429, 500, 502, 503],
+              "GET /api/jobs/alice": [503], "POST /api/models/alice/tiny-sft/commit": [500],
+              "POST /api/repos/create": [502]}
+    hub.state.faults.update({k: list(v) for k, v in faults.items()})
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    assert record(workspace)["state"] == "recorded"
+    assert all(not v for v in hub.state.faults.values()), hub.state.faults  # every fault was served
+    assert len(created(hub, "train")) == 1 and len(created(hub, "gguf")) == 1
+    assert "retrying" in out
+
+
+def test_lost_submission_answer_adopts_the_job_it_created(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub)
+    hub.state.fail_after_create = 1  # the Hub creates the job, then the answer is lost
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    assert len(created(hub, "train")) == 1
+    assert record(workspace)["jobs"]["train"]["id"] == created(hub, "train")[0].id
+
+
+def test_dropped_log_stream_resumes_without_repeating_lines(hub, workspace, monkeypatch, capsys) -> None:
+    lines = [f"progress step={i}/6 loss={3 - i / 3:.2f}" for i in range(1, 7)]
+    scripted(hub, train=JobScript(logs=lines, running=1.0, summary=SUMMARY))
+    hub.state.drop_log_streams = 2
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    assert hub.state.drop_log_streams == 0
+    for line in lines:
+        assert out.count(line) == 1, line
+
+
+def test_job_error_fails_the_run_with_reason_tail_and_checkpoint(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="exit code 1", checkpoint=True,
+                                           logs=["loading", "error: column 'messages' is missing after mapping"]))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1
+    rec = record(workspace)
+    assert rec["state"] == "failed"
+    failure = rec["failure"]
+    assert failure["stage"] == "train"
+    assert "exit code 1" in failure["reason"] and "column 'messages' is missing" in failure["reason"]
+    assert failure["log_tail"][-1] == "error: column 'messages' is missing after mapping"
+    assert failure["checkpoint_on_hub"] is True
+    assert len(created(hub)) == 1
+
+
+def test_job_outliving_its_timeout_fails_the_run(hub, workspace, monkeypatch, capsys) -> None:
+    path = workspace / "recipes" / "tiny-sft.yaml"
+    path.write_text(path.read_text() + "timeout: 5m\n")
+    hub.state.timeout_scale = 150  # five minutes pass in two seconds
+    hub.state.job_scripts.append(JobScript(outlive_timeout=True))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1, out
+    rec = record(workspace)
+    assert rec["state"] == "failed" and "timeout" in rec["failure"]["reason"].lower()
+    assert rec["failure"]["checkpoint_on_hub"] is False
+    assert created(hub)[0].spec["timeoutSeconds"] == 300
+
+
+def test_hub_restart_mid_run(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub, train=JobScript(running=3.0, summary=SUMMARY))
+    restarter = threading.Timer(1.0, hub.restart, kwargs={"down_for": 2.0})
+    restarter.start()
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    restarter.join()
+    assert code == 0, out
+    assert record(workspace)["state"] == "recorded"
+    assert len(created(hub, "train")) == 1 and len(created(hub, "gguf")) == 1
+
+
+def test_detach_status_logs_cancel(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts.append(JobScript(outlive_timeout=True, logs=["progress step=1/30 loss=2.5"]))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--detach")
+    assert code == 0, out
+    assert record(workspace)["state"] == "training"
+    deadline = time.monotonic() + 10
+    while created(hub)[0].stage != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code, out = run(workspace, monkeypatch, capsys, "status")
+    assert code == 0 and "tiny-sft: training" in out and "is RUNNING" in out
+    code, out = run(workspace, monkeypatch, capsys, "logs", "tiny-sft")
+    assert code == 0 and "progress step=1/30 loss=2.5" in out
+    code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")
+    assert code == 0 and "canceled" in out
+    assert created(hub)[0].stage == "CANCELED"
+    assert record(workspace)["state"] == "canceled"
+    assert_no_token(hub, workspace, out)
+
+
+def test_runner_killed_after_submit_then_reconcile_finishes(hub, workspace, monkeypatch, capsys) -> None:
+    scripted(hub, train=JobScript(running=4.0, summary=SUMMARY))
+    env = {k: v for k, v in os.environ.items()} | {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "recipes/tiny-sft.yaml", "--backend", "hf"],
+                            cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (workspace / "runs" / "tiny-sft.json").exists() and record(workspace)["state"] == "training":
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate()[0]
+    assert record(workspace)["state"] == "training", out
+    # Two reconcilers at once: one carries the run, the other steps aside; neither submits again.
+    other = subprocess.Popen([sys.executable, "-m", "runner", "reconcile", "--wait"], cwd=workspace, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--wait")
+    other_out = other.communicate(timeout=120)[0]
+    assert code == 0 and other.returncode == 0, out + other_out
+    assert "another runner process" in out + other_out or "recorded" in out + other_out
+    assert record(workspace)["state"] == "recorded"
+    assert len(created(hub, "train")) == 1 and len(created(hub, "gguf")) == 1
+    code, out = run(workspace, monkeypatch, capsys, "reconcile")
+    assert code == 0 and len(created(hub)) == 2
+
+
+def test_no_token_is_a_clear_error(workspace, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and "needs a Hugging Face token" in out and not (workspace / "runs").exists()
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git needed")
+def test_real_jobs_on_the_stand_in(hub, workspace, monkeypatch, capsys) -> None:
+    """Both jobs for real inside the stand-in: train pushes to its repo, GGUF downloads it and publishes."""
+    pytest.importorskip("trl")
+    pytest.importorskip("llama_cpp")
+    hub.state.job_env = {"HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    path = workspace / "recipes" / "tiny-sft.yaml"
+    path.write_text(path.read_text().replace("max_steps: 30", "max_steps: 4"))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out + "\n".join(line for j in hub.state.jobs.values() for _, line in j.logs[-30:])
+    rec = record(workspace)
+    assert rec["state"] == "recorded" and rec["train_summary"]["steps"] == 4
+    model, gguf = hub.files("alice/tiny-sft"), hub.files("alice/tiny-sft-GGUF")
+    assert "model.safetensors" in model and "README.md" in model
+    assert "tiny-sft-Q4_K_M.gguf" in gguf and gguf["tiny-sft-Q4_K_M.gguf"][:4] == b"GGUF"
+    assert rec["gguf_summary"]["files"][0]["smoke_test"] is not None
+    assert len(created(hub)) == 2
+    assert_no_token(hub, workspace, out)
