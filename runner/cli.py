@@ -188,8 +188,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         line = f"{group.name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
         if not r.terminal and r.jobs:
             stage, job_id = _current_job(r)
-            live = _backend(r.backend, Path.cwd(), _repo(r)).status(job_id)
+            backend = _backend(r.backend, Path.cwd(), _repo(r))
+            live = backend.status(job_id)
             line += f"; {stage} job {job_id} is {live.stage}"
+            # The job's latest metrics line (the same values it logs to Trackio).
+            progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
+            if progress:
+                line += f"; {progress[-1].removeprefix('progress ').strip()}"
         if r.failure:
             line += f"; {r.failure.stage} failed: {r.failure.reason}"
         print(line)

@@ -26,7 +26,7 @@ from runner.errors import UserError
 from runner.hardware import BUILTIN_FLAVORS
 from runner.jobspec import BUNDLE_DIR, Places, gguf_config, hf_places, shipped_files, train_config
 from runner.ledger import Failure, JobRef, RunRecord
-from runner.plan import Plan
+from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe
 
 LOG_TAIL = 30
@@ -180,6 +180,10 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     submitted = time.mktime(time.strptime(record.jobs[stage].submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
     finished = time.mktime(time.strptime(record.jobs[stage].finished_at, "%Y-%m-%dT%H:%M:%SZ"))
     record.seconds[stage] = max(finished - submitted, 0.0)
+    if record.push:  # an upper bound: from submission, so it includes time spent scheduling
+        price = next((f.usd_per_hour for f in BUILTIN_FLAVORS if f.name == record.jobs[stage].flavor), 0.0)
+        spent = billed(record.seconds[stage] / 3600, price)
+        record.cost_usd["actual"] = round((record.cost_usd.get("actual") or 0.0) + spent, 4)
     return status
 
 

@@ -100,6 +100,7 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     assert [h["state"] for h in rec["history"]] == ["planned", "training", "trained", "converting", "converted",
                                                     "recorded"]
     assert rec["metrics"]["final_loss"] == 1.25
+    assert 0 < rec["cost_usd"]["actual"] < 0.01  # two short jobs, a started minute each on CPU flavors
     assert rec["links"]["model"].endswith("alice/tiny-sft") and rec["links"]["gguf"].endswith("alice/tiny-sft-GGUF")
     train, gguf = created(hub, "train"), created(hub, "gguf")
     assert len(train) == 1 and len(gguf) == 1
@@ -214,7 +215,7 @@ def test_detach_status_logs_cancel(hub, workspace, monkeypatch, capsys) -> None:
     while created(hub)[0].stage != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.05)
     code, out = run(workspace, monkeypatch, capsys, "status")
-    assert code == 0 and "tiny-sft: training" in out and "is RUNNING" in out
+    assert code == 0 and "tiny-sft: training" in out and "is RUNNING" in out and "step=1/30 loss=2.5" in out
     code, out = run(workspace, monkeypatch, capsys, "logs", "tiny-sft")
     assert code == 0 and "progress step=1/30 loss=2.5" in out
     code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")

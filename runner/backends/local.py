@@ -150,12 +150,7 @@ def _alive(pid: int) -> bool:
 
 
 def _command(spec: JobSpec, config: Path) -> list[str]:
-    script = str(script_path(spec.script))
-    if spec.processes > 1:
-        # torchrun gives real data parallelism on CPU (gloo); `accelerate launch --cpu` runs one process.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.processes}",
-                script, "--config", str(config)]
-    return [sys.executable, script, "--config", str(config)]
+    return [sys.executable, str(script_path(spec.script)), "--config", str(config)]
 
 
 def launch(job_dir: Path) -> int:
@@ -163,8 +158,11 @@ def launch(job_dir: Path) -> int:
     spec = JobSpec.model_validate_json((job_dir / "spec.json").read_text())
     write = LocalBackend._write_status
     with (job_dir / "log.txt").open("ab", buffering=0) as log:
+        # The script itself becomes N torchrun processes (real data parallelism on CPU, through gloo),
+        # exactly as on HF Jobs; `accelerate launch --cpu` would silently run one.
+        env = {**os.environ, "RUNNER_NPROC": str(spec.processes)}
         child = subprocess.Popen(_command(spec, job_dir / "config.json"), stdin=subprocess.DEVNULL, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
         write(job_dir, "RUNNING", launcher_pid=os.getpid(), child_pgid=child.pid)
         try:
             code = child.wait(timeout=spec.timeout_seconds)
