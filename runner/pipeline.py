@@ -101,8 +101,13 @@ def _devices(plan: Plan) -> int:
     return flavor.devices if flavor and plan.strategy in ("ddp", "fsdp") else 1
 
 
+def recipe_version(loaded: LoadedRecipe) -> str:
+    """What a run trains, as a short hash: the effective recipe, repo defaults applied."""
+    return hashlib.sha256(loaded.recipe.model_dump_json().encode()).hexdigest()[:16]
+
+
 def resumable(loaded: LoadedRecipe, backend: Backend) -> RunRecord | None:
-    """The run this very recipe, at this very commit, already has on this backend, if not failed.
+    """The run this recipe version already has on this backend, unless it failed or was canceled.
 
     A repeated trigger (a re-delivered merge event, a re-run workflow) carries that run on,
     or finds it done, instead of paying for a second training job.
@@ -110,9 +115,14 @@ def resumable(loaded: LoadedRecipe, backend: Backend) -> RunRecord | None:
     runs = ledger.read(loaded.root, loaded.recipe.name).runs
     last = runs[-1] if runs else None
     if last and last.backend == backend.name and last.state not in ("failed", "canceled") and \
-            last.commit == git_commit(loaded.root) and last.recipe_sha256 == sha256_file(loaded.path):
+            last.version == recipe_version(loaded):
         return last
     return None
+
+
+def _identity(name: str, version: str, stage: str) -> dict[str, str]:
+    """The labels that say what a job trains, whichever run submitted it."""
+    return {"recipe": name, "version": version, "stage": stage}
 
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
@@ -120,6 +130,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     """A new run in state `planned`, with the training job's config fixed and saved."""
     r = loaded.recipe
     run_id = new_run_id()
+    version = recipe_version(loaded)
     push = backend.name != "local"
     if push:
         if not loaded.output_repo:
@@ -127,7 +138,8 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
                             "namespace in recipes/_defaults.yaml); the trained model would be lost")
         processes = _devices(plan)
     record = RunRecord(
-        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), commit=git_commit(loaded.root),
+        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=version,
+        commit=git_commit(loaded.root),
         backend=backend.name, plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}),
         cost_usd={"estimated": plan.cost_usd, "actual": 0.0 if not push else None}, processes=processes, push=push,
     )
@@ -140,7 +152,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
 
 
 def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
-    return {"recipe": name, "run": record.run_id, "commit": (record.commit or "none")[:12], "stage": stage}
+    return _identity(name, record.version, stage) | {"run": record.run_id, "commit": (record.commit or "none")[:12]}
 
 
 def _spec(step: Step, record: RunRecord, script: str, **kw) -> JobSpec:
@@ -154,7 +166,16 @@ def _spec(step: Step, record: RunRecord, script: str, **kw) -> JobSpec:
 
 
 def _submit(step: Step, record: RunRecord, stage: str, spec: JobSpec) -> None:
-    job_id = step.backend.submit(spec)  # adopts a job with the same labels if one exists
+    # A job for this very recipe version may exist already, from a run whose record was lost with
+    # the runner that started it (or is on another branch): take it over, with the config it runs
+    # with, rather than pay twice. Else submit; `submit` itself adopts a job with this run's labels.
+    found = step.backend.find(_identity(step.loaded.recipe.name, record.version, stage))
+    if found and found.config:
+        record.configs[stage] = found.config
+        job_id = found.id
+        step.echo(f"[{stage}] adopting job {job_id} ({found.stage}): it trains this same recipe version")
+    else:
+        job_id = step.backend.submit(spec)
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
                                 script_sha256=sha256_file(script_path(spec.script)))
     step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
@@ -182,7 +203,7 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     record.seconds[stage] = max(finished - submitted, 0.0)
     if record.push:  # an upper bound: from submission, so it includes time spent scheduling
         price = next((f.usd_per_hour for f in BUILTIN_FLAVORS if f.name == record.jobs[stage].flavor), 0.0)
-        spent = billed(record.seconds[stage] / 3600, price)
+        spent = billed(max(record.seconds[stage], 1.0) / 3600, price)  # a started minute is billed
         record.cost_usd["actual"] = round((record.cost_usd.get("actual") or 0.0) + spent, 4)
     return status
 

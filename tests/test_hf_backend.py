@@ -275,3 +275,22 @@ def test_real_jobs_on_the_stand_in(hub, workspace, monkeypatch, capsys) -> None:
     assert rec["gguf_summary"]["files"][0]["smoke_test"] is not None
     assert len(created(hub)) == 2
     assert_no_token(hub, workspace, out)
+
+
+def test_lost_run_record_adopts_the_job_training_this_version(hub, workspace, monkeypatch, capsys) -> None:
+    """A re-triggered workflow checks out the merge commit, without the record an earlier run saved."""
+    scripted(hub, train=JobScript(running=1.0, summary=SUMMARY))
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--detach")[0] == 0
+    first = record(workspace)["run_id"]
+    shutil.rmtree(workspace / "runs")
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    assert "adopting job" in out
+    rec = record(workspace)
+    assert rec["state"] == "recorded" and rec["run_id"] != first
+    assert rec["configs"]["train"]["run_id"] == first  # the adopted job's own config
+    assert len(created(hub, "train")) == 1 and len(created(hub, "gguf")) == 1
+    # Yet another trigger of the same version, record lost again: nothing new is paid for.
+    shutil.rmtree(workspace / "runs")
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 0
+    assert len(created(hub)) == 2 and record(workspace)["state"] == "recorded"

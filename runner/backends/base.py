@@ -27,6 +27,15 @@ class JobSpec(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)
 
 
+class FoundJob(BaseModel):
+    """A job already on the engine, found by its labels: what it is and the config it runs with."""
+
+    id: str
+    labels: dict[str, str]
+    config: dict[str, Any]
+    stage: Stage
+
+
 class JobStatus(BaseModel):
     id: str
     stage: Stage
@@ -44,6 +53,9 @@ class Backend(Protocol):
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""
+
+    def find(self, labels: dict[str, str]) -> FoundJob | None:
+        """The newest job carrying all these labels that has not failed or been canceled."""
 
     def status(self, job_id: str) -> JobStatus: ...
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runner.backends.base import JobSpec, JobStatus
+from runner.backends.base import FoundJob, JobSpec, JobStatus
 from runner.backends.local import script_path
 from runner.errors import UserError
 
@@ -86,8 +86,8 @@ class HfBackend:
     def submit(self, spec: JobSpec) -> str:
         existing = self.find(spec.labels)
         if existing:
-            self.echo(f"[hub] adopting job {existing}: it carries this run's labels")
-            return existing
+            self.echo(f"[hub] adopting job {existing.id}: it carries this run's labels")
+            return existing.id
         if not spec.bundle_repo or not spec.bundle_dir:
             raise UserError("the hf backend needs an output repo for the job bundle; set output.repo or a namespace")
         revision = self._ship(spec)
@@ -117,7 +117,7 @@ class HfBackend:
                 # The refusal may have come after the job was created: look before trying again.
                 existing = self.find(spec.labels)
                 if existing:
-                    return existing
+                    return existing.id
         raise AssertionError("unreachable")
 
     def status(self, job_id: str) -> JobStatus:
@@ -158,16 +158,19 @@ class HfBackend:
     def cancel(self, job_id: str) -> None:
         self._call("cancel job", self.api.cancel_job, job_id=job_id, namespace=self.namespace)
 
-    def find(self, labels: dict[str, str]) -> str | None:
-        """A job with exactly these labels that has not failed: adopt it rather than pay twice."""
+    def find(self, labels: dict[str, str]) -> FoundJob | None:
         if not labels:
             return None
         jobs = self._call("list jobs", lambda **kw: list(self.api.list_jobs(**kw)), labels=labels,
                           namespace=self.namespace)
-        for job in sorted(jobs, key=lambda j: j.created_at or 0, reverse=True):
+        for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
             if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
                     job.status.stage not in ("ERROR", "CANCELED", "DELETED"):
-                return job.id
+                try:
+                    config = json.loads((job.environment or {}).get("RUNNER_JOB_CONFIG") or "{}")
+                except ValueError:
+                    config = {}
+                return FoundJob(id=job.id, labels=job.labels or {}, config=config, stage=job.status.stage)
         return None
 
     def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:

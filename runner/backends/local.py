@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import JobSpec, JobStatus
+from runner.backends.base import FoundJob, JobSpec, JobStatus
 from runner.ledger import atomic_write
 
 JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
@@ -42,7 +42,7 @@ class LocalBackend:
     def submit(self, spec: JobSpec) -> str:
         existing = self.find(spec.labels)
         if existing:
-            return existing
+            return existing.id
         job_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         job_dir = self.state_dir / job_id
         job_dir.mkdir(parents=True)
@@ -111,8 +111,7 @@ class LocalBackend:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
             atomic_write(Path(config["output_dir"]) / name, data)
 
-    def find(self, labels: dict[str, str]) -> str | None:
-        """A job with these labels that has not failed: adopt it instead of running again."""
+    def find(self, labels: dict[str, str]) -> FoundJob | None:
         if not labels or not self.state_dir.exists():
             return None
         for job_dir in sorted(self.state_dir.iterdir(), reverse=True):
@@ -120,8 +119,10 @@ class LocalBackend:
                 spec = JobSpec.model_validate_json((job_dir / "spec.json").read_text())
             except (OSError, ValueError):
                 continue
-            if spec.labels == labels and self.status(job_dir.name).stage not in ("ERROR", "CANCELED"):
-                return job_dir.name
+            if all(spec.labels.get(k) == v for k, v in labels.items()):
+                stage = self.status(job_dir.name).stage
+                if stage not in ("ERROR", "CANCELED"):
+                    return FoundJob(id=job_dir.name, labels=spec.labels, config=spec.config, stage=stage)
         return None
 
     def job_dir(self, job_id: str) -> Path:
