@@ -30,7 +30,7 @@ def _recipe_files(args: Sequence[str]) -> list[Path]:
     return out
 
 
-def _load_all(paths: Sequence[str]):
+def _load_all(paths: Sequence[str], located: list | None = None):
     from runner import recipe
 
     loaded, problems = [], []
@@ -39,13 +39,29 @@ def _load_all(paths: Sequence[str]):
             loaded.append(recipe.load(path))
         except RecipeInvalid as e:
             problems += [str(p) for p in e.problems]
+            if located is not None:
+                located += e.problems
     return loaded, problems
 
 
+def _annotation(p) -> str:
+    """A GitHub Actions error annotation at the problem's file, line and column."""
+    def escape(text: str, prop: bool = False) -> str:
+        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+    message = f"{p.field}: {p.message}" if p.field else p.message
+    return f"::error file={escape(p.file, True)},line={p.line},col={p.col},title=invalid recipe::{escape(message)}"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    loaded, problems = _load_all(args.recipes)
+    located: list = []
+    loaded, problems = _load_all(args.recipes, located)
     for line in problems:
         print(line, file=sys.stderr)
+    if args.github:
+        for p in located:
+            print(_annotation(p))
     for item in loaded:
         print(f"ok: {item.display}")
     if not loaded and not problems:
@@ -248,6 +264,149 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _changed(base: str | None, head: str, only: str | None = None) -> list[str]:
+    """Recipe files a push or pull request added or changed; all of them when the repo defaults or
+    the reward functions changed, or when there is no "before" (a new branch)."""
+    import subprocess
+
+    from runner.recipe import DEFAULTS_FILE
+
+    root = Path.cwd()
+    everything = [p.relative_to(root).as_posix() for p in _recipe_files([str(root / "recipes")])] \
+        if (root / "recipes").is_dir() else []
+    if only:
+        wanted = (root / only).resolve()
+        match = [p for p in everything if (root / p).resolve() == wanted]
+        if not match:
+            raise UserError(f"{only}: not a recipe file under recipes/")
+        return match
+    if not base or set(base) == {"0"}:
+        return everything
+    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", base, head, "--", "recipes",
+                          "rewards"], capture_output=True, text=True, cwd=root)
+    if out.returncode != 0:
+        raise UserError(f"git diff {base} {head} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
+    names = [n for n in out.stdout.split("\0") if n]
+    if any(Path(n).name == DEFAULTS_FILE or n.startswith("rewards/") for n in names):
+        return everything
+    return [p for p in everything if p in set(names)]
+
+
+def cmd_changed(args: argparse.Namespace) -> int:
+    paths = _changed(args.base, args.head, args.only)
+    print(json.dumps(paths) if args.json else "\n".join(paths))
+    return 0
+
+
+def cmd_pr_check(args: argparse.Namespace) -> int:
+    """The pull-request check in one step: validate and plan what changed; annotations, summary, artifact."""
+    from runner import gather, render
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = _changed(args.base, args.head)
+    located: list = []
+    loaded, problems = _load_all(paths, located) if paths else ([], [])
+    for p in located:
+        print(_annotation(p))
+    plans = []
+    price_table = gather.prices(None) if loaded else None  # no token on pull requests: the built-in prices
+    for item in loaded:
+        try:
+            plans.append(gather.plan_recipe(item, token=None, price_table=price_table))
+        except UserError as e:
+            problems.append(str(e))
+    body = render.plan_markdown(plans, problems) if paths else \
+        f"{render.COMMENT_MARKER}\n## Training plan\n\nNo recipe changed in this pull request.\n"
+    ok = not problems and all(p.ok for p in plans)
+    (out_dir / "plan.md").write_text(body, encoding="utf-8")
+    (out_dir / "plan.json").write_text(json.dumps({"ok": ok, "recipes": paths, "errors": problems,
+                                                   "plans": [p.model_dump(mode="json") for p in plans]}),
+                                       encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(body + "\n")
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{len(paths)} recipe(s) checked: " + ("ok" if ok else "not ready to merge (see the plan)"))
+    return 0 if ok else 1
+
+
+def _recipe_name(arg: str) -> str:
+    """A recipe given by file (its `name`) or by name."""
+    from runner import recipe
+
+    return recipe.load(arg).recipe.name if arg.endswith((".yaml", ".yml")) and Path(arg).is_file() else arg
+
+
+def cmd_comment_plan(args: argparse.Namespace) -> int:
+    """From a workflow_run event: post the plan artifact of that run as the PR's sticky comment."""
+    from runner import github
+    from runner.render import COMMENT_MARKER
+
+    run = github.event().get("workflow_run") or {}
+    if not run.get("id") or not run.get("head_sha"):
+        raise UserError("not a workflow_run event: no workflow_run.id / head_sha in the payload")
+    repo = github.repository()
+    hinted = [int(p["number"]) for p in run.get("pull_requests") or [] if str(p.get("number", "")).isdigit()]
+    pr = github.pull_for_sha(repo, str(run["head_sha"]), hinted)
+    if pr is None:
+        print(f"no open pull request has head {run['head_sha']} (a newer push will post its own plan)")
+        return 0
+    action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER,
+                                               github.plan_artifact(repo, int(run["id"])))
+    print(f"{action} plan comment {comment_id} on #{pr.number}")
+    return 0
+
+
+def cmd_commit_back(args: argparse.Namespace) -> int:
+    """Commit run records and model cards to the branch through the API (or a PR where it is protected)."""
+    from runner import github, ledger
+
+    root = Path.cwd()
+    files: dict[str, bytes] = {}
+    for name in map(_recipe_name, args.recipe or []):
+        args.paths += [f"runs/{name}.json", f"models/{name}"]
+    for arg in args.paths:
+        p = root / arg
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p] if p.is_file() else []:
+            if f.is_file():
+                files[f.relative_to(root).as_posix()] = f.read_bytes()
+    if not files:
+        print("nothing to commit back")
+        return 0
+    branch = args.branch or os.environ.get("GITHUB_REF_NAME", "").strip() or "main"
+    merge = {path: ledger.merge_runs for path in files if path.startswith("runs/") and path.endswith(".json")}
+    result = github.commit_files(github.repository(), branch, files, args.message, merge)
+    print(f"{len(files)} file(s) to {branch}: {result}")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Comment each recipe's outcome on the pull request that the pushed commit merged."""
+    from runner import github, ledger, render
+
+    repo = github.repository()
+    sha = args.sha or os.environ.get("GITHUB_SHA", "")
+    pr = github.merged_pull(repo, sha) if sha else None
+    if pr is None:
+        print(f"no merged pull request produced {sha or 'this commit'}; nothing to notify")
+        return 0
+    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+    blob = f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/blob/{os.environ.get('GITHUB_REF_NAME', 'main')}"
+    for name in map(_recipe_name, args.recipes):
+        runs = ledger.read(Path.cwd(), name).runs
+        if not runs:
+            continue
+        record = runs[-1]
+        # One comment per recipe version: a re-run of the same merge updates it instead of adding another.
+        marker = f"<!-- recipes-runner:outcome:{name}:{record.version or record.run_id} -->"
+        action, _ = github.upsert_comment(repo, pr.number, marker, render.outcome_markdown(name, record, blob))
+        print(f"{action} outcome comment for {name} on #{pr.number}")
+    return 0
+
+
 def _progress_printer():
     """Job log lines as progress, minus progress-bar redraws and blank lines (the full log stays on disk)."""
     import re
@@ -269,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check recipe files; one located line per problem")
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
+    p.add_argument("--github", action="store_true", help="also print GitHub Actions error annotations")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("inspect", help="sample a dataset and say which methods it is ready for")
@@ -316,6 +476,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("changed", help="recipe files changed between two commits (for workflows)")
+    p.add_argument("--base", default=None, help="the commit before (default or all zeros: every recipe)")
+    p.add_argument("--head", default="HEAD")
+    p.add_argument("--only", default=None, metavar="RECIPE", help="just this recipe file, checked to be one")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_changed)
+
+    p = sub.add_parser("comment-plan", help="in a workflow_run job: post the plan artifact as the PR's sticky comment")
+    p.set_defaults(func=cmd_comment_plan)
+
+    p = sub.add_parser("pr-check", help="in a pull request: validate and plan the changed recipes into DIR")
+    p.add_argument("--base", required=True)
+    p.add_argument("--head", default="HEAD")
+    p.add_argument("--out", default="plan", metavar="DIR", help="where plan.md and plan.json go")
+    p.set_defaults(func=cmd_pr_check)
+
+    p = sub.add_parser("commit-back", help="in a workflow: commit files to the branch (a PR if it is protected)")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--recipe", action="append", metavar="RECIPE", help="this recipe's run record and model card")
+    p.add_argument("--branch", default=None, help="default: GITHUB_REF_NAME")
+    p.add_argument("--message", default="recipes-runner: record training results")
+    p.set_defaults(func=cmd_commit_back)
+
+    p = sub.add_parser("notify", help="in a workflow: comment each recipe's outcome on the merged pull request")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.add_argument("--sha", default=None, help="the merge commit (default: GITHUB_SHA)")
+    p.set_defaults(func=cmd_notify)
     return parser
 
 

@@ -55,6 +55,7 @@ class RunRecord(BaseModel):
     run_id: str
     recipe: str
     recipe_sha256: str
+    version: str = ""  # hash of the effective recipe (defaults applied): a version trains once
     commit: str | None
     backend: str
     state: State = "planned"
@@ -120,6 +121,20 @@ def save(root: Path, record: RunRecord, name: str) -> None:
     else:
         runs.runs.append(record)
     atomic_write(runs_path(root, name), json.dumps(runs.model_dump(mode="json"), indent=2, sort_keys=False) + "\n")
+
+
+def merge_runs(theirs: bytes | None, ours: bytes) -> bytes:
+    """One recipe's run file changed on both sides: keep every run, ours winning where both have one."""
+    mine = RecipeRuns.model_validate_json(ours)
+    if theirs is None:
+        return ours
+    try:
+        other = RecipeRuns.model_validate_json(theirs)
+    except ValueError:
+        return ours
+    by_id = {r.run_id: r for r in other.runs} | {r.run_id: r for r in mine.runs}
+    merged = RecipeRuns(name=mine.name, runs=sorted(by_id.values(), key=lambda r: (r.created_at, r.run_id)))
+    return (json.dumps(merged.model_dump(mode="json"), indent=2) + "\n").encode("utf-8")
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:

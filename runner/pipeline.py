@@ -237,18 +237,17 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         _submit(step, record, "train", _spec(step, record, "train", flavor=plan.get("flavor"),
                                              timeout_seconds=plan.get("timeout_seconds"), processes=record.processes))
         record.move("training")
-    elif state == "training":
-        status = _finished(step, record, "train", wait)
+    elif state in ("training", "converting"):
+        stage = "train" if state == "training" else "gguf"
+        status = _finished(step, record, stage, wait)
         if status is None:
             return False
         if status.stage != "COMPLETED":
-            _fail(step, record, "train", status)
+            _fail(step, record, stage, status)
+        elif stage == "train":
+            _trained(step, record)
         else:
-            summary = step.backend.summary(record.configs["train"]) or {}
-            record.train_summary = summary
-            record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
-                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            record.move("trained")
+            _converted(step, record)
     elif state == "trained":
         if not r.gguf.enabled:
             _record(step, record)
@@ -258,24 +257,27 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
             record.configs["gguf"] = gguf_config(loaded, places, record.run_id, adapter=adapter, push=record.push)
             _submit(step, record, "gguf", _spec(step, record, "gguf", flavor=GGUF_FLAVOR, timeout_seconds=GGUF_TIMEOUT))
             record.move("converting")
-    elif state == "converting":
-        status = _finished(step, record, "gguf", wait)
-        if status is None:
-            return False
-        if status.stage != "COMPLETED":
-            _fail(step, record, "gguf", status)
-        else:
-            record.gguf_summary = step.backend.summary(record.configs["gguf"])
-            gguf_dir = record.configs["gguf"]["output_dir"]
-            repo = record.configs["gguf"].get("hub_repo")
-            record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else gguf_dir
-            record.move("converted")
     elif state == "converted":
         _record(step, record)
     else:
         return False
     ledger.save(loaded.root, record, r.name)
     return True
+
+
+def _trained(step: Step, record: RunRecord) -> None:
+    summary = step.backend.summary(record.configs["train"]) or {}
+    record.train_summary = summary
+    record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    record.move("trained")
+
+
+def _converted(step: Step, record: RunRecord) -> None:
+    record.gguf_summary = step.backend.summary(record.configs["gguf"])
+    repo = record.configs["gguf"].get("hub_repo")
+    record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else record.configs["gguf"]["output_dir"]
+    record.move("converted")
 
 
 def _local_gguf_places(record: RunRecord) -> Places:

@@ -113,3 +113,44 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = ()) -> str:
     if len(text) > MAX_COMMENT_CHARS:
         text = text[: MAX_COMMENT_CHARS - 80] + "\n\n_(plan truncated: too long for one comment)_\n"
     return text
+
+
+def outcome_markdown(name: str, record: object, blob_url: str) -> str:
+    """The comment on a merged pull request: what training produced, where, and for how much."""
+    from runner.ledger import RunRecord
+
+    assert isinstance(record, RunRecord)
+    mark = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}.get(record.state, ":hourglass:")
+    links = record.links
+    tracking = (record.configs.get("train") or {}).get("tracking") or {}
+    space = tracking.get("space_id")
+    est, actual = record.cost_usd.get("estimated"), record.cost_usd.get("actual")
+    out = [f"### {mark} {md(name)}: {record.state}", "", "| | |", "|---|---|",
+           f"| Run | `{record.run_id}` on the {record.backend} backend |"]
+    if links.get("model"):
+        out.append(f"| Model | {_link(links['model'])} |")
+    if links.get("gguf"):
+        out.append(f"| GGUF | {_link(links['gguf'])} |")
+    out.append("| Trackio | " + (_link(f"https://huggingface.co/spaces/{space}") if space else
+                                 f"project `{md(tracking.get('project', name))}` (local logs; set tracking.space for a dashboard)")
+               + " |")
+    if record.state == "recorded":
+        out.append(f"| Loss curve | {_link(f'{blob_url}/models/{name}/loss.png')} |")
+        out.append(f"| Card | {_link(f'{blob_url}/models/{name}/README.md')} |")
+    if record.metrics.get("final_loss") is not None:
+        out.append(f"| Final loss | {record.metrics['final_loss']:.4g} |")
+    out.append(f"| Cost | estimated ${est or 0:.2f}, actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
+    if record.failure:
+        f = record.failure
+        out += ["", f"**Failed in {md(f.stage)}:** {md(f.reason)}",
+                "" if not f.checkpoint_on_hub else "A checkpoint reached the Hub (`last-checkpoint/`): a rerun can resume.",
+                "", "<details><summary>Log tail</summary>", "", "```",
+                *[line.replace("```", "'''") for line in f.log_tail[-20:]], "```", "</details>"]
+    return "\n".join(out) + "\n"
+
+
+def _link(url: str) -> str:
+    """A link only to http(s) addresses we built; anything else is shown as text."""
+    if url.startswith(("https://", "http://")) and not any(c in url for c in " <>()[]"):
+        return f"[{md(url.split('://', 1)[1])}]({url})"
+    return f"`{md(url)}`"

