@@ -169,23 +169,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if record.state == "recorded" else 1
 
 
-def _latest(name_or_path: str):
-    """The newest run of a recipe given by name or by its file."""
+def _latest(target: str):
+    """(recipe name, run, job stage) for a recipe given by file or name (its newest run), or for a job id."""
     from runner import ledger
 
-    name = Path(name_or_path).stem if name_or_path.endswith((".yaml", ".yml")) else name_or_path
-    runs = ledger.read(Path.cwd(), name).runs
-    if not runs:
-        raise UserError(f"no runs recorded for '{name}' (runs/{name}.json)")
-    return name, runs[-1]
+    name = _recipe_name(target) if target.endswith((".yaml", ".yml")) else target
+    runs = ledger.read(Path.cwd(), name).runs if "/" not in name else []
+    if runs:
+        return name, runs[-1], None
+    for group in ledger.all_runs(Path.cwd()):
+        for record in reversed(group.runs):
+            for stage, job in record.jobs.items():
+                if job.id == target:
+                    return group.name, record, stage
+    raise UserError(f"no runs recorded for '{target}' (neither runs/{name}.json nor a job id in runs/)")
 
 
 def _repo(record) -> str | None:
     return (record.configs.get("train") or {}).get("hub_repo")
 
 
-def _current_job(record) -> tuple[str, str]:
-    stage = "gguf" if "gguf" in record.jobs else "train"
+def _current_job(record, stage: str | None = None) -> tuple[str, str]:
+    stage = stage or ("gguf" if "gguf" in record.jobs else "train")
     if stage not in record.jobs:
         raise UserError(f"run {record.run_id} has no job yet (state {record.state})")
     return stage, record.jobs[stage].id
@@ -194,16 +199,14 @@ def _current_job(record) -> tuple[str, str]:
 def cmd_status(args: argparse.Namespace) -> int:
     from runner import ledger
 
-    names = [Path(a).stem if a.endswith((".yaml", ".yml")) else a for a in args.recipes]
-    groups = [ledger.read(Path.cwd(), n) for n in names] if names else ledger.all_runs(Path.cwd())
-    for group in groups:
-        if not group.runs:
-            print(f"{group.name}: no runs")
-            continue
-        r = group.runs[-1]
-        line = f"{group.name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
+    targets = [_latest(a) for a in args.recipes] if args.recipes else \
+        [(g.name, g.runs[-1], None) for g in ledger.all_runs(Path.cwd()) if g.runs]
+    if not targets:
+        print("no runs recorded yet (runs/ is empty)")
+    for name, r, job_stage in targets:
+        line = f"{name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
         if not r.terminal and r.jobs:
-            stage, job_id = _current_job(r)
+            stage, job_id = _current_job(r, job_stage)
             backend = _backend(r.backend, Path.cwd(), _repo(r))
             live = backend.status(job_id)
             line += f"; {stage} job {job_id} is {live.stage}"
@@ -218,8 +221,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    name, record = _latest(args.recipe)
-    stage, job_id = _current_job(record)
+    name, record, job_stage = _latest(args.recipe)
+    stage, job_id = _current_job(record, job_stage)
     for line in _backend(record.backend, Path.cwd(), _repo(record)).logs(job_id, follow=args.follow):
         print(f"[{stage}] {line}", flush=True)
     return 0
@@ -228,7 +231,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from runner import pipeline, recipe
 
-    name, record = _latest(args.recipe)
+    name, record, _ = _latest(args.recipe)
     if record.terminal:
         print(f"{name}: run {record.run_id} already {record.state}")
         return 0
@@ -461,11 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="the latest run of each recipe, with its live job stage")
-    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all with runs)")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names, files or job ids (default: all)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("logs", help="the log of a recipe's current job")
-    p.add_argument("recipe", metavar="RECIPE")
+    p = sub.add_parser("logs", help="the log of a recipe's current job (or of a job id)")
+    p.add_argument("recipe", metavar="RECIPE|JOB")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.set_defaults(func=cmd_logs)
 

@@ -218,6 +218,13 @@ def test_detach_status_logs_cancel(hub, workspace, monkeypatch, capsys) -> None:
     assert code == 0 and "tiny-sft: training" in out and "is RUNNING" in out and "step=1/30 loss=2.5" in out
     code, out = run(workspace, monkeypatch, capsys, "logs", "tiny-sft")
     assert code == 0 and "progress step=1/30 loss=2.5" in out
+    job_id = created(hub)[0].id
+    code, by_id = run(workspace, monkeypatch, capsys, "logs", job_id)
+    assert code == 0 and by_id == out
+    code, out = run(workspace, monkeypatch, capsys, "status", job_id)
+    assert code == 0 and f"train job {job_id} is RUNNING" in out
+    code, out = run(workspace, monkeypatch, capsys, "status", "no-such-job")
+    assert code == 1 and "no runs recorded for 'no-such-job'" in out
     code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")
     assert code == 0 and "canceled" in out
     assert created(hub)[0].stage == "CANCELED"
