@@ -285,7 +285,8 @@ def _changed(base: str | None, head: str, only: str | None = None) -> list[str]:
         return match
     if not base or set(base) == {"0"}:
         return everything
-    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", base, head, "--", "recipes",
+    # base...head: what head changed since it forked from base, not what base gained meanwhile.
+    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", f"{base}...{head}", "--", "recipes",
                           "rewards"], capture_output=True, text=True, cwd=root)
     if out.returncode != 0:
         raise UserError(f"git diff {base} {head} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")

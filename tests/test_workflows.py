@@ -302,3 +302,22 @@ def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, m
         assert pr["base"]["ref"] == "main" and pr["head"]["ref"].startswith("recipes-runner/")
         assert gh.state.file(pr["head"]["ref"], "runs/x.json") == b'{"name": "x", "runs": []}\n'
         assert all(GH_TOKEN in auth for _, _, auth in gh.state.requests)
+
+
+def test_changed_lists_what_the_branch_changed(cli, project) -> None:
+    git(project, "checkout", "-qb", "feature")
+    add_recipe(project, "my-sft")
+    git(project, "checkout", "-q", "main")
+    add_recipe(project, "on-main")  # main moves on after the branch forked: not the branch's change
+    git(project, "checkout", "-q", "feature")  # the workflow runs on the pull request's head
+    result = cli("changed", "--base", "main", "--head", "feature", "--json", cwd=project)
+    assert result.code == 0 and json.loads(result.out) == ["recipes/my-sft.yaml"]
+    everything = json.loads(cli("changed", "--base", "0" * 40, "--json", cwd=project).out)
+    assert "recipes/tiny-sft.yaml" in everything and "recipes/_defaults.yaml" not in everything
+    defaults = project / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "max_budget_usd: 50\n")
+    git(project, "commit", "-qam", "defaults")
+    result = cli("changed", "--base", "main", "--head", "feature", "--json", cwd=project)
+    assert set(json.loads(result.out)) == set(everything)
+    result = cli("changed", "--only", "../etc/passwd.yaml", cwd=project)
+    assert result.code == 1 and "not a recipe file under recipes/" in result.err
