@@ -301,3 +301,23 @@ def test_lost_run_record_adopts_the_job_training_this_version(hub, workspace, mo
     shutil.rmtree(workspace / "runs")
     assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 0
     assert len(created(hub)) == 2 and record(workspace)["state"] == "recorded"
+
+
+def test_adoption_looks_through_every_page_of_jobs(hub) -> None:
+    """The newest live job with the labels is found past the first page (Link paging), failed ones skipped."""
+    from huggingface_hub import HfApi
+
+    from runner.backends.hf import HfBackend
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    labels = {"recipe": "r", "version": "v1", "stage": "train"}
+    hub.state.job_scripts += [JobScript(end="ERROR", running=0.0)] * 4 + [JobScript(outlive_timeout=True)] + \
+        [JobScript(end="ERROR", running=0.0)] * 2
+    ids = [api.run_job(image="x", command=["true"], labels=labels, namespace="alice").id for _ in range(7)]
+    api.run_job(image="x", command=["true"], labels={**labels, "version": "v2"}, namespace="alice")
+    deadline = time.monotonic() + 10
+    while sum(j.stage == "ERROR" for j in hub.state.jobs.values()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = HfBackend(api, "alice", TOKEN).find(labels)
+    assert found is not None and found.id == ids[4]
+    assert any("cursor" in r.query for r in hub.state.requests if r.path == "/api/jobs/alice")
