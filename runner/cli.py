@@ -377,6 +377,7 @@ def cmd_commit_back(args: argparse.Namespace) -> int:
         for f in sorted(p.rglob("*")) if p.is_dir() else [p] if p.is_file() else []:
             if f.is_file():
                 files[f.relative_to(root).as_posix()] = f.read_bytes()
+    files = {path: data for path, data in files.items() if path in _changed_in_worktree(root, list(files))}
     if not files:
         print("nothing to commit back")
         return 0
@@ -385,6 +386,18 @@ def cmd_commit_back(args: argparse.Namespace) -> int:
     result = github.commit_files(github.repository(), branch, files, args.message, merge)
     print(f"{len(files)} file(s) to {branch}: {result}")
     return 0
+
+
+def _changed_in_worktree(root: Path, paths: list[str]) -> set[str]:
+    """Of `paths`, those this job wrote: changed since the checked-out commit, or new. Sending only these
+    keeps an older checkout from overwriting what another job committed meanwhile."""
+    import subprocess
+
+    out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths], cwd=root,
+                         capture_output=True, text=True)
+    if out.returncode != 0:  # not a git checkout: everything is new
+        return set(paths)
+    return {entry[3:] for entry in out.stdout.split("\0") if len(entry) > 3}
 
 
 def cmd_notify(args: argparse.Namespace) -> int:

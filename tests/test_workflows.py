@@ -290,6 +290,10 @@ def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, m
         gh.state.commit("main", {"README.md": b"# models\n"}, "template")
         gh.state.protected.add("main")
         (tmp_path / "runs").mkdir()
+        (tmp_path / "runs" / "old.json").write_text('{"name": "old", "runs": []}\n')
+        git(tmp_path, "init", "-q")
+        git(tmp_path, "add", "-A")
+        git(tmp_path, "commit", "-qm", "checkout")  # old.json is as checked out: not this job's to send
         (tmp_path / "runs" / "x.json").write_text('{"name": "x", "runs": []}\n')
         for k, v in {"GITHUB_API_URL": gh.url, "GITHUB_TOKEN": GH_TOKEN, "GITHUB_REPOSITORY": "acme/models",
                      "GITHUB_REF_NAME": "main"}.items():
@@ -301,6 +305,7 @@ def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, m
         pr = gh.state.pulls[1]
         assert pr["base"]["ref"] == "main" and pr["head"]["ref"].startswith("recipes-runner/")
         assert gh.state.file(pr["head"]["ref"], "runs/x.json") == b'{"name": "x", "runs": []}\n'
+        assert gh.state.file(pr["head"]["ref"], "runs/old.json") is None
         assert all(GH_TOKEN in auth for _, _, auth in gh.state.requests)
 
 
