@@ -223,8 +223,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     name, record, job_stage = _latest(args.recipe)
     stage, job_id = _current_job(record, job_stage)
-    for line in _backend(record.backend, Path.cwd(), _repo(record)).logs(job_id, follow=args.follow):
+    backend = _backend(record.backend, Path.cwd(), _repo(record))
+    for line in backend.logs(job_id, follow=args.follow):
         print(f"[{stage}] {line}", flush=True)
+    if args.follow:  # end with the outcome
+        status = backend.status(job_id)
+        print(f"[{stage}] job {job_id} {status.stage}" + (f": {status.message}" if status.message else ""))
+        return 0 if status.stage == "COMPLETED" else 1
     return 0
 
 

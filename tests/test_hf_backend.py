@@ -227,6 +227,8 @@ def test_detach_status_logs_cancel(hub, workspace, monkeypatch, capsys) -> None:
     assert code == 1 and "no runs recorded for 'no-such-job'" in out
     code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")
     assert code == 0 and "canceled" in out
+    code, out = run(workspace, monkeypatch, capsys, "logs", "-f", job_id)
+    assert code == 1 and out.rstrip().endswith(f"job {job_id} CANCELED")
     assert created(hub)[0].stage == "CANCELED"
     assert record(workspace)["state"] == "canceled"
     assert_no_token(hub, workspace, out)
