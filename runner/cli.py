@@ -150,6 +150,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
+    if backend.name != "local" and not plan.fits:
+        raise UserError(f"{loaded.display}: no Hugging Face Jobs flavor fits this run (see `runner plan`)")
+    if backend.name != "local" and not plan.within_budget:  # money is only spent within the recipe's budget
+        raise UserError(f"{loaded.display}: estimated ${plan.cost_usd:.2f} (worst case ${plan.max_cost_usd:.2f}) is "
+                        f"over the budget of ${plan.budget_usd:.2f}; raise budget_usd or shrink the run")
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "

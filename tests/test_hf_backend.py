@@ -323,3 +323,11 @@ def test_adoption_looks_through_every_page_of_jobs(hub) -> None:
     found = HfBackend(api, "alice", TOKEN).find(labels)
     assert found is not None and found.id == ids[4]
     assert any("cursor" in r.query for r in hub.state.requests if r.path == "/api/jobs/alice")
+
+
+def test_over_budget_is_refused_before_any_spend(hub, workspace, monkeypatch, capsys) -> None:
+    path = workspace / "recipes" / "tiny-sft.yaml"
+    path.write_text(path.read_text() + "hardware: a100-large\nbudget_usd: 0.01\n")
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and "over the budget of $0.01" in out
+    assert not hub.state.jobs and not hub.state.repos and not (workspace / "runs").exists()
