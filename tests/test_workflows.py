@@ -26,8 +26,8 @@ from hubstub import HubStub, JobScript
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 ACT = shutil.which("act", path=str(Path(sys.executable).parent)) or shutil.which("act")
-GH_TOKEN = "ghs_stubGitHubToken0123456789"
-HF_TOKEN = "hf_stubWorkflowSecret0123456789"
+GH_TOKEN = "test-only-not-a-token-github"
+HF_TOKEN = "test-only-not-a-token-hub-workflow"
 MARKER = "<!-- recipes-runner:plan -->"
 
 
