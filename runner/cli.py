@@ -93,11 +93,10 @@ def _token_if_hub(dataset: str) -> str | None:
     return None if looks_local_dataset(dataset) or Path(dataset).is_file() else hub.token()
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from runner import gather, hub, render
+def _plan_all(loaded: list, token: str | None, problems: list[str]) -> list:
+    """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead."""
+    from runner import gather
 
-    loaded, problems = _load_all(args.recipes)
-    token = None if hub.offline() else hub.token()
     price_table = gather.prices(token) if loaded else None
     plans = []
     for item in loaded:
@@ -105,6 +104,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             plans.append(gather.plan_recipe(item, token=token, price_table=price_table))
         except UserError as e:
             problems.append(str(e))
+    return plans
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from runner import hub, render
+
+    loaded, problems = _load_all(args.recipes)
+    plans = _plan_all(loaded, None if hub.offline() else hub.token(), problems)
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
     if args.json:
@@ -314,7 +321,7 @@ def cmd_changed(args: argparse.Namespace) -> int:
 
 def cmd_pr_check(args: argparse.Namespace) -> int:
     """The pull-request check in one step: validate and plan what changed; annotations, summary, artifact."""
-    from runner import gather, render
+    from runner import render
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -323,13 +330,7 @@ def cmd_pr_check(args: argparse.Namespace) -> int:
     loaded, problems = _load_all(paths, located) if paths else ([], [])
     for p in located:
         print(_annotation(p))
-    plans = []
-    price_table = gather.prices(None) if loaded else None  # no token on pull requests: the built-in prices
-    for item in loaded:
-        try:
-            plans.append(gather.plan_recipe(item, token=None, price_table=price_table))
-        except UserError as e:
-            problems.append(str(e))
+    plans = _plan_all(loaded, None, problems)  # no token on pull requests: the built-in prices
     body = render.plan_markdown(plans, problems) if paths else \
         f"{render.COMMENT_MARKER}\n## Training plan\n\nNo recipe changed in this pull request.\n"
     ok = not problems and all(p.ok for p in plans)
