@@ -66,7 +66,9 @@ class HfBackend:
 
     # --- retries ---------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    def _call(self, what: str, fn: Callable[..., T], /, *, recover: Callable[[], T | None] | None = None,
+              **kwargs: Any) -> T:
+        """`fn(**kwargs)`, retried on transient failures; `recover()` may find the result before a retry."""
         delay = self.base_delay
         for attempt in range(1, self.attempts + 1):
             try:
@@ -79,6 +81,9 @@ class HfBackend:
                           f"({attempt}/{self.attempts - 1})")
                 time.sleep(wait)
                 delay = min(delay * 2, self.max_delay)
+                found = recover() if recover else None
+                if found is not None:
+                    return found
         raise AssertionError("unreachable")
 
     # --- the interface -----------------------------------------------------------------------------
@@ -104,21 +109,13 @@ class HfBackend:
                             path=spec.bundle_dir, read_only=True)],
             namespace=self.namespace,
         )
-        delay = self.base_delay
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return self.api.run_job(**kwargs).id
-            except Exception as e:  # noqa: BLE001
-                if not _transient(e) or attempt == self.attempts:
-                    raise UserError(f"Hugging Face Hub: submitting the {spec.script} job failed: "
-                                    f"{str(e).splitlines()[0]}") from None
-                time.sleep(min(_retry_after(e) or delay, self.max_delay))
-                delay = min(delay * 2, self.max_delay)
-                # The refusal may have come after the job was created: look before trying again.
-                existing = self.find(spec.labels)
-                if existing:
-                    return existing.id
-        raise AssertionError("unreachable")
+
+        def created() -> str | None:  # the refusal may have come after the job was created: look first
+            found = self.find(spec.labels)
+            return found.id if found else None
+
+        return self._call(f"submitting the {spec.script} job", lambda **kw: self.api.run_job(**kw).id,
+                          recover=created, **kwargs)
 
     def status(self, job_id: str) -> JobStatus:
         info = self._call("inspect job", self.api.inspect_job, job_id=job_id, namespace=self.namespace)
