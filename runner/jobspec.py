@@ -37,8 +37,8 @@ def hf_places(mount: str) -> Places:
     return Places(model_dir=Path("output/model"), gguf_dir=Path("output/gguf"), work_dir=Path("output"), mount=mount)
 
 
-def bundle_path(run_id: str, name: str) -> str:
-    return f"{BUNDLE_DIR}/{run_id}/{name}"
+def bundle_dir(run_id: str) -> str:
+    return f"{BUNDLE_DIR}/{run_id}"
 
 
 def _input(loaded: LoadedRecipe, places: Places, value: str, is_local: bool) -> str:
@@ -63,7 +63,7 @@ def shipped_files(loaded: LoadedRecipe) -> dict[str, Path]:
 
 
 def _summary_upload(repo: str | None, run_id: str, name: str) -> dict[str, str] | None:
-    return {"repo": repo, "path": bundle_path(run_id, name)} if repo else None
+    return {"repo": repo, "path": f"{bundle_dir(run_id)}/{name}"} if repo else None
 
 
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from runner.backends.base import Backend, JobSpec, JobStatus
 from runner.backends.local import script_path
 from runner.errors import UserError
 from runner.hardware import BUILTIN_FLAVORS
-from runner.jobspec import BUNDLE_DIR, Places, gguf_config, hf_places, shipped_files, train_config
+from runner.jobspec import Places, bundle_dir, gguf_config, hf_places, shipped_files, train_config
 from runner.ledger import Failure, JobRef, RunRecord
 from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe
@@ -88,17 +88,11 @@ class Step:
     echo: Echo = print
 
 
-def _places(step_backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
-    if step_backend.mount:
-        return hf_places(step_backend.mount)
+def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
+    if backend.mount:
+        return hf_places(backend.mount)
     assert hub_dir is not None
     return local_places(loaded, run_id, hub_dir)
-
-
-def _devices(plan: Plan) -> int:
-    """GPUs the planned flavor has: a multi-GPU flavor trains data-parallel (or sharded) across all."""
-    flavor = next((f for f in BUILTIN_FLAVORS if f.name == plan.flavor), None)
-    return flavor.devices if flavor and plan.strategy in ("ddp", "fsdp") else 1
 
 
 def recipe_version(loaded: LoadedRecipe) -> str:
@@ -136,7 +130,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
         if not loaded.output_repo:
             raise UserError(f"{loaded.display}: training on HF Jobs needs an output repo (output.repo, or a "
                             "namespace in recipes/_defaults.yaml); the trained model would be lost")
-        processes = _devices(plan)
+        processes = max(plan.devices, 1)  # a multi-GPU flavor trains data-parallel (or sharded) across all
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=version,
         commit=git_commit(loaded.root),
@@ -159,7 +153,7 @@ def _spec(step: Step, record: RunRecord, script: str, **kw) -> JobSpec:
     """A job of this run; remote engines also get the bundle: where it goes and the repo-local inputs."""
     bundle = {}
     if record.push:
-        bundle = {"bundle_repo": step.loaded.output_repo, "bundle_dir": f"{BUNDLE_DIR}/{record.run_id}",
+        bundle = {"bundle_repo": step.loaded.output_repo, "bundle_dir": bundle_dir(record.run_id),
                   "files": {k: str(v) for k, v in shipped_files(step.loaded).items()}}
     return JobSpec(script=script, config=record.configs[script], labels=_labels(record, step.loaded.recipe.name, script),
                    **bundle, **kw)
@@ -196,7 +190,6 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
         record.jobs[stage].stage = status.stage
     if not status.finished:
         return None
-    record.jobs[stage].stage = status.stage
     record.jobs[stage].finished_at = ledger.now()
     submitted = time.mktime(time.strptime(record.jobs[stage].submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
     finished = time.mktime(time.strptime(record.jobs[stage].finished_at, "%Y-%m-%dT%H:%M:%SZ"))

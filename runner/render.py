@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from runner.ledger import RunRecord
 from runner.plan import Plan
 from runner.report import DatasetReport
 
@@ -115,11 +116,8 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = ()) -> str:
     return text
 
 
-def outcome_markdown(name: str, record: object, blob_url: str) -> str:
+def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     """The comment on a merged pull request: what training produced, where, and for how much."""
-    from runner.ledger import RunRecord
-
-    assert isinstance(record, RunRecord)
     mark = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}.get(record.state, ":hourglass:")
     links = record.links
     tracking = (record.configs.get("train") or {}).get("tracking") or {}
