@@ -121,11 +121,13 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
               f"| dataset revision | `{r.dataset.revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}` |")
-    est = record.cost_usd.get("estimated")
-    actual = record.cost_usd.get("actual")
+    est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
+    hours = sum(j.running_seconds or 0.0 for j in record.jobs.values()) / 3600
     lines += ["", "## Cost", "",
-              f"Estimated ${est:.2f} on {record.plan.get('flavor')}; actual "
+              f"Estimated ${est or 0:.2f} on {record.plan.get('flavor')}"
+              + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")
+              + "; actual "
               + ("$0.00 (trained locally)" if record.backend == "local" else
-                 (f"${actual:.2f}" if actual is not None else "unknown")) + "."]
+                 (f"${actual:.2f} ({hours:.2f} h billed running time)" if actual is not None else "unknown")) + "."]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     return str(card)

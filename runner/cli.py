@@ -152,30 +152,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner import gather, hub, pipeline, recipe
 
     loaded = recipe.load(args.recipe)
-    backend = _backend(args.backend, loaded.root, loaded.output_repo)
     token = None if hub.offline() else hub.token()
     plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
-    if backend.name != "local" and not plan.fits:
-        raise UserError(f"{loaded.display}: no Hugging Face Jobs flavor fits this run (see `runner plan`)")
-    if backend.name != "local" and not plan.within_budget:  # money is only spent within the recipe's budget
-        raise UserError(f"{loaded.display}: estimated ${plan.cost_usd:.2f} (worst case ${plan.max_cost_usd:.2f}) is "
-                        f"over the budget of ${plan.budget_usd:.2f}; raise budget_usd or shrink the run")
+    if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
+        from runner.backends.hf import job_request
+
+        specs = pipeline.preview(loaded, plan, push=args.backend != "local")
+        jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}),
+                 "flavor": s.flavor, "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config}
+                for s in specs]
+        out = {"recipe": loaded.display, "backend": args.backend, "jobs": jobs, "cost_usd": plan.cost_usd,
+               "max_cost_usd": plan.max_cost_usd, "budget_usd": plan.budget_usd}
+        print(json.dumps(out, indent=None if args.json else 2))
+        return 0
+    backend = _backend(args.backend, loaded.root, loaded.output_repo)
+    pipeline.check_spend(plan, backend, loaded.display)  # before any upload or job
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
-         f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor}")
-    record = pipeline.resumable(loaded, backend)
-    if record is None:
-        record = pipeline.start(loaded, plan, backend, hub_dir=hub_dir, processes=args.processes)
-    else:
-        echo(f"[run] {loaded.display} at this commit already has run {record.run_id} ({record.state}); "
-             "carrying it on instead of training again")
-    record = pipeline.drive(record, pipeline.Step(loaded, backend, echo), wait=not args.detach)
+         f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
+         f"(worst case ${plan.max_cost_usd:.2f})")
+    record = pipeline.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
+                            echo=echo)
+    window = args.follow_for * 60 if args.follow_for is not None else None
+    step = pipeline.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window)
+    record = pipeline.drive(record, step, wait=not args.detach)
     print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
                       "failure": record.failure.model_dump() if record.failure else None}))
-    if args.detach and not record.terminal:
+    if not record.terminal:
         echo(f"[detach] run {record.run_id} is {record.state}; `runner reconcile` carries it on")
         return 0
     return 0 if record.state == "recorded" else 1
@@ -252,26 +258,55 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if record.terminal:
         print(f"{name}: run {record.run_id} already {record.state}")
         return 0
-    stage, job_id = _current_job(record)
     backend = _backend(record.backend, Path.cwd(), _repo(record))
-    backend.cancel(job_id)
+    running = record.state in ("training", "converting")
+    if running:
+        backend.cancel(_current_job(record)[1])
+    # No plan: cancelling carries the run to its end and never submits the next job.
     step = pipeline.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
-    record = pipeline.drive(record, step, wait=True)
+    record = pipeline.cancel(record, step) if not running else pipeline.drive(record, step, wait=True)
     print(f"{name}: run {record.run_id} {record.state}")
     return 0
 
 
+def _reconcile_step(root: Path, record, token: str | None, prices):
+    """The step that carries a recorded run on: the recipe as of the run's commit, and its fresh plan.
+
+    What a reconcile may submit (a GGUF job, or a training job whose record is `planned`) is derived
+    from that recipe and gated again, never read from the record; without a plan it submits nothing.
+    """
+    from runner import gather, pipeline, recipe
+
+    echo = _progress_printer()
+    backend = _backend(record.backend, root, _repo(record))
+    source = pipeline.snapshot(root, record.commit) if record.push else None
+    if record.push and source is None:
+        echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
+             "following its jobs only (fetch the full history to let it submit)")
+    base = source or root
+    loaded = recipe.load(base / record.recipe, root=base)
+    plan = None
+    if source is not None or not record.push:
+        try:
+            plan = gather.plan_recipe(loaded, token=token, price_table=prices)
+        except UserError as e:
+            echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
+    return pipeline.Step(loaded, backend, echo, plan=plan, root=root)
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Carry every unfinished run forward as far as it can go without waiting."""
-    from runner import ledger, pipeline, recipe
+    from runner import gather, hub, ledger, pipeline
 
     root = Path.cwd()
     problems = 0
+    token = None if hub.offline() else hub.token()
+    prices = None
     for group in ledger.all_runs(root):
         for record in [r for r in group.runs if not r.terminal]:
             try:
-                step = pipeline.Step(recipe.load(root / record.recipe), _backend(record.backend, root, _repo(record)),
-                                     _progress_printer())
+                prices = prices or gather.prices(token)
+                step = _reconcile_step(root, record, token, prices)
                 record = pipeline.drive(record, step, wait=args.wait)
             except pipeline.RunBusy:
                 print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
@@ -281,42 +316,115 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 problems += 1
                 continue
             print(f"{group.name}: run {record.run_id} {record.state}")
+            problems += record.state in ("failed", "canceled") and args.wait
     return 1 if problems else 0
 
 
-def _changed(base: str | None, head: str, only: str | None = None) -> list[str]:
-    """Recipe files a push or pull request added or changed; all of them when the repo defaults or
-    the reward functions changed, or when there is no "before" (a new branch)."""
+def cmd_history(args: argparse.Namespace) -> int:
+    """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
+    import statistics
+
+    from runner import ledger
+
+    root = Path.cwd()
+    names = [_recipe_name(a) for a in args.recipes] if args.recipes else [g.name for g in ledger.all_runs(root)]
+    ratios: list[float] = []
+    rows = []
+    for name in names:
+        for r in ledger.read(root, name).runs:
+            est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
+            hours = sum((j.running_seconds or 0.0) for j in r.jobs.values()) / 3600
+            ratio = actual / est if r.push and est and actual is not None and r.terminal else None
+            if ratio is not None:
+                ratios.append(ratio)
+            rows.append({"recipe": name, "run_id": r.run_id, "state": r.state, "backend": r.backend,
+                         "flavor": r.jobs["train"].flavor if "train" in r.jobs else r.plan.get("flavor"),
+                         "estimated_usd": est, "max_usd": r.cost_usd.get("max"), "actual_usd": actual,
+                         "ratio": round(ratio, 3) if ratio is not None else None, "hours": round(hours, 3)})
+    median = round(statistics.median(ratios), 3) if ratios else None
+    if args.json:
+        print(json.dumps({"runs": rows, "median_ratio": median, "runs_compared": len(ratios)}))
+        return 0
+    if not rows:
+        print("no runs recorded yet (runs/ is empty)")
+        return 0
+
+    def usd(v: float | None) -> str:
+        return "-" if v is None else f"${v:.2f}"
+
+    print(f"{'recipe':<20} {'run':<24} {'state':<10} {'flavor':<12} {'estimate':>9} {'actual':>9} {'ratio':>6} "
+          f"{'hours':>6}")
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        print(f"{row['recipe']:<20} {row['run_id']:<24} {row['state']:<10} {str(row['flavor'] or '-'):<12} "
+              f"{usd(row['estimated_usd']):>9} {usd(row['actual_usd']):>9} {ratio:>6} {row['hours']:>6.2f}")
+    if median is None:
+        print("median actual/estimate: no finished Hugging Face Jobs run to compare yet")
+    else:
+        print(f"median actual/estimate: {median:.2f} over {len(ratios)} run(s)")
+    return 0
+
+
+def _changed(base: str | None, head: str, only: str | None = None, tree: Path | None = None) -> list[str]:
+    """Recipe files whose training a push or pull request changed: the recipe itself, a file it ships
+    (local data, a reward function, a local base model), or the repo defaults (then every recipe).
+    Every recipe when there is no "before" (a new branch). `tree` holds the files at `head` (default: here)."""
     import subprocess
 
+    from runner import jobspec, recipe
     from runner.recipe import DEFAULTS_FILE
 
     root = Path.cwd()
-    everything = [p.relative_to(root).as_posix() for p in _recipe_files([str(root / "recipes")])] \
-        if (root / "recipes").is_dir() else []
+    tree = tree or root
+    everything = [p.relative_to(tree).as_posix() for p in _recipe_files([str(tree / "recipes")])] \
+        if (tree / "recipes").is_dir() else []
     if only:
-        wanted = (root / only).resolve()
-        match = [p for p in everything if (root / p).resolve() == wanted]
+        wanted = (tree / only).resolve()
+        match = [p for p in everything if (tree / p).resolve() == wanted]
         if not match:
             raise UserError(f"{only}: not a recipe file under recipes/")
         return match
     if not base or set(base) == {"0"}:
         return everything
     # base...head: what head changed since it forked from base, not what base gained meanwhile.
-    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", f"{base}...{head}", "--", "recipes",
-                          "rewards"], capture_output=True, text=True, cwd=root)
+    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", f"{base}...{head}"],
+                         capture_output=True, text=True, cwd=root)
     if out.returncode != 0:
         raise UserError(f"git diff {base} {head} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
-    names = [n for n in out.stdout.split("\0") if n]
-    if any(Path(n).name == DEFAULTS_FILE or n.startswith("rewards/") for n in names):
+    names = {n for n in out.stdout.split("\0") if n}
+    if any(n.startswith("recipes/") and Path(n).name == DEFAULTS_FILE for n in names):
         return everything
-    return [p for p in everything if p in set(names)]
+    changed = []
+    for path in everything:
+        shipped: set[str] = set()
+        try:
+            shipped = set(jobspec.shipped_files(recipe.load(tree / path, root=tree)))
+        except (UserError, ValueError, OSError):
+            pass  # an invalid recipe counts as changed only through its own file; the plan reports it
+        if path in names or shipped & names:
+            changed.append(path)
+    return changed
 
 
 def cmd_changed(args: argparse.Namespace) -> int:
     paths = _changed(args.base, args.head, args.only)
     print(json.dumps(paths) if args.json else "\n".join(paths))
     return 0
+
+
+def _plan_tree(paths: list[str], tree: Path, located: list | None = None) -> tuple[list, list[str]]:
+    """Validate and plan recipe files read from `tree` as data, with the built-in prices and no token."""
+    from runner import recipe
+
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(recipe.load(tree / path, root=tree))
+        except RecipeInvalid as e:
+            problems += [str(p) for p in e.problems]
+            if located is not None:
+                located += e.problems
+    return _plan_all(loaded, None, problems), problems
 
 
 def cmd_pr_check(args: argparse.Namespace) -> int:
@@ -327,12 +435,10 @@ def cmd_pr_check(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = _changed(args.base, args.head)
     located: list = []
-    loaded, problems = _load_all(paths, located) if paths else ([], [])
+    plans, problems = _plan_tree(paths, Path.cwd(), located)
     for p in located:
         print(_annotation(p))
-    plans = _plan_all(loaded, None, problems)  # no token on pull requests: the built-in prices
-    body = render.plan_markdown(plans, problems) if paths else \
-        f"{render.COMMENT_MARKER}\n## Training plan\n\nNo recipe changed in this pull request.\n"
+    body = render.plan_markdown(plans, problems) if paths else render.no_recipe_markdown()
     ok = not problems and all(p.ok for p in plans)
     (out_dir / "plan.md").write_text(body, encoding="utf-8")
     (out_dir / "plan.json").write_text(json.dumps({"ok": ok, "recipes": paths, "errors": problems,
@@ -356,21 +462,33 @@ def _recipe_name(arg: str) -> str:
 
 
 def cmd_comment_plan(args: argparse.Namespace) -> int:
-    """From a workflow_run event: post the plan artifact of that run as the PR's sticky comment."""
-    from runner import github
+    """From a workflow_run event: plan the pull request's head in trusted code and post it as the sticky comment.
+
+    The plan workflow ran the pull request's own code (a fork controls it), so its artifact could say
+    anything. Here the default branch's runner reads the head commit's files as data (git archive,
+    never executed), plans them with built-in prices and no token, and renders the text itself.
+    """
+    from runner import github, pipeline, render
     from runner.render import COMMENT_MARKER
 
     run = github.event().get("workflow_run") or {}
-    if not run.get("id") or not run.get("head_sha"):
+    head = str(run.get("head_sha") or "")
+    if not run.get("id") or not head:
         raise UserError("not a workflow_run event: no workflow_run.id / head_sha in the payload")
     repo = github.repository()
     hinted = [int(p["number"]) for p in run.get("pull_requests") or [] if str(p.get("number", "")).isdigit()]
-    pr = github.pull_for_sha(repo, str(run["head_sha"]), hinted)
+    pr = github.pull_for_sha(repo, head, hinted)
     if pr is None:
-        print(f"no open pull request has head {run['head_sha']} (a newer push will post its own plan)")
+        print(f"no open pull request has head {head} (a newer push will post its own plan)")
         return 0
-    action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER,
-                                               github.plan_artifact(repo, int(run["id"])))
+    github.fetch_commit(Path.cwd(), head)
+    tree = pipeline.snapshot(Path.cwd(), head)
+    if tree is None:
+        raise UserError(f"commit {head[:12]} is not in this checkout; fetch the pull request's head first")
+    paths = _changed(pr.base.sha, head, tree=tree)
+    plans, problems = _plan_tree(paths, tree)
+    body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
+    action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER, body)
     print(f"{action} plan comment {comment_id} on #{pr.number}")
     return 0
 
@@ -412,22 +530,24 @@ def _changed_in_worktree(root: Path, paths: list[str]) -> set[str]:
 
 
 def cmd_notify(args: argparse.Namespace) -> int:
-    """Comment each recipe's outcome on the pull request that the pushed commit merged."""
+    """Comment each recipe's latest run (its outcome, or where it is) on the pull request that merged it."""
     from runner import github, ledger, render
 
     repo = github.repository()
-    sha = args.sha or os.environ.get("GITHUB_SHA", "")
-    pr = github.merged_pull(repo, sha) if sha else None
-    if pr is None:
-        print(f"no merged pull request produced {sha or 'this commit'}; nothing to notify")
-        return 0
     server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
     blob = f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/blob/{os.environ.get('GITHUB_REF_NAME', 'main')}"
-    for name in map(_recipe_name, args.recipes):
+    names = list(map(_recipe_name, args.recipes)) or [g.name for g in ledger.all_runs(Path.cwd()) if g.runs]
+    for name in names:
         runs = ledger.read(Path.cwd(), name).runs
         if not runs:
             continue
         record = runs[-1]
+        # The run started from the merge commit it trains; a pull request merged as that commit gets the comment.
+        sha = args.sha or record.commit or os.environ.get("GITHUB_SHA", "")
+        pr = github.merged_pull(repo, sha) if sha else None
+        if pr is None:
+            print(f"{name}: no merged pull request produced {sha[:12] or 'this commit'}; nothing to notify")
+            continue
         # One comment per recipe version: a re-run of the same merge updates it instead of adding another.
         marker = f"<!-- recipes-runner:outcome:{name}:{record.version or record.run_id} -->"
         action, _ = github.upsert_comment(repo, pr.number, marker, render.outcome_markdown(name, record, blob))
@@ -486,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final JSON line")
     p.add_argument("--detach", action="store_true",
                    help="submit the training job and return; `runner reconcile` carries the run on")
+    p.add_argument("--follow-for", type=float, default=None, metavar="MINUTES",
+                   help="follow the jobs for at most this long, then detach (the train workflow's runner budget)")
+    p.add_argument("--retry", action="store_true",
+                   help="train a version that failed or was canceled again, as a new attempt (resuming from its "
+                        "checkpoint when one was saved)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="the latest run of each recipe, with its live job stage")
@@ -504,6 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("history", help="estimated vs actual cost of every recorded run, and the median error")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("changed", help="recipe files changed between two commits (for workflows)")
     p.add_argument("--base", default=None, help="the commit before (default or all zeros: every recipe)")
@@ -529,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_commit_back)
 
     p = sub.add_parser("notify", help="in a workflow: comment each recipe's outcome on the merged pull request")
-    p.add_argument("recipes", nargs="+", metavar="RECIPE")
-    p.add_argument("--sha", default=None, help="the merge commit (default: GITHUB_SHA)")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every recipe with a recorded run")
+    p.add_argument("--sha", default=None, help="the merge commit (default: the commit each run started from)")
     p.set_defaults(func=cmd_notify)
     return parser
 

@@ -4,26 +4,25 @@ Runs inside GitHub Actions. The API base comes from GITHUB_API_URL (as on real r
 and GitHub Enterprise), the token from GITHUB_TOKEN, the repository from GITHUB_REPOSITORY.
 PyGithub's `GithubRetry` retries 5xx and waits out primary and secondary rate limits.
 
-Whatever a pull request produced (the plan artifact) is untrusted data here: it is read
-from a zip in memory (never extracted), size-capped, decoded strictly, and only ever
-posted as a comment body.
+Whatever a pull request produced is untrusted: the plan comment is not its artifact but a
+plan of its head commit's files, read as data by the default branch's code (see
+`runner comment-plan`), with every value escaped when rendered.
 """
 
 from __future__ import annotations
 
-import io
+import base64
 import json
 import os
+import subprocess
 import time
-import zipfile
+from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
 
 BOT_LOGIN = "github-actions[bot]"  # who GITHUB_TOKEN comments as
 MAX_COMMENT = 65_536
-MAX_ARTIFACT_BYTES = 2_000_000
-PLAN_ARTIFACT = "plan"
 PUSH_ATTEMPTS = 5
 
 
@@ -100,29 +99,23 @@ def merged_pull(repo: Any, sha: str) -> Any | None:
     return None
 
 
-def plan_artifact(repo: Any, run_id: int) -> str:
-    """plan.md from the plan workflow's artifact, as untrusted text."""
-    import requests
+def fetch_commit(root: Path, sha: str) -> None:
+    """Make `sha` (a pull request's head, maybe in a fork) present in the checkout, to read as data.
 
-    artifacts = [a for a in repo.get_workflow_run(run_id).get_artifacts() if a.name == PLAN_ARTIFACT]
-    if not artifacts:
-        raise UserError(f"workflow run {run_id} left no '{PLAN_ARTIFACT}' artifact")
-    artifact = artifacts[0]
-    if artifact.size_in_bytes > MAX_ARTIFACT_BYTES:
-        raise UserError(f"the plan artifact is {artifact.size_in_bytes} bytes; refusing more than {MAX_ARTIFACT_BYTES}")
-    response = requests.get(artifact.archive_download_url, timeout=60, allow_redirects=True,
-                            headers={"Authorization": f"Bearer {_env('GITHUB_TOKEN')}",
-                                     "Accept": "application/vnd.github+json"})
-    if response.status_code != 200:
-        raise UserError(f"downloading the plan artifact failed: HTTP {response.status_code}")
-    try:
-        with zipfile.ZipFile(io.BytesIO(response.content[:MAX_ARTIFACT_BYTES])) as z:
-            info = z.getinfo("plan.md")
-            if info.file_size > MAX_ARTIFACT_BYTES:
-                raise UserError("plan.md in the artifact is too large")
-            return z.read(info).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as e:
-        raise UserError(f"the plan artifact is not what the plan workflow writes: {e}") from None
+    The token reaches git as an HTTP header through the environment (GIT_CONFIG_*), never on a command line.
+    """
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True).returncode == 0:
+        return
+    env = dict(os.environ)
+    token = os.environ.get("GITHUB_TOKEN", "").strip()
+    if token:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraheader",
+                    "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"})
+    out = subprocess.run(["git", "-C", str(root), "fetch", "--no-tags", "--quiet", "origin", sha], env=env,
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise UserError(f"cannot fetch commit {sha[:12]}: {' '.join(out.stderr.strip().splitlines()[-1:])}")
 
 
 # --- commit-back -----------------------------------------------------------------------------------
@@ -194,6 +187,4 @@ def _is_text(data: bytes) -> bool:
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode()

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pydantic import BaseModel, ConfigDict
 
 GiB = 1024**3
+GB = 1000**3  # the Hub lists memory in GB (decimal); capacities are compared in bytes
 
 
 class HardwareFlavor(BaseModel):

@@ -66,7 +66,8 @@ def _summary_upload(repo: str | None, run_id: str, name: str) -> dict[str, str] 
     return {"repo": repo, "path": f"{bundle_dir(run_id)}/{name}"} if repo else None
 
 
-def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool) -> dict[str, Any]:
+def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool,
+                 resume: bool = False) -> dict[str, Any]:
     repo = loaded.output_repo if push else None
     r = loaded.recipe
     t = r.training
@@ -118,6 +119,8 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
         "tracking": {"project": loaded.tracking_project, "space_id": r.tracking.space},
         "summary_path": str(places.work_dir / "train-summary.json"),
         "summary_upload": _summary_upload(repo, run_id, "train-summary.json"),
+        # A retry resumes from the checkpoint the failed attempt pushed (last-checkpoint/ in hub_repo).
+        "resume_from_checkpoint": resume,
     }
 
 

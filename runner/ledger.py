@@ -42,6 +42,9 @@ class JobRef(BaseModel):
     finished_at: str | None = None
     stage: str = "SCHEDULING"
     script_sha256: str | None = None
+    timeout_seconds: int | None = None
+    usd_per_hour: float | None = None  # the price when it was submitted: what the Hub bills it at
+    running_seconds: float | None = None  # JobInfo.durations.running_secs, the billed time
 
 
 class Failure(BaseModel):
@@ -76,6 +79,9 @@ class RunRecord(BaseModel):
     configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     processes: int = 1
     push: bool = False
+    attempt: int = 1  # a deliberate retry (`runner run --retry`) is attempt 2, 3, ...
+    retry_of: str | None = None  # the run this attempt retries
+    resume: bool = False  # this attempt resumes from the checkpoint the last one left on the Hub
 
     @property
     def terminal(self) -> bool:

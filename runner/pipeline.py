@@ -11,27 +11,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import queue
 import secrets
 import subprocess
+import tarfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import card, ledger
 from runner.backends.base import Backend, JobSpec, JobStatus
+from runner.backends.hf import MOUNT
 from runner.backends.local import script_path
 from runner.errors import UserError
-from runner.hardware import BUILTIN_FLAVORS
 from runner.jobspec import Places, bundle_dir, gguf_config, hf_places, shipped_files, train_config
 from runner.ledger import Failure, JobRef, RunRecord
 from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe
 
 LOG_TAIL = 30
-GGUF_FLAVOR = "cpu-upgrade"
-GGUF_TIMEOUT = 3600
+LOCAL_GGUF_TIMEOUT = 3600
 Echo = Callable[[str], None]
 
 
@@ -79,99 +81,231 @@ class RunBusy(UserError):
     """Another process holds this recipe's run lock: it is already carrying the run on."""
 
 
+class SpendRefused(UserError):
+    """The spend gate refused a submission: nothing was sent that costs money."""
+
+
 @dataclass
 class Step:
-    """Everything `advance` needs besides the record."""
+    """Everything `advance` needs besides the record.
+
+    `loaded` is the recipe as the runner's own code reads it (for a reconcile, as of the record's
+    commit) and `plan` its fresh plan: every submission is derived from these two and checked by the
+    spend gate, never taken from the run record. Without a plan, the step carries jobs on but submits none.
+    """
 
     loaded: LoadedRecipe
     backend: Backend
     echo: Echo = print
+    plan: Plan | None = None
+    root: Path | None = None  # where runs/ and models/ are written; default: the recipe's repository
+    hub_dir: Path | None = None  # the local backend's stand-in for the Hub
+    follow_seconds: float | None = None  # follow jobs at most this long, then leave the run to reconcile
+    started: float = field(default_factory=time.monotonic)
+
+    def time_left(self) -> float | None:
+        return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
+
+    @property
+    def home(self) -> Path:
+        return self.root or self.loaded.root
 
 
 def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
     if backend.mount:
         return hf_places(backend.mount)
-    assert hub_dir is not None
-    return local_places(loaded, run_id, hub_dir)
+    return local_places(loaded, run_id, hub_dir or loaded.root / ".runner" / "hub")
+
+
+def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
+    """sha256 of every repo-local file the job trains with (data, reward files, a local base model)."""
+    return {rel: sha256_file(path) for rel, path in sorted(shipped_files(loaded).items())}
 
 
 def recipe_version(loaded: LoadedRecipe) -> str:
-    """What a run trains, as a short hash: the effective recipe, repo defaults applied."""
-    return hashlib.sha256(loaded.recipe.model_dump_json().encode()).hexdigest()[:16]
+    """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships."""
+    h = hashlib.sha256(loaded.recipe.model_dump_json().encode())
+    for rel, digest in shipped_digests(loaded).items():
+        h.update(f"\0{rel}\0{digest}".encode())
+    return h.hexdigest()[:16]
 
 
-def resumable(loaded: LoadedRecipe, backend: Backend) -> RunRecord | None:
-    """The run this recipe version already has on this backend, unless it failed or was canceled.
+def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None = None) -> RunRecord | None:
+    """The newest run of this recipe version on this backend, whatever its state."""
+    version = recipe_version(loaded)
+    runs = ledger.read(root or loaded.root, loaded.recipe.name).runs
+    return next((r for r in reversed(runs) if r.backend == backend.name and r.version == version), None)
 
-    A repeated trigger (a re-delivered merge event, a re-run workflow) carries that run on,
-    or finds it done, instead of paying for a second training job.
+
+def _identity(name: str, version: str, stage: str, attempt: int = 1) -> dict[str, str]:
+    """The labels that say what a job trains, whichever run submitted it (a retry is a new attempt)."""
+    labels = {"recipe": name, "version": version, "stage": stage}
+    return labels | ({"attempt": str(attempt)} if attempt > 1 else {})
+
+
+def check_spend(plan: Plan, backend: Backend, display: str) -> None:
+    """The spend gate for one run: money is spent only on a plan the gate accepts."""
+    if backend.name == "local":
+        return  # this machine's time: nothing is billed
+    if not plan.fits or not plan.jobs:
+        raise SpendRefused(f"{display}: no Hugging Face Jobs flavor fits this run (see `runner plan`); nothing submitted")
+    if plan.refusal:
+        raise SpendRefused(f"{display}: {plan.refusal}; nothing submitted")
+
+
+def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
+          processes: int = 1, echo: Echo = print) -> RunRecord:
+    """The run to drive for this recipe version: the one it has, or a new one (a new attempt only on purpose).
+
+    A recipe version trains once. A repeated trigger carries its run on (or finds it done); a version
+    that failed or was canceled, known from its record or, when the record was lost, from its job on
+    the backend, is only trained again with `retry`, as a new attempt resuming from its checkpoint.
     """
-    runs = ledger.read(loaded.root, loaded.recipe.name).runs
-    last = runs[-1] if runs else None
-    if last and last.backend == backend.name and last.state not in ("failed", "canceled") and \
-            last.version == recipe_version(loaded):
-        return last
-    return None
-
-
-def _identity(name: str, version: str, stage: str) -> dict[str, str]:
-    """The labels that say what a job trains, whichever run submitted it."""
-    return {"recipe": name, "version": version, "stage": stage}
+    prior = latest_of_version(loaded, backend)
+    if prior is not None and prior.state not in ("failed", "canceled"):
+        echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "
+             "carrying it on instead of training again")
+        return prior
+    lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded), "train"),
+                                           include_failed=True)
+    failed = prior or (lost if lost and lost.stage in ("ERROR", "CANCELED", "DELETED") else None)
+    if failed is None:
+        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes)
+    what = (f"run {prior.run_id} {prior.state}" + (f": {prior.failure.reason}" if prior.failure else "")) if prior \
+        else f"job {lost.id} ended {lost.stage}"
+    if not retry:
+        raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
+                           "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry` "
+                           "(the train workflow's manual run has a `retry` box)")
+    attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
+    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior else backend.checkpoint_saved(lost.config)
+    echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
+    return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
+                 retry_of=prior.run_id if prior else None, resume=resume)
 
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
-          processes: int = 1) -> RunRecord:
-    """A new run in state `planned`, with the training job's config fixed and saved."""
+          processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
+          root: Path | None = None) -> RunRecord:
+    """A new run in state `planned`, with the training job's config derived from the recipe and saved."""
     r = loaded.recipe
     run_id = new_run_id()
-    version = recipe_version(loaded)
     push = backend.name != "local"
+    check_spend(plan, backend, loaded.display)
     if push:
         if not loaded.output_repo:
             raise UserError(f"{loaded.display}: training on HF Jobs needs an output repo (output.repo, or a "
                             "namespace in recipes/_defaults.yaml); the trained model would be lost")
         processes = max(plan.devices, 1)  # a multi-GPU flavor trains data-parallel (or sharded) across all
     record = RunRecord(
-        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=version,
+        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
         commit=git_commit(loaded.root),
         backend=backend.name, plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}),
-        cost_usd={"estimated": plan.cost_usd, "actual": 0.0 if not push else None}, processes=processes, push=push,
+        cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
+        processes=processes, push=push,
+        attempt=attempt, retry_of=retry_of, resume=resume,
     )
     record.history.append({"state": "planned", "at": record.created_at})
+    step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir)
+    record.configs["train"] = _derived_config(step, record, "train")
     places = _places(backend, loaded, run_id, hub_dir)
-    record.configs["train"] = train_config(loaded, plan, run_id, places, push=push)
     record.links["model"] = f"https://huggingface.co/{loaded.output_repo}" if push else str(places.model_dir)
-    ledger.save(loaded.root, record, r.name)
+    ledger.save(step.home, record, r.name)
     return record
 
 
 def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
-    return _identity(name, record.version, stage) | {"run": record.run_id, "commit": (record.commit or "none")[:12]}
+    return _identity(name, record.version, stage, record.attempt) | {"run": record.run_id,
+                                                                     "commit": (record.commit or "none")[:12]}
 
 
-def _spec(step: Step, record: RunRecord, script: str, **kw) -> JobSpec:
-    """A job of this run; remote engines also get the bundle: where it goes and the repo-local inputs."""
+def _derived_config(step: Step, record: RunRecord, stage: str) -> dict:
+    """The job's config as the runner's code derives it from the recipe and its plan (never from the record)."""
+    loaded, plan = step.loaded, step.plan
+    assert plan is not None
+    if stage == "train":
+        places = _places(step.backend, loaded, record.run_id, step.hub_dir)
+        return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume)
+    places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
+    adapter = bool((record.train_summary or {}).get("adapter"))
+    return gguf_config(loaded, places, record.run_id, adapter=adapter, push=record.push)
+
+
+def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
+    """The job to submit, derived from the recipe and re-checked by the spend gate; a record that disagrees is refused.
+
+    Run records are data any merged pull request can edit: they may say what a run was, never what
+    is submitted next. So the version, the output repo, the job config and the planned flavor and
+    timeout must all equal what the recipe gives today, or nothing is submitted.
+    """
+    loaded, plan = step.loaded, step.plan
+    where = f"run {record.run_id} ({record.recipe})"
+    if plan is None:
+        raise SpendRefused(f"{where}: no plan derived from the recipe; not submitting the {stage} job from a record")
+    check_spend(plan, step.backend, where)
+    version = recipe_version(loaded)
+    if record.version != version:
+        raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
+                           f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
+    if record.push and (record.configs.get("train") or {}).get("hub_repo") != loaded.output_repo:
+        raise SpendRefused(f"{where}: the record's output repo differs from the recipe's ({loaded.output_repo}); "
+                           f"not submitting the {stage} job")
+    expected = _derived_config(step, record, stage)
+    if stage in record.configs and record.configs[stage] != expected:
+        keys = sorted(k for k in set(expected) | set(record.configs[stage])
+                      if expected.get(k) != record.configs[stage].get(k))
+        raise SpendRefused(f"{where}: the record's {stage} job config differs from the recipe's "
+                           f"({', '.join(keys)}); not submitting")
+    planned = plan.job(stage)
+    recorded = next((j for j in record.plan.get("jobs") or [] if j.get("stage") == stage), None)
+    if record.push:
+        if planned is None:
+            raise SpendRefused(f"{where}: the plan has no {stage} job; nothing submitted")
+        if recorded is not None and (recorded.get("flavor"), recorded.get("timeout_seconds")) != \
+                (planned.flavor, planned.timeout_seconds):
+            raise SpendRefused(f"{where}: the record plans {stage} on {recorded.get('flavor')} for "
+                               f"{recorded.get('timeout_seconds')} s, the recipe's plan on {planned.flavor} for "
+                               f"{planned.timeout_seconds} s; not submitting")
+    record.configs[stage] = expected
     bundle = {}
     if record.push:
-        bundle = {"bundle_repo": step.loaded.output_repo, "bundle_dir": bundle_dir(record.run_id),
-                  "files": {k: str(v) for k, v in shipped_files(step.loaded).items()}}
-    return JobSpec(script=script, config=record.configs[script], labels=_labels(record, step.loaded.recipe.name, script),
-                   **bundle, **kw)
+        bundle = {"bundle_repo": loaded.output_repo, "bundle_dir": bundle_dir(record.run_id),
+                  "files": {k: str(v) for k, v in shipped_files(loaded).items()}}
+    if planned is not None:
+        flavor, timeout = planned.flavor, planned.timeout_seconds
+    else:  # the local backend: this machine, with the plan's training timeout
+        flavor, timeout = None, plan.timeout_seconds if stage == "train" else LOCAL_GGUF_TIMEOUT
+    return JobSpec(script=stage, config=expected, labels=_labels(record, loaded.recipe.name, stage),
+                   flavor=flavor if record.push else None, timeout_seconds=timeout,
+                   processes=record.processes if stage == "train" else 1, **bundle)
 
 
-def _submit(step: Step, record: RunRecord, stage: str, spec: JobSpec) -> None:
+def _submit(step: Step, record: RunRecord, stage: str) -> None:
+    spec = authorize(step, record, stage)
     # A job for this very recipe version may exist already, from a run whose record was lost with
     # the runner that started it (or is on another branch): take it over, with the config it runs
-    # with, rather than pay twice. Else submit; `submit` itself adopts a job with this run's labels.
-    found = step.backend.find(_identity(step.loaded.recipe.name, record.version, stage))
+    # with, rather than pay twice. A version whose job failed is not resubmitted by a re-trigger:
+    # retrying is a deliberate act (`runner run --retry`), which is a new attempt.
+    found = step.backend.find(_identity(step.loaded.recipe.name, record.version, stage, record.attempt),
+                              include_failed=True)
+    if found and found.stage in ("ERROR", "CANCELED", "DELETED"):
+        reason = (f"this recipe version's {stage} job {found.id} already ended {found.stage}; a re-trigger does not "
+                  "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry`")
+        record.failure = Failure(stage=stage, reason=reason)
+        record.move("failed")  # what happened: this run submitted nothing
+        ledger.save(step.home, record, step.loaded.recipe.name)
+        raise SpendRefused(f"{step.loaded.display}: {reason}")
     if found and found.config:
         record.configs[stage] = found.config
         job_id = found.id
         step.echo(f"[{stage}] adopting job {job_id} ({found.stage}): it trains this same recipe version")
     else:
         job_id = step.backend.submit(spec)
+    planned = step.plan.job(stage) if step.plan else None
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
-                                script_sha256=sha256_file(script_path(spec.script)))
+                                script_sha256=sha256_file(script_path(spec.script)),
+                                timeout_seconds=spec.timeout_seconds,
+                                usd_per_hour=planned.usd_per_hour if planned and record.push else 0.0)
     step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
 
 
@@ -179,26 +313,64 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     """The job's final status; None while it runs (and we are not waiting)."""
     job_id = record.jobs[stage].id
     if wait:
-        for line in step.backend.logs(job_id, follow=True):
+        for line in _follow(step, job_id):
             step.echo(f"[{stage}] {line}")
     status = step.backend.status(job_id)
-    while wait and not status.finished:  # logs can end a moment before the status does
-        time.sleep(0.2)
+    while wait and not status.finished and (step.time_left() is None or step.time_left() > 0):
+        time.sleep(0.2)  # logs can end a moment before the status does
         status = step.backend.status(job_id)
-    if status.stage != record.jobs[stage].stage:
-        step.echo(f"[{stage}] job {job_id}: {record.jobs[stage].stage} -> {status.stage}")
-        record.jobs[stage].stage = status.stage
+    job = record.jobs[stage]
+    if status.stage != job.stage:
+        step.echo(f"[{stage}] job {job_id}: {job.stage} -> {status.stage}")
+        job.stage = status.stage
+    if status.running_seconds is not None:
+        job.running_seconds = status.running_seconds
     if not status.finished:
+        ledger.save(step.home, record, step.loaded.recipe.name)  # the last seen stage survives this process
         return None
-    record.jobs[stage].finished_at = ledger.now()
-    submitted = time.mktime(time.strptime(record.jobs[stage].submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
-    finished = time.mktime(time.strptime(record.jobs[stage].finished_at, "%Y-%m-%dT%H:%M:%SZ"))
+    job.finished_at = ledger.now()
+    submitted = time.mktime(time.strptime(job.submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
+    finished = time.mktime(time.strptime(job.finished_at, "%Y-%m-%dT%H:%M:%SZ"))
     record.seconds[stage] = max(finished - submitted, 0.0)
-    if record.push:  # an upper bound: from submission, so it includes time spent scheduling
-        price = next((f.usd_per_hour for f in BUILTIN_FLAVORS if f.name == record.jobs[stage].flavor), 0.0)
-        spent = billed(max(record.seconds[stage], 1.0) / 3600, price)  # a started minute is billed
-        record.cost_usd["actual"] = round((record.cost_usd.get("actual") or 0.0) + spent, 4)
+    record.cost_usd["actual"] = actual_cost(record)
     return status
+
+
+def _follow(step: Step, job_id: str) -> Iterator[str]:
+    """The job's log lines, until it ends or the follow window closes (a quiet stream cannot hold it open)."""
+    if step.follow_seconds is None:
+        yield from step.backend.logs(job_id, follow=True)
+        return
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in step.backend.logs(job_id, follow=True):
+                lines.put(line)
+        except Exception as e:  # noqa: BLE001 - the job's status, not its log, decides the run
+            lines.put(f"(log stream ended: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while (left := step.time_left()) is not None and left > 0:
+        try:
+            line = lines.get(timeout=min(left, 5.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            return
+        yield line
+
+
+def actual_cost(record: RunRecord) -> float | None:
+    """What the Hub bills: each job's running seconds (per started minute) at the price read when it was submitted."""
+    if not record.push:
+        return 0.0
+    total = 0.0
+    for job in record.jobs.values():
+        if job.running_seconds is not None:  # it ran: every started minute is billed
+            total += billed(max(job.running_seconds, 1.0) / 3600, job.usd_per_hour or 0.0)
+    return round(total, 4)
 
 
 def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
@@ -222,13 +394,11 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
     """Move the run one step and save it. Returns False when it must wait for a job to finish."""
     loaded = step.loaded
     r = loaded.recipe
-    plan = record.plan
     state = record.state
     if state == "planned":
         if not record.push:
             Path(record.configs["train"]["summary_path"]).parent.mkdir(parents=True, exist_ok=True)
-        _submit(step, record, "train", _spec(step, record, "train", flavor=plan.get("flavor"),
-                                             timeout_seconds=plan.get("timeout_seconds"), processes=record.processes))
+        _submit(step, record, "train")
         record.move("training")
     elif state in ("training", "converting"):
         stage = "train" if state == "training" else "gguf"
@@ -245,16 +415,13 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         if not r.gguf.enabled:
             _record(step, record)
         else:
-            places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
-            adapter = bool((record.train_summary or {}).get("adapter"))
-            record.configs["gguf"] = gguf_config(loaded, places, record.run_id, adapter=adapter, push=record.push)
-            _submit(step, record, "gguf", _spec(step, record, "gguf", flavor=GGUF_FLAVOR, timeout_seconds=GGUF_TIMEOUT))
+            _submit(step, record, "gguf")
             record.move("converting")
     elif state == "converted":
         _record(step, record)
     else:
         return False
-    ledger.save(loaded.root, record, r.name)
+    ledger.save(step.home, record, r.name)
     return True
 
 
@@ -286,7 +453,7 @@ def _record(step: Step, record: RunRecord) -> None:
     start = time.monotonic()
     if record.recipe_sha256 != sha256_file(loaded.path):
         step.echo(f"[record] note: {loaded.display} changed since run {record.run_id} started")
-    card_dir = loaded.root / "models" / r.name
+    card_dir = step.home / "models" / r.name
     summary = record.train_summary or {}
     png = card.loss_plot_png(summary.get("log_history") or [], f"{r.name} ({r.method.upper()})")
     if png:
@@ -296,20 +463,80 @@ def _record(step: Step, record: RunRecord) -> None:
     # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights).
     step.backend.publish(record.configs["train"], {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
                          f"recipes-runner: model card for run {record.run_id}")
-    record.links["card"] = str((card_dir / "README.md").relative_to(loaded.root))
+    record.links["card"] = str((card_dir / "README.md").relative_to(step.home))
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
     step.echo(f"[done] {r.name}: card {record.links['card']}, record runs/{r.name}.json")
 
 
+def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
+    """The jobs a run of this recipe would submit, derived and gated exactly as `start` and `advance` do."""
+
+    class Engine:  # only what derivation reads: no client, no token, no request
+        name = "hf" if push else "local"
+        mount = MOUNT if push else None
+
+    engine = Engine()
+    check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]
+    record = RunRecord(run_id="dry-run", recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
+                       version=recipe_version(loaded), commit=git_commit(loaded.root), backend=engine.name,
+                       plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}), push=push,
+                       processes=max(plan.devices, 1) if push else 1)
+    step = Step(loaded, engine, plan=plan)  # type: ignore[arg-type]
+    record.configs["train"] = _derived_config(step, record, "train")
+    specs = [authorize(step, record, "train")]
+    if loaded.recipe.gguf.enabled:
+        record.train_summary = {"adapter": plan.lora}
+        specs.append(authorize(step, record, "gguf"))
+    return specs
+
+
+def snapshot(root: Path, commit: str | None) -> Path | None:
+    """The repository as of `commit` (git archive), where a reconcile reads the recipe and what it ships."""
+    if not commit or not all(c in "0123456789abcdef" for c in commit):
+        return None
+    target = root / ".runner" / "snapshots" / commit
+    if target.is_dir():
+        return target
+    tmp = target.with_name(commit + ".tmp")
+    try:
+        out = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit], capture_output=True,
+                             timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    import io
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(target)
+    return target
+
+
+def cancel(record: RunRecord, step: Step) -> RunRecord:
+    """End a run that has no running job (between jobs): it is canceled and submits nothing more."""
+    with run_lock(step.home, step.loaded.recipe.name) as mine:
+        if not mine:
+            raise RunBusy(f"another runner process is advancing {step.loaded.recipe.name}; try again later")
+        if not record.terminal:
+            record.move("canceled")
+            ledger.save(step.home, record, step.loaded.recipe.name)
+    return record
+
+
 def drive(record: RunRecord, step: Step, *, wait: bool) -> RunRecord:
     """Advance until the run is terminal, or (not waiting) until it waits on a running job."""
-    with run_lock(step.loaded.root, step.loaded.recipe.name) as mine:
+    with run_lock(step.home, step.loaded.recipe.name) as mine:
         if not mine:
             raise RunBusy(f"another runner process is advancing {step.loaded.recipe.name}; try again later")
         # Another process may have moved the run while we waited for the lock: start from what is on disk.
-        saved = {r.run_id: r for r in ledger.read(step.loaded.root, step.loaded.recipe.name).runs}
+        saved = {r.run_id: r for r in ledger.read(step.home, step.loaded.recipe.name).runs}
         record = saved.get(record.run_id, record)
         while not record.terminal and advance(record, step, wait=wait):
-            pass
+            if step.time_left() is not None and step.time_left() <= 0:
+                break  # the follow window closed: reconcile carries the run on
     return record

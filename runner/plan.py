@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from runner.formats import MethodVerdict
-from runner.hardware import GiB, HardwareFlavor
+from runner.hardware import GB, GiB, HardwareFlavor
 from runner.modelfacts import ModelFacts
 from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
 from runner.report import DatasetReport
@@ -38,8 +38,28 @@ UNKNOWN_ROWS = 10_000
 DEFAULT_VOCAB = 128_000
 GPU_OVERHEAD = 1.5 * GiB  # CUDA context, allocator slack
 CPU_OVERHEAD = 1.0 * GiB
-GGUF_FLAVORS = ("cpu-upgrade", "a10g-large", "l40sx1", "a100-large")
 TIMEOUT_HEADROOM = 1.5
+# A timeout the spend gate lowers to fit the budget must still leave the estimate this much room.
+GATE_MARGIN = 1.25
+MIN_TIMEOUT = 300  # the Hub's and the recipe's floor
+# GitHub runner minutes: `train` follows a job for this long, then detaches; `reconcile` (every
+# RECONCILE_INTERVAL minutes) carries it on with a light check (one billed minute) until it ends.
+FOLLOW_MINUTES = 15
+RECONCILE_INTERVAL = 30
+SETUP_MINUTES = 2  # checkout, locked install, submission; the record job adds one more
+FINISH_MINUTES = 3  # the reconcile that converts/records and commits back
+
+
+class PlannedJob(BaseModel):
+    """One job the run will submit, exactly as the pipeline submits it."""
+
+    stage: Literal["train", "gguf"]
+    flavor: str
+    timeout_seconds: int
+    usd_per_hour: float
+    hours: float
+    cost_usd: float  # the estimate
+    max_cost_usd: float  # the worst case: the whole timeout, billed
 
 
 class Plan(BaseModel):
@@ -68,6 +88,9 @@ class Plan(BaseModel):
     timeout_seconds: int
     budget_usd: float | None
     within_budget: bool
+    jobs: list[PlannedJob]
+    refusal: str | None  # why the spend gate would refuse this run (None: it would submit)
+    runner_minutes: float  # expected GitHub Actions runner minutes for this run
     output_repo: str | None
     price_source: str
     warnings: list[str]
@@ -75,7 +98,10 @@ class Plan(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.fits and self.within_budget and self.dataset.status == "ready"
+        return self.fits and self.within_budget and self.refusal is None and self.dataset.status == "ready"
+
+    def job(self, stage: str) -> PlannedJob | None:
+        return next((j for j in self.jobs if j.stage == stage), None)
 
 
 # --- tokens ------------------------------------------------------------------------------------
@@ -182,16 +208,77 @@ def billed(hours: float, usd_per_hour: float) -> float:
     return math.ceil(hours * 60) * usd_per_hour / 60
 
 
-def gguf_estimate(facts: ModelFacts, flavors: Sequence[HardwareFlavor]) -> tuple[str | None, float, float]:
-    """(flavor, hours, usd) for the conversion job: enough RAM to hold and merge the model."""
-    need_gb = facts.params * 2 * 2.5 / GiB + 2
-    hours = (5 + 1.5 * facts.params / 1e9) / 60
-    by_name = {f.name: f for f in flavors}
-    for name in GGUF_FLAVORS:
-        f = by_name.get(name)
-        if f and f.ram_gb >= need_gb:
-            return f.name, hours, billed(hours, f.usd_per_hour)
-    return None, hours, 0.0
+def gguf_memory_gb(facts: ModelFacts) -> float:
+    """RAM (GB) the conversion needs: the f16 model loaded, merged and written, plus headroom."""
+    return facts.params * 2 * 2.5 / GB + 2
+
+
+def gguf_flavor(facts: ModelFacts, flavors: Sequence[HardwareFlavor]) -> HardwareFlavor | None:
+    """The cheapest flavor whose RAM holds the conversion: CPU flavors first, then a GPU flavor's host RAM."""
+    need = gguf_memory_gb(facts)
+    fitting = [f for f in flavors if f.ram_gb >= need]
+    return min(fitting, key=lambda f: (f.is_gpu, f.usd_per_hour), default=None)
+
+
+def gguf_hours(facts: ModelFacts) -> float:
+    return (5 + 1.5 * facts.params / 1e9) / 60
+
+
+def planned_job(stage: Literal["train", "gguf"], flavor: HardwareFlavor, hours: float, timeout: int) -> PlannedJob:
+    return PlannedJob(stage=stage, flavor=flavor.name, timeout_seconds=timeout, usd_per_hour=flavor.usd_per_hour,
+                      hours=hours, cost_usd=round(billed(hours, flavor.usd_per_hour), 4),
+                      max_cost_usd=round(billed(timeout / 3600, flavor.usd_per_hour), 4))
+
+
+def spend_gate(jobs: list[PlannedJob], budget: float | None, cap: float | None) -> tuple[list[PlannedJob], str | None,
+                                                                                          list[str]]:
+    """(jobs, refusal, notes): every job's worst case (timeout x price) within the budget, the budget within the cap.
+
+    Where the worst case is over the budget, the training timeout is lowered to what the budget allows,
+    as long as that leaves the estimate GATE_MARGIN of room; otherwise the run is refused with the numbers.
+    """
+    if budget is None:
+        return jobs, ("no budget: set `budget_usd` in the recipe or in recipes/_defaults.yaml; nothing is "
+                      "submitted to Hugging Face Jobs without one"), []
+    if cap is not None and budget > cap:
+        return jobs, f"budget_usd ${budget:.2f} is above the repository cap max_budget_usd ${cap:.2f}", []
+    estimate = sum(j.cost_usd for j in jobs)
+    if estimate > budget:
+        return jobs, f"over budget: estimated ${estimate:.2f} exceeds budget_usd ${budget:.2f}", []
+    worst = sum(j.max_cost_usd for j in jobs)
+    if worst <= budget:
+        return jobs, None, []
+    train = next((j for j in jobs if j.stage == "train"), None)
+    others = sum(j.max_cost_usd for j in jobs if j is not train)
+    if train is None or train.usd_per_hour <= 0:
+        return jobs, f"worst case ${worst:.2f} exceeds budget_usd ${budget:.2f}", []
+    allowed = int((budget - others) * 60 / train.usd_per_hour) * 60  # whole billed minutes
+    needed = max(math.ceil(train.hours * 3600 * GATE_MARGIN), MIN_TIMEOUT)
+    if allowed >= needed:
+        lowered = planned_job("train", _flavor_of(train), train.hours, min(allowed, train.timeout_seconds))
+        note = (f"timeout lowered from {train.timeout_seconds // 60} to {lowered.timeout_seconds // 60} min so the "
+                f"worst case (${lowered.max_cost_usd + others:.2f}) stays within budget_usd ${budget:.2f}")
+        return [lowered if j is train else j for j in jobs], None, [note]
+    floor = billed(needed / 3600, train.usd_per_hour) + others
+    return jobs, (f"worst case ${worst:.2f} ({train.flavor} ${train.usd_per_hour:g}/h for the whole "
+                  f"{train.timeout_seconds // 60}-min timeout{' + GGUF' if others else ''}) exceeds budget_usd "
+                  f"${budget:.2f}, and the budget leaves no timeout with room for the estimated "
+                  f"{train.hours * 60:.0f} min: raise budget_usd to at least ${floor:.2f} or shrink the run"), []
+
+
+def _flavor_of(job: PlannedJob) -> HardwareFlavor:
+    return HardwareFlavor(name=job.flavor, usd_per_hour=job.usd_per_hour, accelerator=None, count=0, memory_gb=0,
+                          ram_gb=0, peak_tflops=0)
+
+
+def runner_minutes(hours: float) -> float:
+    """GitHub runner minutes a run holds: set-up, a bounded follow, a light reconcile check per interval, the finish."""
+    minutes = hours * 60
+    follow = min(minutes, FOLLOW_MINUTES)
+    if minutes <= FOLLOW_MINUTES:
+        return SETUP_MINUTES + 1 + follow
+    checks = math.ceil((minutes - FOLLOW_MINUTES) / RECONCILE_INTERVAL)
+    return SETUP_MINUTES + 1 + follow + checks + FINISH_MINUTES
 
 
 class _Option(BaseModel):
@@ -211,9 +298,9 @@ def _evaluate(flavor: HardwareFlavor, ctx: dict[str, Any]) -> _Option:
     memory, strategy = 0.0, strategies[0]
     for strategy in strategies:
         memory = peak_memory(facts, flavor, strategy=strategy, **ctx["mem"])
-        if memory <= flavor.memory_gb * GiB:
+        if memory <= flavor.memory_gb * GB:
             break
-    fits = memory <= flavor.memory_gb * GiB
+    fits = memory <= flavor.memory_gb * GB
     if ctx["max_steps"]:
         samples = ctx["max_steps"] * ctx["batch"] * ctx["accum"] * n
         rows_seen = samples / ctx["generations"] if ctx["method"] == "grpo" else samples
@@ -302,8 +389,8 @@ def plan(
     fitting = [o for o in options if o.fits]
     if r.hardware != "auto":
         chosen = options[0] if options else None
-        if chosen and chosen.memory > chosen.flavor.memory_gb * GiB:
-            warnings.append(f"{r.hardware} does not fit: needs about {chosen.memory / GiB:.1f} GB per device, has "
+        if chosen and chosen.memory > chosen.flavor.memory_gb * GB:
+            warnings.append(f"{r.hardware} does not fit: needs about {chosen.memory / GB:.1f} GB per device, has "
                             f"{chosen.flavor.memory_gb:g} GB")
         elif chosen and not chosen.fits:
             warnings.append(f"{r.hardware} would need about {chosen.hours:.0f} h; pick a faster flavor")
@@ -322,43 +409,50 @@ def plan(
         warnings.append(f"the model does not fit one GPU; training is sharded with FSDP across {chosen.flavor.devices}")
 
     hours = chosen.hours if chosen else 0.0
-    train_cost = chosen.cost if chosen else 0.0
-    gguf_cost = 0.0
-    if r.gguf.enabled:
-        gguf_flavor, _, gguf_cost = gguf_estimate(facts, flavors)
-        if gguf_flavor is None:
-            warnings.append("no CPU flavor has enough memory to convert this model to GGUF")
-    cost = round(train_cost + gguf_cost, 4)
-
     explicit = r.timeout_seconds
     timeout = explicit or recommended_timeout(hours)
     if explicit and chosen and explicit < hours * 3600 * 1.1:
         warnings.append(f"timeout risk: timeout {explicit // 60} min is below the estimated {hours * 60:.0f} min "
                         f"(recommended {recommended_timeout(hours) // 60} min)")
-    max_cost = round(billed(timeout / 3600, chosen.flavor.usd_per_hour) + gguf_cost, 4) if chosen else 0.0
+    jobs: list[PlannedJob] = [planned_job("train", chosen.flavor, hours, timeout)] if chosen else []
+    problems: list[str] = []
+    if r.gguf.enabled:
+        converter = gguf_flavor(facts, flavors)
+        if converter is None:
+            problems.append(f"no flavor has the {gguf_memory_gb(facts):.0f} GB of RAM needed to convert this model "
+                            "to GGUF; set `gguf.enabled: false` to train without the conversion")
+        else:
+            g_hours = gguf_hours(facts)
+            jobs.append(planned_job("gguf", converter, g_hours, recommended_timeout(g_hours)))
 
     output_repo = loaded.output_repo
     if output_repo is None:
         warnings.append("no Hub output: set `output.repo` (or `namespace` in recipes/_defaults.yaml), or the trained "
                         "model is lost when the HF job ends")
     budget = r.budget_usd
-    within = budget is None or cost <= budget
-    if budget is None:
-        warnings.append("no budget set: add `budget_usd` to the recipe or recipes/_defaults.yaml")
-    elif not within:
-        warnings.append(f"over budget: estimated ${cost:.2f} exceeds budget_usd ${budget:.2f}")
-    elif max_cost > budget:
-        warnings.append(f"if the job runs until its timeout it would cost ${max_cost:.2f}, above the budget "
-                        f"${budget:.2f}")
+    jobs, refusal, notes = spend_gate(jobs, budget, loaded.defaults.max_budget_usd)
+    warnings += notes
+    if problems:
+        refusal = "; ".join(problems + ([refusal] if refusal else []))
+    if refusal:
+        warnings.append(refusal)
+    train_job = next((j for j in jobs if j.stage == "train"), None)
+    train_cost = train_job.cost_usd if train_job else 0.0
+    gguf_cost = sum(j.cost_usd for j in jobs if j.stage == "gguf")
+    cost = round(train_cost + gguf_cost, 4)
+    max_cost = round(sum(j.max_cost_usd for j in jobs), 4)
+    timeout = train_job.timeout_seconds if train_job else timeout
+    within = budget is not None and refusal is None
 
     return Plan(
         recipe=loaded.display, name=r.name, method=r.method, base_model=r.base_model, params=facts.params,
         params_source=facts.source, lora=lora, learning_rate=lr, dataset=verdict, rows=rows,
         tokens=int(chosen.tokens if chosen else 0), flavor=chosen.flavor.name if chosen else None,
         strategy=chosen.strategy if chosen else None, devices=chosen.flavor.devices if chosen else 0,
-        memory_gb=round((chosen.memory if chosen else 0) / GiB, 2),
+        memory_gb=round((chosen.memory if chosen else 0) / GB, 2),
         memory_capacity_gb=chosen.flavor.memory_gb if chosen else None, fits=bool(chosen and chosen.fits),
         hours=round(hours, 4), train_cost_usd=round(train_cost, 4), gguf_cost_usd=round(gguf_cost, 4),
         cost_usd=cost, max_cost_usd=max_cost, timeout_seconds=timeout, budget_usd=budget, within_budget=within,
+        jobs=jobs, refusal=refusal, runner_minutes=round(runner_minutes(sum(j.hours for j in jobs)), 1),
         output_repo=output_repo, price_source=price_source, warnings=warnings, guesses=guesses,
     )

@@ -374,6 +374,13 @@ def find_root(recipe_path: Path) -> Path:
     return Path.cwd().resolve()
 
 
+def defaults_file(recipe_path: Path, root: Path) -> Path:
+    """The repo defaults a recipe inherits: recipes/_defaults.yaml for any recipe under recipes/, at any depth."""
+    recipes = root / "recipes"
+    here = recipe_path.resolve().parent
+    return recipes / DEFAULTS_FILE if here == recipes or recipes in here.parents else here / DEFAULTS_FILE
+
+
 def _display(path: Path, root: Path) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
@@ -386,12 +393,16 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
     path = Path(path)
     root = (root or find_root(path)).resolve()
     display = _display(path, root)
+    if path.is_symlink() and not path.resolve().is_relative_to(root):
+        # Never read (or echo) a file outside the repository through a recipe-shaped link.
+        raise RecipeInvalid([Problem(display, 1, 1, "", "is a symlink to a file outside the repository; a recipe "
+                                                        "must be a regular file in the repository")])
+    if path.name == DEFAULTS_FILE:
+        raise RecipeInvalid([Problem(display, 1, 1, "", f"{DEFAULTS_FILE} holds repo defaults, not a recipe")])
     doc = yamlsafe.load(path, display=display)
 
     defaults_doc = None
-    defaults_path = path.resolve().parent / DEFAULTS_FILE
-    if path.name == DEFAULTS_FILE:
-        raise RecipeInvalid([Problem(display, 1, 1, "", f"{DEFAULTS_FILE} holds repo defaults, not a recipe")])
+    defaults_path = defaults_file(path, root)
     if defaults_path.is_file():
         defaults_doc = yamlsafe.load(defaults_path, display=_display(defaults_path, root))
 

@@ -17,11 +17,25 @@ COMMENT_MARKER = "<!-- recipes-runner:plan -->"
 MAX_COMMENT_CHARS = 65_000  # GitHub's limit is 65,536
 
 
-def md(text: object) -> str:
-    """Escape untrusted text for Markdown table cells and lists: no HTML, links, or formatting."""
+def md(text: object, limit: int = 2000) -> str:
+    """Escape untrusted text for Markdown table cells and lists: no HTML, links, formatting or @mentions."""
     s = str(text).replace("\r", " ").replace("\n", " ")
+    if len(s) > limit:
+        s = s[:limit] + "..."
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_\[\]|#!~@])", r"\\\1", s)
+    s = re.sub(r"([\\`*_\[\]|#!~])", r"\\\1", s)
+    # A zero-width space after @ keeps "@user" and "@org/team" readable but never a ping.
+    return s.replace("@", "@\u200b")
+
+
+def code(text: object, limit: int = 300) -> str:
+    """Untrusted text as inline code: no formatting, no mentions, bounded."""
+    s = str(text).replace("\r", " ").replace("\n", " ").replace("`", "'")[:limit]
+    return f"`{s}`"
+
+
+def no_recipe_markdown() -> str:
+    return f"{COMMENT_MARKER}\n## Training plan\n\nNo recipe changed in this pull request.\n"
 
 
 def verdict_line(method: str, status: str, reason: str) -> str:
@@ -78,16 +92,16 @@ def plan_text(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = ()) -> str:
-    """The body of the sticky PR comment."""
+def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str | None = None) -> str:
+    """The body of the sticky PR comment; every value from a recipe, a dataset or a model is escaped."""
     out = [COMMENT_MARKER, "## Training plan", ""]
     for line in errors:
-        out.append(f"- :x: `{line.replace('`', chr(39))}`")
+        out.append(f"- :x: {code(line)}")
     if errors:
         out.append("")
     for p in plans:
         mark = ":white_check_mark:" if p.ok else ":x:"
-        out += [f"### {mark} {md(p.name)} (`{p.recipe}`)", "",
+        out += [f"### {mark} {md(p.name)} ({code(p.recipe)})", "",
                 f"**{md(verdict_line(p.method, p.dataset.status, p.dataset.reason))}**", ""]
         hardware = (f"{md(p.flavor)} ({p.devices}x, {p.strategy}), est. peak {p.memory_gb:.1f} GB of "
                     f"{p.memory_capacity_gb:g} GB" if p.flavor else "no flavor fits")
@@ -95,21 +109,27 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = ()) -> str:
         rows = "unknown" if p.rows is None else f"{p.rows:,}"
         out += [
             "| | |", "|---|---|",
-            f"| Base model | `{p.base_model}` ({_count(p.params)} params) |",
+            f"| Base model | {code(p.base_model)} ({_count(p.params)} params) |",
             f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
             f"| Hardware | {hardware} |",
             f"| Data | {rows} rows, {_count(p.tokens)} training tokens |",
             f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",
-            f"| Budget | {budget}: {'within' if p.within_budget else '**over budget**'} |",
-            f"| Output | {('`' + p.output_repo + '`') if p.output_repo else 'none'} |",
+            f"| Budget | {budget}: {'within' if p.within_budget else '**refused**'} |",
+            f"| Jobs | " + "; ".join(f"{j.stage} on {md(j.flavor)}, timeout {j.timeout_seconds // 60} min, worst case "
+                                    f"${j.max_cost_usd:.2f}" for j in p.jobs) + " |",
+            f"| GitHub runner | ~{p.runner_minutes:.0f} min |",
+            f"| Output | {code(p.output_repo) if p.output_repo else 'none'} |",
             "",
         ]
         if p.warnings:
             out += ["**Warnings**", ""] + [f"- {md(w)}" for w in p.warnings] + [""]
         if p.guesses:
             out += [f"<sub>Estimated: {md('; '.join(p.guesses))}. Prices: {md(p.price_source)}.</sub>", ""]
+    if commit:
+        out.append(f"<sub>Planned by the default branch's runner from the files of {code(commit[:12])}; "
+                   "the merge plans again and gates every spend.</sub>")
     text = "\n".join(out)
     if len(text) > MAX_COMMENT_CHARS:
         text = text[: MAX_COMMENT_CHARS - 80] + "\n\n_(plan truncated: too long for one comment)_\n"
@@ -137,7 +157,9 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
         out.append(f"| Card | {_link(f'{blob_url}/models/{name}/README.md')} |")
     if record.metrics.get("final_loss") is not None:
         out.append(f"| Final loss | {record.metrics['final_loss']:.4g} |")
-    out.append(f"| Cost | estimated ${est or 0:.2f}, actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
+    worst = record.cost_usd.get("max")
+    out.append(f"| Cost | estimated ${est or 0:.2f}" + (f", worst case ${worst:.2f}" if worst is not None else "")
+               + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.failure:
         f = record.failure
         out += ["", f"**Failed in {md(f.stage)}:** {md(f.reason)}",

@@ -97,11 +97,19 @@ def load(path: Path, *, display: str | None = None) -> Located:
         raise fail("file is not valid UTF-8 text", line) from None
 
     try:
-        # Refuse anchors before composing: an alias bomb costs nothing to parse as events.
+        # Refuse anchors and deep nesting before composing: an alias bomb costs nothing to parse as
+        # events, and composing 1,000 nested `[` recurses past Python's stack.
+        depth = 0
         for event in yaml.parse(text, Loader=_Loader):
+            mark = event.start_mark
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                mark = event.start_mark
                 raise fail("YAML anchors and aliases are not allowed in recipes", mark.line + 1, mark.column + 1)
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH + 1:
+                    raise fail(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark

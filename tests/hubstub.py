@@ -100,6 +100,20 @@ class Job:
     finished_at: str | None = None
     process: subprocess.Popen | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Monotonic clock marks for `durations` (the Hub computes them server-side, in whole seconds).
+    created_mono: float = field(default_factory=time.monotonic)
+    started_mono: float | None = None
+    finished_mono: float | None = None
+    clock_scale: float = 1.0  # report durations this many times longer (a "3-hour" job in seconds)
+
+    def durations(self) -> dict[str, int | None]:
+        now = time.monotonic()
+        end = self.finished_mono or now
+        started = self.started_mono
+        scale = self.clock_scale
+        return {"schedulingSecs": int(((started or end) - self.created_mono) * scale),
+                "runningSecs": None if started is None else int((end - started) * scale),
+                "totalSecs": int((end - self.created_mono) * scale)}
 
     def info(self) -> dict[str, Any]:
         spec = self.spec
@@ -112,6 +126,7 @@ class Job:
             "flavor": spec.get("flavor", "cpu-basic"), "labels": spec.get("labels", {}),
             "volumes": spec.get("volumes"), "timeoutSeconds": spec.get("timeoutSeconds"),
             "status": {"stage": self.stage, "message": self.message},
+            "durations": self.durations(),
             "owner": {"id": "1" * 24, "name": self.namespace, "type": "user"},
             "finishedAt": self.finished_at,
         }
@@ -133,6 +148,7 @@ class HubState:
     drop_log_streams: int = 0  # cut this many log streams after their first event
     page_size: int = 2
     timeout_scale: float = 1.0  # the stand-in's clock for job timeouts runs this many times faster
+    durations_scale: float = 1.0  # jobs report running seconds this many times longer (billing tests)
     job_env: dict[str, str] = field(default_factory=dict)  # extra environment for real jobs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -196,7 +212,8 @@ class HubStub:
     # --- jobs ------------------------------------------------------------------------------------------
 
     def create_job(self, namespace: str, spec: dict[str, Any]) -> Job:
-        job = Job(id=secrets.token_hex(12), namespace=namespace, spec=spec, created_at=_now())
+        job = Job(id=secrets.token_hex(12), namespace=namespace, spec=spec, created_at=_now(),
+                  clock_scale=self.state.durations_scale)
         with self.state.lock:
             self.state.jobs[job.id] = job
             script = self.state.job_scripts.pop(0) if self.state.job_scripts else None
@@ -211,6 +228,7 @@ class HubStub:
         if job.stage in ("COMPLETED", "ERROR", "CANCELED", "DELETED"):
             return
         job.stage, job.message, job.finished_at = stage, message, _now()
+        job.finished_mono = time.monotonic()
 
     def _deadline(self, job: Job) -> float | None:
         timeout = job.spec.get("timeoutSeconds")
@@ -219,7 +237,7 @@ class HubStub:
     def _play(self, job: Job, script: JobScript) -> None:
         if job.cancel.wait(script.scheduling):
             return self._finish(job, "CANCELED")
-        job.stage = "RUNNING"
+        job.stage, job.started_mono = "RUNNING", time.monotonic()
         self._log(job, "===== Job started at " + _now() + " =====")
         deadline = self._deadline(job)
         for line in script.logs:
@@ -276,7 +294,7 @@ class HubStub:
         env.update({k: str(v) for k, v in (job.spec.get("secrets") or {}).items()})
         env.update({"HF_ENDPOINT": self.url, "HF_HOME": str(work / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                     "TRACKIO_DIR": str(work / "trackio"), **self.state.job_env})
-        job.stage = "RUNNING"
+        job.stage, job.started_mono = "RUNNING", time.monotonic()
         self._log(job, "===== Job started at " + _now() + " =====")
         deadline = self._deadline(job)
         job.process = subprocess.Popen(command, cwd=work / "cwd", env=env, stdout=subprocess.PIPE,

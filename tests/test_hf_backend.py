@@ -329,5 +329,5 @@ def test_over_budget_is_refused_before_any_spend(hub, workspace, monkeypatch, ca
     path = workspace / "recipes" / "tiny-sft.yaml"
     path.write_text(path.read_text() + "hardware: a100-large\nbudget_usd: 0.01\n")
     code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
-    assert code == 1 and "over the budget of $0.01" in out
+    assert code == 1 and "exceeds budget_usd $0.01" in out and "nothing submitted" in out
     assert not hub.state.jobs and not hub.state.repos and not (workspace / "runs").exists()

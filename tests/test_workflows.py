@@ -93,6 +93,7 @@ def project(tmp_path: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for part in ("runner", ".github", "recipes", "rewards", "examples/data", "examples/tiny-model"):
         shutil.copytree(ROOT / part, repo / part, ignore=ignore)
+    shutil.copytree(ROOT / "requirements", repo / "requirements")
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, repo / part)
     defaults = repo / "recipes" / "_defaults.yaml"
@@ -159,6 +160,8 @@ def act(repo: Path, event: str, workflow: str, payload: dict, *, github: GitHubS
            "--local-repository", f"actions/setup-python@{pinned('actions/setup-python')}={stand_ins / 'setup-python'}",
            "--local-repository",
            f"actions/upload-artifact@{pinned('actions/upload-artifact')}={stand_ins / 'upload-artifact'}",
+           "--local-repository",
+           f"actions/download-artifact@{pinned('actions/download-artifact')}={stand_ins / 'download-artifact'}",
            "--env", f"GITHUB_API_URL={github.url}", "--env", f"ACT_TEST_VENV={python}",
            "--env", f"ACT_TEST_ARTIFACTS={github.state.artifacts_dir}",
            "--env", f"HF_ENDPOINT={hub.url if hub else 'http://127.0.0.1:9'}", "--env", "HF_HUB_DISABLE_TELEMETRY=1",

@@ -41,6 +41,7 @@ class JobStatus(BaseModel):
     stage: Stage
     message: str | None = None
     exit_code: int | None = None
+    running_seconds: float | None = None  # what the job is billed for (JobInfo.durations.running_secs)
 
     @property
     def finished(self) -> bool:
@@ -54,8 +55,8 @@ class Backend(Protocol):
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""
 
-    def find(self, labels: dict[str, str]) -> FoundJob | None:
-        """The newest job carrying all these labels that has not failed or been canceled."""
+    def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
+        """The newest job carrying all these labels that has not failed or been canceled (or any, if asked)."""
 
     def status(self, job_id: str) -> JobStatus: ...
 

@@ -23,7 +23,9 @@ from runner.backends.base import FoundJob, JobSpec, JobStatus
 from runner.backends.local import script_path
 from runner.errors import UserError
 
-IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+# Pinned by digest: a tag can move under a job that holds the Hub token.
+IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
+         "@sha256:9aa60c50016c0485636ab9a830246a6ef3399aa4a8bab3d17ef4a2358fba2ca7")
 MOUNT = "/runner"  # the run's bundle folder inside the job container
 RETRIABLE = frozenset({408, 429, 500, 502, 503, 504})
 CHECKPOINT_DIR = "last-checkpoint/"  # where TRL's hub_strategy="checkpoint" pushes
@@ -98,11 +100,9 @@ class HfBackend:
         revision = self._ship(spec)
         from huggingface_hub import Volume
 
+        request = job_request(spec)
         kwargs: dict[str, Any] = dict(
-            image=IMAGE,
-            command=["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
-            env={"RUNNER_JOB_CONFIG": json.dumps(spec.config), "RUNNER_NPROC": str(spec.processes),
-                 "PYTHONUNBUFFERED": "1"},
+            image=request["image"], command=request["command"], env=request["env"],
             secrets={"HF_TOKEN": self._token},
             flavor=spec.flavor, timeout=spec.timeout_seconds, labels=spec.labels,
             volumes=[Volume(type="model", source=spec.bundle_repo, mount_path=MOUNT, revision=revision,
@@ -119,7 +119,9 @@ class HfBackend:
 
     def status(self, job_id: str) -> JobStatus:
         info = self._call("inspect job", self.api.inspect_job, job_id=job_id, namespace=self.namespace)
-        return JobStatus(id=job_id, stage=info.status.stage, message=info.status.message)
+        running = getattr(getattr(info, "durations", None), "running_secs", None)
+        return JobStatus(id=job_id, stage=info.status.stage, message=info.status.message,
+                         running_seconds=float(running) if running is not None else None)
 
     def logs(self, job_id: str, *, follow: bool = False) -> Iterator[str]:
         """Log lines; the stream is replayed from the start on every connection, so skip what was seen."""
@@ -155,14 +157,14 @@ class HfBackend:
     def cancel(self, job_id: str) -> None:
         self._call("cancel job", self.api.cancel_job, job_id=job_id, namespace=self.namespace)
 
-    def find(self, labels: dict[str, str]) -> FoundJob | None:
+    def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels:
             return None
         jobs = self._call("list jobs", lambda **kw: list(self.api.list_jobs(**kw)), labels=labels,
                           namespace=self.namespace)
         for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
             if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
-                    job.status.stage not in ("ERROR", "CANCELED", "DELETED"):
+                    (include_failed or job.status.stage not in ("ERROR", "CANCELED", "DELETED")):
                 try:
                     config = json.loads((job.environment or {}).get("RUNNER_JOB_CONFIG") or "{}")
                 except ValueError:
@@ -219,6 +221,13 @@ class HfBackend:
         info = self._call("upload the job bundle", self.api.create_commit, repo_id=spec.bundle_repo, operations=ops,
                           commit_message=f"recipes-runner: {spec.script} job bundle for run {spec.labels.get('run')}")
         return info.oid
+
+
+def job_request(spec: JobSpec) -> dict[str, Any]:
+    """What a job runs: image, command and environment (no secrets), the same for a dry run and a submission."""
+    return {"image": IMAGE, "command": ["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
+            "env": {"RUNNER_JOB_CONFIG": json.dumps(spec.config), "RUNNER_NPROC": str(spec.processes),
+                    "PYTHONUNBUFFERED": "1"}}
 
 
 def namespace_of(repo: str | None, api: Any) -> str:

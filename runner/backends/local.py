@@ -58,7 +58,9 @@ class LocalBackend:
     def status(self, job_id: str) -> JobStatus:
         job_dir = self._dir(job_id)
         data = json.loads((job_dir / "status.json").read_text())
-        status = JobStatus(id=job_id, stage=data["stage"], message=data.get("message"), exit_code=data.get("exit_code"))
+        started, ended = data.get("started"), data.get("ended") or time.time()
+        status = JobStatus(id=job_id, stage=data["stage"], message=data.get("message"), exit_code=data.get("exit_code"),
+                           running_seconds=round(ended - started, 1) if started else None)
         if not status.finished and data.get("launcher_pid") and not _alive(data["launcher_pid"]):
             return JobStatus(id=job_id, stage="ERROR", message="the local launcher process died")
         return status
@@ -111,7 +113,7 @@ class LocalBackend:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
             atomic_write(Path(config["output_dir"]) / name, data)
 
-    def find(self, labels: dict[str, str]) -> FoundJob | None:
+    def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels or not self.state_dir.exists():
             return None
         for job_dir in sorted(self.state_dir.iterdir(), reverse=True):
@@ -121,7 +123,7 @@ class LocalBackend:
                 continue
             if all(spec.labels.get(k) == v for k, v in labels.items()):
                 stage = self.status(job_dir.name).stage
-                if stage not in ("ERROR", "CANCELED"):
+                if include_failed or stage not in ("ERROR", "CANCELED"):
                     return FoundJob(id=job_dir.name, labels=spec.labels, config=spec.config, stage=stage)
         return None
 
@@ -164,21 +166,23 @@ def launch(job_dir: Path) -> int:
         env = {**os.environ, "RUNNER_NPROC": str(spec.processes)}
         child = subprocess.Popen(_command(spec, job_dir / "config.json"), stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        write(job_dir, "RUNNING", launcher_pid=os.getpid(), child_pgid=child.pid)
+        started = time.time()
+        write(job_dir, "RUNNING", launcher_pid=os.getpid(), child_pgid=child.pid, started=started)
         try:
             code = child.wait(timeout=spec.timeout_seconds)
             timed_out = False
         except subprocess.TimeoutExpired:
             _stop(child)
             code, timed_out = child.returncode, True
+    times = {"started": started, "ended": time.time()}
     if (job_dir / "cancel").exists():
-        write(job_dir, "CANCELED", exit_code=code, message="canceled")
+        write(job_dir, "CANCELED", exit_code=code, message="canceled", **times)
     elif timed_out:
-        write(job_dir, "ERROR", exit_code=code, message=f"timed out after {spec.timeout_seconds} s")
+        write(job_dir, "ERROR", exit_code=code, message=f"timed out after {spec.timeout_seconds} s", **times)
     elif code == 0:
-        write(job_dir, "COMPLETED", exit_code=0)
+        write(job_dir, "COMPLETED", exit_code=0, **times)
     else:
-        write(job_dir, "ERROR", exit_code=code, message=f"job script exited with code {code}")
+        write(job_dir, "ERROR", exit_code=code, message=f"job script exited with code {code}", **times)
     return 0
 
 

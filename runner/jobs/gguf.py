@@ -10,6 +10,9 @@
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
 # ]
+# [tool.uv]
+# # The resolution is pinned to a date: a job resolves the same versions whenever it runs.
+# exclude-newer = "2026-11-24T00:00:00Z"
 # ///
 """Convert a trained model to GGUF, quantize it, smoke-test it in llama.cpp, publish it.
 

@@ -12,6 +12,9 @@
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
 # ]
+# [tool.uv]
+# # The resolution is pinned to a date: a job resolves the same versions whenever it runs.
+# exclude-newer = "2026-11-24T00:00:00Z"
 # ///
 """Train one recipe with TRL: SFT, DPO or GRPO, full or LoRA, metrics to Trackio.
 
@@ -349,13 +352,34 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def resume_checkpoint(config: dict[str, Any]) -> str | None:
+    """The checkpoint a retry resumes from: last-checkpoint/ on the Hub, else the newest one on disk."""
+    if not config.get("resume_from_checkpoint"):
+        return None
+    repo = config.get("hub_repo")
+    if repo:
+        from huggingface_hub import snapshot_download
+
+        local = Path(config["summary_path"]).parent / "resume"
+        snapshot_download(repo_id=repo, allow_patterns=["last-checkpoint/*"], local_dir=str(local))
+        path = local / "last-checkpoint"
+    else:
+        found = sorted(Path(config["output_dir"]).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        path = found[-1] if found else Path()
+    if not (path / "trainer_state.json").is_file():
+        log("no checkpoint to resume from; training from the start")
+        return None
+    log(f"resuming from {path}")
+    return str(path)
+
+
 def train(config: dict[str, Any]) -> dict[str, Any] | None:
     data = load_data(config["dataset"])
     check_rows(config["method"], data)
     log(f"loaded {len(data)} rows; training {config['method'].upper()} on {config['base_model']}")
     trainer = build_trainer(config, data)
     start = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     wall = time.monotonic() - start
     trainer.save_model(config["output_dir"])
     if not trainer.is_world_process_zero():

@@ -1,0 +1,344 @@
+"""The spend gate: nothing is submitted without a budget, above the cap, or with a worst case over budget;
+run records never decide what is submitted; a failed version is retried only on purpose; actual cost
+is the billed running time. Remote runs go through the real HfApi against the Hub stand-in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_jsonl, write_recipe
+from hubstub import HubStub, JobScript
+
+from runner import gather, ledger, pipeline, recipe
+from runner.backends.hf import HfBackend
+from runner.cli import main
+from runner.plan import billed
+
+TOKEN = "test-only-not-a-token-spend"
+SUMMARY = {"method": "sft", "steps": 2, "tokens_seen": 512, "final_metrics": {"final_loss": 1.25},
+           "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}], "adapter": False}
+GGUF_SUMMARY = {"files": [{"quantization": "Q4_K_M", "path": "output/gguf/x.gguf", "bytes": 1000, "sha256": "0" * 64,
+                           "smoke_test": "hi"}], "merged_adapter": False}
+
+HUB_MODEL = """\
+name: {name}
+base_model: {model}
+method: sft
+dataset: data/sft.jsonl
+output:
+  repo: acme/{name}
+"""
+
+
+def plan_of(cli, repo: Path, path: str) -> tuple[int, dict]:
+    result = cli("plan", path, "--json", cwd=repo)
+    doc = json.loads(result.out)
+    return result.code, doc["plans"][0] if doc["plans"] else doc
+
+
+# --- the plan and the gate ------------------------------------------------------------------------------
+
+
+def test_null_budget_is_refused_even_with_a_default(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("max_budget_usd: 100\nbudget_usd: 5\n")
+    write_recipe(repo, "big", HUB_MODEL.format(name="big", model="Qwen/Qwen3-8B") + "budget_usd: null\n")
+    code, p = plan_of(cli, repo, "recipes/big.yaml")
+    assert code == 1 and p["budget_usd"] is None and p["within_budget"] is False
+    assert "no budget" in p["refusal"]
+
+
+def test_estimate_above_the_cap_is_refused_whatever_the_budget_says(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("max_budget_usd: 1\n")
+    write_recipe(repo, "big", HUB_MODEL.format(name="big", model="Qwen/Qwen3-8B").replace(
+        "method: sft", "method: sft\ntraining:\n  max_steps: 20000") + "budget_usd: 1\n")
+    code, p = plan_of(cli, repo, "recipes/big.yaml")
+    assert code == 1 and p["cost_usd"] > 1 and "over budget" in p["refusal"]
+
+
+def test_a_recipe_in_a_subfolder_inherits_the_repo_defaults(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("namespace: acme\nmax_budget_usd: 10\nbudget_usd: 3\n")
+    (repo / "recipes" / "team").mkdir()
+    text = "base_model: ./models/tiny\nmethod: sft\ndataset: data/sft.jsonl\n"
+    (repo / "recipes" / "team" / "x.yaml").write_text(text)
+    code, p = plan_of(cli, repo, "recipes/team/x.yaml")
+    assert code == 0, p
+    assert p["output_repo"] == "acme/x" and p["budget_usd"] == 3
+    (repo / "recipes" / "team" / "x.yaml").write_text(text + "budget_usd: 50\n")
+    result = cli("validate", "recipes", cwd=repo)
+    assert result.code == 1
+    assert "recipes/team/x.yaml:4:" in result.err and "max_budget_usd 10" in result.err
+
+
+def test_worst_case_over_budget_lowers_the_timeout_when_there_is_room(repo: Path, cli) -> None:
+    text = HUB_MODEL.format(name="w", model="./models/tiny") + "hardware: h200x8\ntimeout: 7d\nbudget_usd: 20\n"
+    write_recipe(repo, "w", text)
+    code, p = plan_of(cli, repo, "recipes/w.yaml")
+    assert code == 0, p["warnings"]
+    train = next(j for j in p["jobs"] if j["stage"] == "train")
+    assert train["flavor"] == "h200x8" and train["timeout_seconds"] < 7 * 86400
+    assert p["max_cost_usd"] <= 20 and sum(j["max_cost_usd"] for j in p["jobs"]) == pytest.approx(p["max_cost_usd"])
+    assert train["timeout_seconds"] >= train["hours"] * 3600 * 1.25
+    assert any("timeout lowered" in w for w in p["warnings"])
+
+
+def test_worst_case_over_budget_without_room_is_refused_with_numbers(repo: Path, cli) -> None:
+    text = HUB_MODEL.format(name="w", model="./models/tiny") + "hardware: h200x8\ntimeout: 7d\nbudget_usd: {b}\n"
+    write_recipe(repo, "w", text.format(b=20))
+    _, p = plan_of(cli, repo, "recipes/w.yaml")
+    estimate = p["cost_usd"]
+    write_recipe(repo, "w", text.format(b=round(estimate * 1.05, 2)))  # the estimate fits, no timeout with margin
+    code, p = plan_of(cli, repo, "recipes/w.yaml")
+    assert code == 1 and p["within_budget"] is False
+    assert "worst case" in p["refusal"] and "raise budget_usd to at least $" in p["refusal"]
+
+
+def test_the_plan_prices_a_conversion_flavor_that_holds_the_model(repo: Path, cli) -> None:
+    write_recipe(repo, "eight", HUB_MODEL.format(name="eight", model="Qwen/Qwen3-8B") + "budget_usd: 100\n")
+    code, p = plan_of(cli, repo, "recipes/eight.yaml")
+    gguf = next(j for j in p["jobs"] if j["stage"] == "gguf")
+    # ~8B x 2 bytes x 2.5 + 2 = ~43 GB of RAM: more than any CPU flavor has.
+    assert gguf["flavor"] not in ("cpu-basic", "cpu-upgrade") and gguf["cost_usd"] > 0
+    assert p["gguf_cost_usd"] == gguf["cost_usd"]
+
+
+def test_a_model_nobody_can_convert_fails_the_plan_unless_gguf_is_off(repo: Path, cli) -> None:
+    text = HUB_MODEL.format(name="huge", model="acme/giant-900B") + "budget_usd: 1000000\n"
+    write_recipe(repo, "huge", text)
+    code, p = plan_of(cli, repo, "recipes/huge.yaml")
+    assert code == 1 and "convert this model to GGUF" in (p.get("refusal") or "")
+    write_recipe(repo, "huge", text + "gguf:\n  enabled: false\n")
+    _, p = plan_of(cli, repo, "recipes/huge.yaml")
+    assert "GGUF" not in (p.get("refusal") or "") and all(j["stage"] != "gguf" for j in p["jobs"])
+
+
+def test_plan_shows_runner_minutes_and_jobs_in_markdown(repo: Path, cli) -> None:
+    write_recipe(repo, "demo", HUB_MODEL.format(name="demo", model="./models/tiny") + "budget_usd: 5\n")
+    result = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
+    assert "| GitHub runner |" in result.out and "| Jobs | train on cpu-basic" in result.out
+
+
+# --- input hardening ------------------------------------------------------------------------------------
+
+
+def test_a_recipe_symlinked_out_of_the_repo_is_refused_without_its_contents(repo: Path, cli, tmp_path_factory) -> None:
+    secret = tmp_path_factory.mktemp("outside") / "secret.yaml"
+    secret.write_text("name: x\nbase_model: TOP-SECRET-VALUE\n")
+    (repo / "recipes" / "link.yaml").symlink_to(secret)
+    result = cli("validate", "recipes/link.yaml", cwd=repo)
+    assert result.code == 1 and "symlink to a file outside the repository" in result.err
+    assert "TOP-SECRET-VALUE" not in result.out + result.err
+
+
+def test_deeply_nested_yaml_is_one_located_error_and_others_are_still_reported(repo: Path, cli) -> None:
+    write_recipe(repo, "deep", "name: deep\nbase_model: " + "[" * 1000 + "]" * 1000 + "\n")
+    write_recipe(repo, "fine", HUB_MODEL.format(name="fine", model="./models/tiny") + "budget_usd: 5\n")
+    result = cli("validate", "recipes", cwd=repo)
+    assert result.code == 1
+    assert "recipes/deep.yaml:2:" in result.err and "nesting deeper than" in result.err
+    assert "internal error" not in result.err and "ok: recipes/fine.yaml" in result.out
+
+
+# --- the pipeline against the Hub stand-in ---------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    with HubStub() as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield stub
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    repo = tmp_path / "ws"
+    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
+        shutil.copytree(ROOT / part, repo / part)
+    defaults = repo / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "namespace: alice\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "init")
+    return repo
+
+
+def run(ws: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.chdir(ws)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err, out.err
+    return code, out.out + out.err
+
+
+def _planned_record(ws: Path, monkeypatch) -> ledger.RunRecord:
+    """A run in state `planned`, as the train workflow leaves it when it dies right after saving."""
+    monkeypatch.chdir(ws)
+    loaded = recipe.load(ws / "recipes" / "tiny-sft.yaml")
+    plan = gather.plan_recipe(loaded, token=None, price_table=gather.prices(None))
+    backend = HfBackend(None, "alice", TOKEN)
+    return pipeline.start(loaded, plan, backend)
+
+
+def _tamper(ws: Path, change) -> None:
+    path = ws / "runs" / "tiny-sft.json"
+    doc = json.loads(path.read_text())
+    change(doc["runs"][-1])
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("what", ["flavor", "repo", "config", "version"])
+def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, capsys, what) -> None:
+    _planned_record(workspace, monkeypatch)
+
+    def change(run: dict) -> None:
+        train_job = next(j for j in run["plan"]["jobs"] if j["stage"] == "train")
+        if what == "flavor":
+            train_job.update(flavor="h200x8", timeout_seconds=7 * 86400)
+            run["plan"].update(flavor="h200x8", timeout_seconds=7 * 86400)
+        elif what == "repo":
+            run["configs"]["train"]["hub_repo"] = "victim/model"
+        elif what == "config":
+            run["configs"]["train"]["training"]["max_steps"] = 10_000_000
+        else:
+            run["version"] = "0" * 16
+
+    _tamper(workspace, change)
+    code, out = run(workspace, monkeypatch, capsys, "reconcile")
+    assert code == 1 and "not submitting" in out, out
+    assert not hub.state.jobs  # no job, and nothing uploaded that a job would run
+    assert not any(r.method == "POST" and "/api/jobs" in r.path for r in hub.state.requests)
+    assert ledger.read(workspace, "tiny-sft").runs[-1].state == "planned"
+
+
+def test_an_untampered_planned_record_is_carried_on_from_the_recipe(hub, workspace, monkeypatch, capsys) -> None:
+    rec = _planned_record(workspace, monkeypatch)
+    hub.state.job_scripts += [JobScript(summary=SUMMARY, running=60), JobScript(summary=GGUF_SUMMARY)]
+    code, out = run(workspace, monkeypatch, capsys, "reconcile")
+    assert code == 0, out
+    [job] = hub.state.jobs.values()
+    assert job.spec["labels"]["run"] == rec.run_id
+    assert (job.spec["flavor"], job.spec["timeoutSeconds"]) == (rec.plan["jobs"][0]["flavor"],
+                                                                rec.plan["jobs"][0]["timeout_seconds"])
+    job.cancel.set()
+
+
+def test_submitted_jobs_equal_the_plans_jobs_and_cost_is_running_time(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.durations_scale = 3600.0  # each second of the stand-in's job is billed as an hour
+    hub.state.job_scripts += [JobScript(summary=SUMMARY, running=0.5), JobScript(summary=GGUF_SUMMARY, running=0.5)]
+    code, out = run(workspace, monkeypatch, capsys, "plan", "recipes/tiny-sft.yaml", "--json")
+    planned = [{k: j[k] for k in ("stage", "flavor", "timeout_seconds")} for j in json.loads(out)["plans"][0]["jobs"]]
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    submitted = [{"stage": j.spec["labels"]["stage"], "flavor": j.spec["flavor"],
+                  "timeout_seconds": j.spec["timeoutSeconds"]} for j in hub.state.jobs.values()]
+    assert submitted == planned
+    rec = ledger.read(workspace, "tiny-sft").runs[-1]
+    expected = sum(billed(j.running_seconds / 3600, j.usd_per_hour) for j in rec.jobs.values())
+    assert all(j.running_seconds and j.running_seconds >= 1800 for j in rec.jobs.values())
+    assert rec.cost_usd["actual"] == pytest.approx(expected, abs=1e-4) and rec.cost_usd["actual"] > rec.cost_usd["estimated"]
+    assert rec.cost_usd["max"] == json.loads(json.dumps(rec.plan))["max_cost_usd"]
+    code, out = run(workspace, monkeypatch, capsys, "history", "tiny-sft", "--json")
+    doc = json.loads(out)
+    [row] = doc["runs"]
+    assert row["actual_usd"] == rec.cost_usd["actual"] and row["ratio"] == pytest.approx(
+        rec.cost_usd["actual"] / rec.cost_usd["estimated"], rel=1e-3)
+    assert doc["median_ratio"] == row["ratio"] and doc["runs_compared"] == 1
+    code, out = run(workspace, monkeypatch, capsys, "history")
+    assert "median actual/estimate" in out and "tiny-sft" in out
+
+
+def test_a_failed_version_is_retried_only_on_purpose(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="boom", checkpoint=True))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and ledger.read(workspace, "tiny-sft").runs[-1].state == "failed"
+    assert len(hub.state.jobs) == 1
+    # A re-trigger: no job.
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and "--retry" in out and len(hub.state.jobs) == 1
+    # The record lost (a workflow re-run checks out the merge commit, without it): still no job.
+    (workspace / "runs" / "tiny-sft.json").unlink()
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and "--retry" in out and len(hub.state.jobs) == 1
+    # On purpose: a new attempt that resumes from the checkpoint the failed one pushed.
+    hub.state.job_scripts += [JobScript(summary=SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--retry")
+    assert code == 0, out
+    trains = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"]
+    assert len(trains) == 2 and trains[-1].spec["labels"]["attempt"] == "2"
+
+
+def test_retry_links_attempts_and_resumes_from_the_checkpoint(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="Job timeout", checkpoint=True))
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 1
+    first = ledger.read(workspace, "tiny-sft").runs[-1]
+    assert first.failure and first.failure.checkpoint_on_hub
+    hub.state.job_scripts += [JobScript(summary=SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--retry")
+    assert code == 0, out
+    second = ledger.read(workspace, "tiny-sft").runs[-1]
+    assert second.retry_of == first.run_id and second.attempt == 2 and second.resume
+    job = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"][-1]
+    assert json.loads(job.spec["environment"]["RUNNER_JOB_CONFIG"])["resume_from_checkpoint"] is True
+
+
+def test_dry_run_prints_the_jobs_and_sends_nothing(hub, workspace, monkeypatch, capsys) -> None:
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--dry-run",
+                    "--json")
+    assert code == 0, out
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert [j["stage"] for j in doc["jobs"]] == ["train", "gguf"]
+    train = doc["jobs"][0]
+    assert train["image"].split("@sha256:")[1] and train["command"][0] == "uv"
+    assert train["config"]["hub_repo"] == "alice/tiny-sft" and TOKEN not in out
+    assert not any(r.method != "GET" for r in hub.state.requests) and not hub.state.jobs
+    _, plan_out = run(workspace, monkeypatch, capsys, "plan", "recipes/tiny-sft.yaml", "--json")
+    planned = json.loads(plan_out)["plans"][0]["jobs"]
+    assert [(j["flavor"], j["timeout_seconds"]) for j in doc["jobs"]] == \
+        [(j["flavor"], j["timeout_seconds"]) for j in planned]
+
+
+def test_hf_run_without_a_budget_spends_nothing(hub, workspace, monkeypatch, capsys) -> None:
+    recipe_path = workspace / "recipes" / "tiny-sft.yaml"
+    recipe_path.write_text(recipe_path.read_text() + "budget_usd: null\n")
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 1 and "no budget" in out
+    assert not any(r.method != "GET" for r in hub.state.requests)
+
+
+# --- what trains is what was reviewed --------------------------------------------------------------------
+
+
+def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli) -> None:
+    base = _git(workspace, "rev-parse", "HEAD")
+    before = {n: pipeline.recipe_version(recipe.load(workspace / "recipes" / f"{n}.yaml"))
+              for n in ("tiny-sft", "tiny-grpo")}
+    reward = workspace / "rewards" / "arith.py"
+    reward.write_text(reward.read_text() + "\n# tuned\n")
+    _git(workspace, "commit", "-qam", "reward")
+    result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
+    assert json.loads(result.out) == ["recipes/tiny-grpo.yaml"]
+    after = pipeline.recipe_version(recipe.load(workspace / "recipes" / "tiny-grpo.yaml"))
+    assert after != before["tiny-grpo"]
+    data = workspace / "examples" / "data" / "sft.jsonl"
+    write_jsonl(data, [json.loads(line) for line in data.read_text().splitlines()][:50])
+    _git(workspace, "commit", "-qam", "data")
+    result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
+    assert set(json.loads(result.out)) == {"recipes/tiny-grpo.yaml", "recipes/tiny-sft.yaml"}
+    assert pipeline.recipe_version(recipe.load(workspace / "recipes" / "tiny-sft.yaml")) != before["tiny-sft"]
+    # A change to a run record alone trains nothing.
+    (workspace / "runs").mkdir()
+    (workspace / "runs" / "tiny-sft.json").write_text('{"name": "tiny-sft", "runs": []}\n')
+    _git(workspace, "add", "-A")
+    _git(workspace, "commit", "-qm", "record")
+    result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=workspace)
+    assert json.loads(result.out) == []
