@@ -24,7 +24,8 @@ def md(text: object, limit: int = 2000) -> str:
         s = s[:limit] + "..."
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     s = re.sub(r"([\\`*_\[\]|#!~])", r"\\\1", s)
-    # A zero-width space after @ keeps "@user" and "@org/team" readable but never a ping.
+    # A zero-width space keeps "@user", "@org/team" and addresses readable, but never a ping or a link.
+    s = re.sub(r"(?i)(www)\.", "\\1\u200b.", s.replace("://", ":\u200b//"))
     return s.replace("@", "@\u200b")
 
 

@@ -57,11 +57,99 @@ def test_zizmor_reports_nothing_and_syntax_is_valid() -> None:
     lint = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
     if not zizmor or not lint:
         pytest.skip("zizmor / check-jsonschema not installed")
-    out = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOWS)], capture_output=True, text=True)
-    assert out.returncode == 0 and "No findings" in out.stdout + out.stderr, out.stdout + out.stderr
+    for persona in ("regular", "auditor"):  # the auditor persona also wants names, comments, concurrency
+        out = subprocess.run([zizmor, "--offline", "--no-progress", f"--persona={persona}", str(WORKFLOWS)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "No findings" in out.stdout + out.stderr, out.stdout + out.stderr
     files = sorted(str(f) for f in WORKFLOWS.glob("*.yml"))
     out = subprocess.run([lint, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _jobs() -> list[tuple[str, str, dict]]:
+    import yaml
+
+    return [(f.name, name, job) for f in sorted(WORKFLOWS.glob("*.yml"))
+            for name, job in (yaml.safe_load(f.read_text())["jobs"] or {}).items()]
+
+
+def test_every_install_in_a_workflow_is_locked() -> None:
+    lock = ROOT / "requirements" / "workflows.txt"
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+", lock.read_text(), re.M)
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.read_text().split("\n", 2)[2])
+    assert pins and all("--hash=sha256:" in b for b in blocks if "==" in b), "every pin in the lock carries hashes"
+    names = {n.lower().replace("_", "-") for n in pins}
+    assert {"huggingface-hub", "pydantic", "pyyaml", "datasets", "pyarrow", "pygithub", "requests",
+            "setuptools"} <= names
+    installs = 0
+    for workflow, name, job in _jobs():
+        for step in job.get("steps", []):
+            for line in str(step.get("run", "")).splitlines():
+                if re.search(r"\bpip3? install\b|\buv (pip|add|sync)\b|\bpipx\b", line):
+                    installs += 1
+                    locked = "--require-hashes" in line and "-r requirements/workflows.txt" in line
+                    project_only = re.search(r"--no-deps", line) and "--no-build-isolation" in line and \
+                        line.rstrip().endswith(" .")
+                    assert locked or project_only, f"{workflow}:{name}: unlocked install: {line.strip()}"
+    assert installs >= 10
+
+
+def test_the_hub_token_never_meets_write_access() -> None:
+    holders = 0
+    for workflow, name, job in _jobs():
+        text = json.dumps(job)
+        perms = job.get("permissions") or {}
+        if "secrets.HF_TOKEN" in text:
+            holders += 1
+            assert set(perms.values()) <= {"read"}, f"{workflow}:{name} holds HF_TOKEN with {perms}"
+            assert job.get("environment") in ("training", "reconcile"), f"{workflow}:{name} needs an environment"
+        if "write" in perms.values():
+            assert "secrets." not in text, f"{workflow}:{name} can write and sees a secret"
+    assert holders == 2  # train and reconcile
+
+
+def test_job_image_and_dependencies_are_pinned() -> None:
+    from runner.backends.hf import IMAGE
+
+    assert re.search(r"@sha256:[0-9a-f]{64}$", IMAGE)
+    for script in ("train", "gguf"):
+        header = (ROOT / "runner" / "jobs" / f"{script}.py").read_text().split("# ///", 2)[1]
+        assert re.search(r'^# exclude-newer = "\d{4}-\d\d-\d\dT', header, re.M), f"{script}.py resolves unpinned"
+
+
+def test_codeowners_cover_what_decides_spending() -> None:
+    owned = {line.split()[0] for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert {"/.github/", "/runner/", "/pyproject.toml", "/rewards/", "/runs/", "/recipes/_defaults.yaml"} <= owned
+    readme = (ROOT / "README.md").read_text()
+    assert "## Securing your training repo" in readme
+    for must in ("Protect `main`", "Deployment branches", "required reviewers", "fork workflows", "fine-grained"):
+        assert must.lower() in readme.lower(), must
+
+
+def test_plan_comment_plans_the_head_itself_and_escapes_it(project, github, monkeypatch, cli) -> None:
+    """The fork's own plan run is not trusted: no artifact is read, and nothing it wrote is echoed."""
+    base = git(project, "rev-parse", "HEAD")
+    git(project, "checkout", "-qb", "feature")
+    evil = "@acme/admins <img src=x> [within budget](https://evil.example)"
+    (project / "examples" / "data" / "evil.jsonl").write_text(json.dumps({evil: "x"}) + "\n")
+    text = (project / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", "name: evil")
+    head = add_recipe(project, "evil", text.replace("examples/data/sft.jsonl", "examples/data/evil.jsonl"))
+    git(project, "checkout", "-q", "main")  # the trusted workflow runs on the default branch
+    github.add_pull(9, head, fork=True)
+    event = project.parent / "event.json"
+    event.write_text(json.dumps(workflow_run_event(4242, head, conclusion="success")))
+    for k, v in {"GITHUB_API_URL": github.url, "GITHUB_TOKEN": GH_TOKEN, "GITHUB_REPOSITORY": "acme/models",
+                 "GITHUB_EVENT_PATH": str(event)}.items():
+        monkeypatch.setenv(k, v)
+    github.state.pulls[9]["base"]["sha"] = base
+    result = cli("comment-plan", cwd=project)
+    assert result.code == 0, result.err
+    [comment] = bot_comments(github, 9)
+    body = comment["body"]
+    assert "evil" in body and ":x:" in body  # the dataset is not ready: planned here, not taken from the fork
+    assert "@acme/admins" not in body and "<img" not in body and "https://evil.example" not in body
+    assert "Planned by the default branch's runner" in body
 
 
 # --- act ----------------------------------------------------------------------------------------------
