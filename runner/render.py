@@ -86,6 +86,9 @@ def plan_text(p: Plan) -> str:
         f"  tokens: {_count(p.tokens)}; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
         f"  cost: ${p.cost_usd:.2f} (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}); "
         f"worst case ${p.max_cost_usd:.2f}; budget " + (f"${p.budget_usd:.2f}" if p.budget_usd else "none"),
+        "  jobs: " + ("; ".join(f"{j.stage} on {j.flavor} (timeout {j.timeout_seconds // 60} min, worst case "
+                                f"${j.max_cost_usd:.2f})" for j in p.jobs) or "none")
+        + f"; GitHub runner ~{p.runner_minutes:.0f} min",
     ]
     lines += [f"  warning: {w}" for w in p.warnings]
     if p.guesses:
