@@ -8,13 +8,14 @@ plan lists what it had to guess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from runner import hardware, hub, modelfacts, report
+from runner import hardware, hub, ledger, modelfacts, report
 from runner.errors import UserError
 from runner.formats import METHODS, MethodVerdict
 from runner.hardware import HardwareFlavor
 from runner.modelfacts import ModelFacts
-from runner.plan import Plan, plan
+from runner.plan import PastRun, Plan, plan
 from runner.recipe import LoadedRecipe
 from runner.report import DatasetReport
 
@@ -73,10 +74,32 @@ def dataset_report(loaded: LoadedRecipe, token: str | None) -> DatasetReport:
     return report.from_sample(sample, d.columns)
 
 
+def past_runs(root: Path) -> list[PastRun]:
+    """Finished HF Jobs runs recorded in runs/: the plan's training estimate against the billed running time."""
+    families = {f.name: f.accelerator for f in hardware.BUILTIN_FLAVORS}
+    out = []
+    for group in ledger.all_runs(root):
+        for r in group.runs:
+            train = r.jobs.get("train")
+            planned = next((j for j in r.plan.get("jobs") or [] if j.get("stage") == "train"), None)
+            actual, estimate = r.cost_usd.get("actual"), r.cost_usd.get("estimated")
+            if not (r.push and r.state == "recorded" and train and train.running_seconds and planned and actual
+                    and estimate):
+                continue
+            out.append(PastRun(method=str(r.plan.get("method")), accelerator=families.get(train.flavor or ""),
+                               estimated_hours=float(planned.get("hours") or 0.0),
+                               actual_hours=train.running_seconds / 3600, estimated_usd=estimate, actual_usd=actual))
+    return out
+
+
 def plan_recipe(loaded: LoadedRecipe, *, token: str | None, price_table: Prices) -> Plan:
     facts, notes = model_facts(loaded, token)
     data = dataset_report(loaded, token)
-    result = plan(loaded, data, facts, price_table.flavors, price_source=price_table.source)
+    try:
+        history = past_runs(loaded.root)
+    except UserError as e:  # an unreadable record must not block the plan; say so
+        history, notes = [], notes + [f"past runs not used for calibration ({str(e).splitlines()[0]})"]
+    result = plan(loaded, data, facts, price_table.flavors, price_source=price_table.source, history=history)
     extra = price_table.warnings + notes
     return result.model_copy(update={"warnings": result.warnings + extra}) if extra else result
 

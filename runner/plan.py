@@ -14,6 +14,7 @@ The estimate is deliberately simple and stated, so a reviewer can check it:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -48,6 +49,44 @@ FOLLOW_MINUTES = 15
 RECONCILE_INTERVAL = 30
 SETUP_MINUTES = 2  # checkout, locked install, submission; the record job adds one more
 FINISH_MINUTES = 3  # the reconcile that converts/records and commits back
+
+
+CALIBRATION_MIN_RUNS = 3  # comparable finished runs before past errors scale the estimate
+
+
+class PastRun(BaseModel):
+    """A finished run on HF Jobs: what the plan said and what the Hub billed."""
+
+    method: str
+    accelerator: str | None  # the training flavor's family (A10G, H200, ...; None for CPU)
+    estimated_hours: float
+    actual_hours: float
+    estimated_usd: float
+    actual_usd: float
+
+
+class Calibration(BaseModel):
+    """How far past estimates were from actual time and cost, and whether this plan was scaled by it."""
+
+    runs: int  # recorded runs compared (all of them)
+    cost_ratio: float  # median actual / estimated cost
+    time_ratio: float  # median actual / estimated training time
+    comparable: int  # of which same method and flavor family as this plan
+    applied: float | None  # the factor the training time was scaled by (None: too few comparable runs)
+
+
+def calibration(history: Sequence[PastRun], method: str, accelerator: str | None) -> Calibration | None:
+    """Median errors of past estimates; a scale factor once CALIBRATION_MIN_RUNS comparable runs exist."""
+    usable = [h for h in history if h.estimated_usd > 0 and h.estimated_hours > 0]
+    if not usable:
+        return None
+    same = [h for h in usable if h.method == method and h.accelerator == accelerator]
+    factor = statistics.median(h.actual_hours / h.estimated_hours for h in same) \
+        if len(same) >= CALIBRATION_MIN_RUNS else None
+    return Calibration(runs=len(usable), cost_ratio=round(statistics.median(h.actual_usd / h.estimated_usd
+                                                                             for h in usable), 3),
+                       time_ratio=round(statistics.median(h.actual_hours / h.estimated_hours for h in usable), 3),
+                       comparable=len(same), applied=round(factor, 3) if factor else None)
 
 
 class PlannedJob(BaseModel):
@@ -91,6 +130,7 @@ class Plan(BaseModel):
     jobs: list[PlannedJob]
     refusal: str | None  # why the spend gate would refuse this run (None: it would submit)
     runner_minutes: float  # expected GitHub Actions runner minutes for this run
+    calibration: Calibration | None = None  # past estimate errors in this repo, and the scale applied
     output_repo: str | None
     price_source: str
     warnings: list[str]
@@ -331,6 +371,7 @@ def plan(
     flavors: Sequence[HardwareFlavor],
     *,
     price_source: str = "built-in price table",
+    history: Sequence[PastRun] = (),
 ) -> Plan:
     r = loaded.recipe
     t = r.training
@@ -409,6 +450,12 @@ def plan(
         warnings.append(f"the model does not fit one GPU; training is sharded with FSDP across {chosen.flavor.devices}")
 
     hours = chosen.hours if chosen else 0.0
+    calibrated = calibration(history, r.method, chosen.flavor.accelerator if chosen else None)
+    if calibrated and calibrated.applied and chosen:
+        hours *= calibrated.applied
+        warnings.append(f"time scaled by {calibrated.applied:.2f}, the median actual/estimate of "
+                        f"{calibrated.comparable} past {r.method.upper()} runs on {chosen.flavor.accelerator or 'CPU'} "
+                        "flavors in this repository")
     explicit = r.timeout_seconds
     timeout = explicit or recommended_timeout(hours)
     if explicit and chosen and explicit < hours * 3600 * 1.1:
@@ -454,5 +501,6 @@ def plan(
         hours=round(hours, 4), train_cost_usd=round(train_cost, 4), gguf_cost_usd=round(gguf_cost, 4),
         cost_usd=cost, max_cost_usd=max_cost, timeout_seconds=timeout, budget_usd=budget, within_budget=within,
         jobs=jobs, refusal=refusal, runner_minutes=round(runner_minutes(sum(j.hours for j in jobs)), 1),
+        calibration=calibrated,
         output_repo=output_repo, price_source=price_source, warnings=warnings, guesses=guesses,
     )

@@ -129,6 +129,12 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
         ]
         if p.warnings:
             out += ["**Warnings**", ""] + [f"- {md(w)}" for w in p.warnings] + [""]
+        if p.calibration:
+            c = p.calibration
+            out += [f"Past estimates in this repository: actual/estimate cost {c.cost_ratio:.2f}, time "
+                    f"{c.time_ratio:.2f} (median of {c.runs} run(s); {c.comparable} comparable)"
+                    + (f"; this plan's time is scaled by {c.applied:.2f}." if c.applied else
+                       f"; scaling starts at 3 comparable runs."), ""]
         if p.guesses:
             out += [f"<sub>Estimated: {md('; '.join(p.guesses))}. Prices: {md(p.price_source)}.</sub>", ""]
     if commit:

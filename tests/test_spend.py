@@ -342,3 +342,36 @@ def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli
     _git(workspace, "commit", "-qm", "record")
     result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=workspace)
     assert json.loads(result.out) == []
+
+
+# --- calibration from history -------------------------------------------------------------------------------
+
+
+def _past_run(root: Path, i: int, *, estimated_h: float, actual_h: float, method: str = "sft") -> None:
+    rec = ledger.RunRecord(run_id=f"2026-{i}", recipe="recipes/old.yaml", recipe_sha256="0" * 64, version=str(i),
+                           commit=None, backend="hf", push=True, state="recorded",
+                           plan={"method": method, "jobs": [{"stage": "train", "flavor": "cpu-basic",
+                                                            "hours": estimated_h}]},
+                           cost_usd={"estimated": estimated_h * 0.01, "actual": actual_h * 0.01})
+    rec.jobs["train"] = ledger.JobRef(id=f"j{i}", backend="hf", flavor="cpu-basic", submitted_at="2026-11-01T00:00:00Z",
+                                      running_seconds=actual_h * 3600, usd_per_hour=0.01)
+    ledger.save(root, rec, "old")
+
+
+def test_past_runs_calibrate_the_plan_from_three_comparable_runs(repo: Path, cli) -> None:
+    write_recipe(repo, "demo", HUB_MODEL.format(name="demo", model="./models/tiny") + "budget_usd: 5\n")
+    _, plain = plan_of(cli, repo, "recipes/demo.yaml")
+    assert plain["calibration"] is None
+    _past_run(repo, 1, estimated_h=1.0, actual_h=2.0)
+    _past_run(repo, 2, estimated_h=1.0, actual_h=2.0, method="dpo")
+    _, seen = plan_of(cli, repo, "recipes/demo.yaml")
+    assert seen["calibration"]["runs"] == 2 and seen["calibration"]["applied"] is None
+    assert seen["hours"] == pytest.approx(plain["hours"])  # one comparable run: shown, not applied
+    _past_run(repo, 3, estimated_h=1.0, actual_h=2.0)
+    _past_run(repo, 4, estimated_h=2.0, actual_h=5.0)
+    _, scaled = plan_of(cli, repo, "recipes/demo.yaml")
+    assert scaled["calibration"]["comparable"] == 3 and scaled["calibration"]["applied"] == 2.0
+    assert scaled["hours"] == pytest.approx(plain["hours"] * 2.0, rel=1e-3)
+    assert any("time scaled by 2.00" in w for w in scaled["warnings"])
+    body = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo).out
+    assert "Past estimates in this repository" in body and "scaled by 2.00" in body
