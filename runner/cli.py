@@ -177,7 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = pipeline.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
                             echo=echo)
     window = args.follow_for * 60 if args.follow_for is not None else None
-    step = pipeline.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window)
+    step = pipeline.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window,
+                         update_every=args.comment_every)
+    if args.live_comment:  # in the train workflow: one comment on the merged pull request, kept current
+        commenter = _run_commenter(loaded.recipe.name)
+        step.on_update = lambda rec: echo(f"[comment] {commenter(rec)}")
     record = pipeline.drive(record, step, wait=not args.detach)
     print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
                       "failure": record.failure.model_dump() if record.failure else None}))
@@ -529,29 +533,44 @@ def _changed_in_worktree(root: Path, paths: list[str]) -> set[str]:
     return {entry[3:] for entry in out.stdout.split("\0") if len(entry) > 3}
 
 
-def cmd_notify(args: argparse.Namespace) -> int:
-    """Comment each recipe's latest run (its outcome, or where it is) on the pull request that merged it."""
-    from runner import github, ledger, render
+def _blob_url() -> str:
+    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+    return f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/blob/{os.environ.get('GITHUB_REF_NAME', 'main')}"
+
+
+def _run_commenter(name: str, sha: str | None = None):
+    """Post (or update) a run's one live comment on the pull request that merged its commit."""
+    from runner import github, render
 
     repo = github.repository()
-    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
-    blob = f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/blob/{os.environ.get('GITHUB_REF_NAME', 'main')}"
+    pulls: dict[str, object] = {}
+
+    def post(record) -> str:
+        commit = sha or record.commit or os.environ.get("GITHUB_SHA", "")
+        if commit not in pulls:
+            pulls[commit] = github.merged_pull(repo, commit) if commit else None
+        pr = pulls[commit]
+        if pr is None:
+            return f"{name}: no merged pull request produced {commit[:12] or 'this commit'}; nothing to comment"
+        try:
+            action, _ = github.upsert_comment(repo, pr.number, render.run_marker(name, record),
+                                              render.run_markdown(name, record, _blob_url()))
+        except Exception as e:  # noqa: BLE001 - GitHub trouble must not stop a run; say it in one line
+            raise UserError(f"commenting on #{pr.number} failed: {str(e).splitlines()[0] if str(e) else e}") from None
+        return f"{action} the comment of run {record.run_id} ({name}) on #{pr.number}"
+
+    return post
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Update each recipe's latest run comment (its progress, or its outcome) on the pull request that merged it."""
+    from runner import ledger
+
     names = list(map(_recipe_name, args.recipes)) or [g.name for g in ledger.all_runs(Path.cwd()) if g.runs]
     for name in names:
         runs = ledger.read(Path.cwd(), name).runs
-        if not runs:
-            continue
-        record = runs[-1]
-        # The run started from the merge commit it trains; a pull request merged as that commit gets the comment.
-        sha = args.sha or record.commit or os.environ.get("GITHUB_SHA", "")
-        pr = github.merged_pull(repo, sha) if sha else None
-        if pr is None:
-            print(f"{name}: no merged pull request produced {sha[:12] or 'this commit'}; nothing to notify")
-            continue
-        # One comment per recipe version: a re-run of the same merge updates it instead of adding another.
-        marker = f"<!-- recipes-runner:outcome:{name}:{record.version or record.run_id} -->"
-        action, _ = github.upsert_comment(repo, pr.number, marker, render.outcome_markdown(name, record, blob))
-        print(f"{action} outcome comment for {name} on #{pr.number}")
+        if runs:
+            print(_run_commenter(name, args.sha)(runs[-1]))
     return 0
 
 
@@ -614,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
+    p.add_argument("--live-comment", action="store_true",
+                   help="in a workflow: keep one comment on the merged pull request current (GITHUB_TOKEN)")
+    p.add_argument("--comment-every", type=float, default=float(os.environ.get("RUNNER_COMMENT_EVERY", 120)),
+                   metavar="SECONDS",
+                   help="with --live-comment: seconds between progress updates (state changes always update)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="the latest run of each recipe, with its live job stage")

@@ -47,6 +47,15 @@ class JobRef(BaseModel):
     running_seconds: float | None = None  # JobInfo.durations.running_secs, the billed time
 
 
+class Progress(BaseModel):
+    """Where training was when last seen: the job's latest `progress` line."""
+
+    step: int
+    total: int
+    loss: float | None = None
+    at: str = Field(default_factory=now)
+
+
 class Failure(BaseModel):
     stage: str
     reason: str
@@ -74,6 +83,7 @@ class RunRecord(BaseModel):
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)
     failure: Failure | None = None
+    progress: Progress | None = None
     # What any later process needs to carry the run on: the job configs (JSON the job scripts read,
     # no secrets), the data-parallel width, and whether outputs go to the Hub.
     configs: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import queue
+import re
 import secrets
 import subprocess
 import tarfile
@@ -28,7 +29,7 @@ from runner.backends.hf import MOUNT
 from runner.backends.local import script_path
 from runner.errors import UserError
 from runner.jobspec import Places, bundle_dir, gguf_config, hf_places, shipped_files, train_config
-from runner.ledger import Failure, JobRef, RunRecord
+from runner.ledger import Failure, JobRef, Progress, RunRecord
 from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe
 
@@ -102,6 +103,19 @@ class Step:
     hub_dir: Path | None = None  # the local backend's stand-in for the Hub
     follow_seconds: float | None = None  # follow jobs at most this long, then leave the run to reconcile
     started: float = field(default_factory=time.monotonic)
+    on_update: Callable[[RunRecord], None] | None = None  # the live comment: at every state, and on progress
+    update_every: float = 120.0  # seconds between progress updates
+    _last_update: float = 0.0
+
+    def updated(self, record: RunRecord, *, progress: bool = False) -> None:
+        """Tell the live view; progress only every `update_every` seconds (a state change always)."""
+        if self.on_update is None or (progress and time.monotonic() - self._last_update < self.update_every):
+            return
+        self._last_update = time.monotonic()
+        try:
+            self.on_update(record)
+        except UserError as e:  # a comment that cannot be posted must not stop the run
+            self.echo(f"[comment] not updated: {str(e).splitlines()[0]}")
 
     def time_left(self) -> float | None:
         return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
@@ -315,6 +329,11 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     if wait:
         for line in _follow(step, job_id):
             step.echo(f"[{stage}] {line}")
+            if stage == "train" and _progress(record, line):
+                step.updated(record, progress=True)
+    elif stage == "train":  # not following: the job's latest progress line, for status and the live comment
+        for line in step.backend.logs(job_id):
+            _progress(record, line)
     status = step.backend.status(job_id)
     while wait and not status.finished and (step.time_left() is None or step.time_left() > 0):
         time.sleep(0.2)  # logs can end a moment before the status does
@@ -334,6 +353,19 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     record.seconds[stage] = max(finished - submitted, 0.0)
     record.cost_usd["actual"] = actual_cost(record)
     return status
+
+
+PROGRESS = re.compile(r"^progress step=(\d+)/(\d+)(?:.*?\bloss=([-+0-9.eE]+|nan|inf))?")
+
+
+def _progress(record: RunRecord, line: str) -> bool:
+    """Keep the job's latest `progress step=S/T loss=L` line in the record; True if it was one."""
+    m = PROGRESS.match(line.strip())
+    if not m:
+        return False
+    loss = float(m.group(3)) if m.group(3) else (record.progress.loss if record.progress else None)
+    record.progress = Progress(step=int(m.group(1)), total=int(m.group(2)), loss=loss)
+    return True
 
 
 def _follow(step: Step, job_id: str) -> Iterator[str]:
@@ -422,6 +454,7 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
     else:
         return False
     ledger.save(step.home, record, r.name)
+    step.updated(record)
     return True
 
 
@@ -539,4 +572,5 @@ def drive(record: RunRecord, step: Step, *, wait: bool) -> RunRecord:
         while not record.terminal and advance(record, step, wait=wait):
             if step.time_left() is not None and step.time_left() <= 0:
                 break  # the follow window closed: reconcile carries the run on
+        step.updated(record)
     return record

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from runner.ledger import RunRecord
-from runner.plan import Plan
+from runner.plan import Plan, billed
 from runner.report import DatasetReport
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
@@ -146,6 +147,54 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
     return text
 
 
+def run_marker(name: str, record: RunRecord) -> str:
+    """One comment per run: created at submission, updated as it moves, the outcome at the end."""
+    # A re-trigger of the same version and attempt adopts the same jobs, so it keeps the same comment.
+    return f"<!-- recipes-runner:run:{name}:{record.version or record.run_id}:{record.attempt} -->"
+
+
+def _elapsed(since: str, now: datetime) -> float:
+    return max((now - datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)).total_seconds(), 0)
+
+
+def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | None = None) -> str:
+    """The live comment of a run: where it is while it runs, then its outcome."""
+    if record.terminal:
+        return outcome_markdown(name, record, blob_url)
+    now = now or datetime.now(timezone.utc)
+    stage = "gguf" if "gguf" in record.jobs else "train"
+    job = record.jobs.get(stage)
+    out = [f"### :hourglass: {md(name)}: {record.state}", "", "| | |", "|---|---|",
+           f"| Run | `{record.run_id}` on the {record.backend} backend, attempt {record.attempt} |"]
+    if job:
+        namespace = ((record.configs.get("train") or {}).get("hub_repo") or "/").split("/")[0]
+        where = _link(f"https://huggingface.co/jobs/{namespace}/{job.id}") if record.push and namespace else f"`{job.id}`"
+        out.append(f"| {stage.upper()} job | {where} ({md(job.stage)}) |")
+        elapsed = _elapsed(job.submitted_at, now)
+        out.append(f"| Elapsed | {_duration(elapsed / 3600)} |")
+    p = record.progress
+    if p and p.total:
+        line = f"| Step | {p.step} / {p.total} ({p.step / p.total:.0%})"
+        if job and p.step:
+            eta = (job.running_seconds or _elapsed(job.submitted_at, now)) / p.step * (p.total - p.step)
+            line += f", ETA ~{_duration(eta / 3600)}"
+        out.append(line + " |")
+        if p.loss is not None:
+            out.append(f"| Latest loss | {p.loss:.4g} |")
+    est = record.cost_usd.get("estimated")
+    so_far = sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
+                 for j in record.jobs.values() if j.running_seconds is not None) if record.push else 0.0
+    out.append(f"| Cost so far | ${so_far:.2f} of an estimated ${est or 0:.2f} |")
+    tracking = (record.configs.get("train") or {}).get("tracking") or {}
+    if tracking.get("space_id"):
+        out.append(f"| Trackio | {_link('https://huggingface.co/spaces/' + tracking['space_id'])} |")
+    if record.links.get("model"):
+        out.append(f"| Model | {_link(record.links['model'])} |")
+    out += ["", "<sub>Updated as the run moves (each `train` follow and each `reconcile`); "
+                "this comment becomes the outcome.</sub>"]
+    return "\n".join(out) + "\n"
+
+
 def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     """The comment on a merged pull request: what training produced, where, and for how much."""
     mark = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}.get(record.state, ":hourglass:")
@@ -172,7 +221,9 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.failure:
         f = record.failure
-        out += ["", f"**Failed in {md(f.stage)}:** {md(f.reason)}",
+        out += ["", f"**Failed in {md(f.stage)}:** {md(f.reason)}", "",
+                "Fix the recipe (or the data) in a new pull request, or train this version again on purpose: "
+                "Actions > train > Run workflow with `retry` (`runner run RECIPE --backend hf --retry`).",
                 "" if not f.checkpoint_on_hub else "A checkpoint reached the Hub (`last-checkpoint/`): a rerun can resume.",
                 "", "<details><summary>Log tail</summary>", "", "```",
                 *[line.replace("```", "'''") for line in f.log_tail[-20:]], "```", "</details>"]

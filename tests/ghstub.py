@@ -190,6 +190,7 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                 n = int(r[1])
                 if method == "POST":
                     c = {"id": 5000 + len(state.comments), "issue": n, "body": self._body()["body"], "user": BOT}
+                    c["versions"] = [c["body"]]  # every body the comment had, for tests of live comments
                     state.comments.append(c)
                     return self._send(201, stub.comment_json(c))
                 return self._page([stub.comment_json(c) for c in state.comments_on(n)], q, rest)
@@ -200,6 +201,7 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                 if c["user"]["login"] != BOT["login"]:
                     return self._send(403, {"message": "Resource not accessible by integration"})
                 c["body"] = self._body()["body"]
+                c.setdefault("versions", []).append(c["body"])
                 return self._send(200, stub.comment_json(c))
             if rest == "/pulls" and method == "GET":
                 pulls = [stub.pull_json(p) for p in state.pulls.values() if q.get("state", "open") in (p["state"], "all")]
