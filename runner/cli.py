@@ -268,7 +268,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         backend.cancel(_current_job(record)[1])
     # No plan: cancelling carries the run to its end and never submits the next job.
     step = pipeline.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
-    record = pipeline.cancel(record, step) if not running else pipeline.drive(record, step, wait=True)
+    try:
+        record = pipeline.cancel(record, step) if not running else pipeline.drive(record, step, wait=True)
+    except pipeline.RunBusy:  # a runner is following this run: it records the cancellation itself
+        print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
+        return 0
     print(f"{name}: run {record.run_id} {record.state}")
     return 0
 

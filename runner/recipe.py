@@ -138,6 +138,7 @@ class Training(_Strict):
     packing: bool = False
     seed: int = Field(42, ge=0, le=2**32 - 1)
     gradient_checkpointing: bool = True
+    save_steps: int = Field(100, ge=1, le=10_000_000, description="checkpoint every N steps (what a retry resumes from)")
     beta: float | None = Field(None, gt=0, le=100, description="DPO only")
     num_generations: int | None = Field(None, ge=2, le=256, description="GRPO only; default 8")
     max_completion_length: int | None = Field(None, ge=1, le=131_072, description="GRPO only; default 256")

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,35 @@ def test_crash_in_training_ends_in_a_failed_record(workspace: Path) -> None:
     assert run["failure"]["log_tail"]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["failure"]["stage"] == "train"
     assert not (workspace / "models" / "tiny-bad").exists()
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_final_step(workspace: Path) -> None:
+    (workspace / "recipes" / "tiny-resume.yaml").write_text(
+        "base_model: ./examples/tiny-model\nmethod: sft\ndataset: examples/data/sft.jsonl\n"
+        "training:\n  max_steps: 150\n  save_steps: 10\n  learning_rate: 1e-3\n  batch_size: 8\n  grad_accum: 1\n"
+        "  max_length: 128\n  warmup_ratio: 0.0\nadapter:\n  lora: false\ngguf:\n  enabled: false\n")
+    path = "recipes/tiny-resume.yaml"
+    first = subprocess.Popen([sys.executable, "-m", "runner", "run", path, "--quiet"], cwd=workspace, env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_dir = workspace / ".runner" / "hub" / "local" / "tiny-resume"
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not list(out_dir.glob("checkpoint-*/trainer_state.json")) and first.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert first.poll() is None, "training ended before it could be killed: " + first.stderr.read()[-2000:]
+    cancel = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-resume"], cwd=workspace, env=env(),
+                            capture_output=True, text=True, timeout=120)
+    assert cancel.returncode == 0, cancel.stderr
+    assert first.wait(timeout=RUN_TIMEOUT) == 1
+    killed = last_run(workspace, "tiny-resume")
+    assert killed["state"] == "canceled" and killed["failure"]["checkpoint_on_hub"] is True
+    # Not resubmitted by a plain re-run; `--retry` is a new attempt that resumes.
+    again = runner(workspace, path)
+    assert again.returncode == 1 and "--retry" in again.stderr
+    proc = runner(workspace, path, "--retry")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = last_run(workspace, "tiny-resume")
+    assert resumed["retry_of"] == killed["run_id"] and resumed["attempt"] == 2 and resumed["resume"] is True
+    assert resumed["state"] == "recorded" and resumed["train_summary"]["steps"] == 150
+    log = (workspace / ".runner" / "jobs" / resumed["jobs"]["train"]["id"] / "log.txt").read_text()
+    assert "resuming from" in log and "checkpoint-" in log

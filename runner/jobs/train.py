@@ -262,8 +262,9 @@ def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": not sys.stdout.isatty(),
         "dataloader_num_workers": 0,
-        "save_strategy": "steps" if hub_repo else "no",
-        "save_steps": 100,
+        # Checkpoints every save_steps, on disk and (with a repo) on the Hub: what a retry resumes from.
+        "save_strategy": "steps",
+        "save_steps": t.get("save_steps") or 100,
         "save_total_limit": 2,
         "push_to_hub": bool(hub_repo),
         "hub_model_id": hub_repo,
