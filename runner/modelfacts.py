@@ -84,8 +84,8 @@ class VisionFacts(BaseModel):
             return (hb // f) * (wb // f) + 2  # + <|vision_start|> and <|vision_end|>
         if not self.splitting:
             return self.image_seq_len + 3
-        scale = self.longest_edge / max(w, h)
-        tiles = math.ceil(h * scale / self.tile_size) * math.ceil(w * scale / self.tile_size)
+        sh, sw = (round(side * self.longest_edge / max(w, h)) for side in (h, w))
+        tiles = -(-sh // self.tile_size) * -(-sw // self.tile_size)  # each side rounded up to whole tiles
         pieces = tiles + 1 if tiles > 1 else 1  # the tiles plus one downscaled global image
         return pieces * (self.image_seq_len + 3)  # + <fake_token_around_image> and position markers
 
