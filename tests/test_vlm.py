@@ -170,6 +170,17 @@ def test_hub_viewer_image_cells(cli, tmp_path: Path, hub: HubStub) -> None:
     assert (doc["images"]["mean_width"], doc["images"]["mean_height"]) == (336, 448)
 
 
+def test_inspect_and_plan_of_image_data_import_no_heavy_libraries() -> None:
+    code = ("import sys\nfrom runner.cli import main\n"
+            "main(['inspect', 'examples/data/vlm-dpo.parquet', '--json'])\n"
+            "main(['plan', 'recipes/tiny-vlm-dpo.yaml', '--json'])\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'PIL', 'datasets') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 # --- plan ------------------------------------------------------------------------------------------
 
 VLM_RECIPE = """\
@@ -241,6 +252,17 @@ def test_local_vlm_token_count_matches_its_processor(vlm_repo: Path) -> None:
     for size in ((56, 56), (150, 90), (30, 100)):
         ids = processor(text=[text], images=[[Image.new("RGB", size)]])["input_ids"][0]
         assert vision.tokens(*size) == pytest.approx(len(ids) - plain, abs=3), size
+
+
+def test_tiny_vlm_build_is_reproducible(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "tiny-vlm"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "build_tiny_vlm.py"), "--out", str(out)], check=True,
+                   env=job_env(), capture_output=True, timeout=300)
+    committed = ROOT / "examples" / "tiny-vlm"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in committed.iterdir())
+    for built in out.iterdir():
+        assert built.read_bytes() == (committed / built.name).read_bytes(), built.name
 
 
 # --- train, convert, record ----------------------------------------------------------------------
