@@ -64,8 +64,8 @@ def build(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spm_model = train_tokenizer(Path(tmp), lines=corpus_lines(), specials=SPECIALS)
         shutil.copyfile(spm_model, out / "tokenizer.model")
-        tokenizer = LlamaTokenizer.from_pretrained(
-            str(out), legacy=False, add_bos_token=False, add_eos_token=False,
+        tokenizer = LlamaTokenizer.from_pretrained(  # local_files_only: saved into the config, so fixed here
+            str(out), local_files_only=True, legacy=False, add_bos_token=False, add_eos_token=False,
             add_prefix_space=False, bos_token=None, eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>",
             additional_special_tokens=SPECIALS, clean_up_tokenization_spaces=False,
         )
