@@ -125,7 +125,8 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Base model | {code(p.base_model)} ({_count(p.params)} params) |",
             f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
             f"| Hardware | {hardware} |",
-            f"| Data | {rows} rows, {_count(p.tokens)} training tokens |",
+            f"| Data | {rows} rows, {_count(p.tokens)} training tokens"
+            + (f" (images: {p.image_tokens_per_row:g} tokens per row)" if p.image_tokens_per_row else "") + " |",
             f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",

@@ -7,6 +7,7 @@
 #     "peft>=0.17",
 #     "torch>=2.6",
 #     "torchvision",  # Qwen2-VL-family processors load a video processor that needs it
+#     "pillow>=10",  # images: datasets Image decoding and the image processors
 #     "sentencepiece>=0.2",
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
