@@ -47,18 +47,19 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-def train_tokenizer(workdir: Path) -> Path:
+def train_tokenizer(workdir: Path, lines: list[str] | None = None, specials: list[str] = SPECIALS) -> Path:
+    """A SentencePiece BPE model trained on `lines` (default: the example data), with `specials` kept whole."""
     import sentencepiece as spm
 
     text = workdir / "corpus.txt"
-    text.write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+    text.write_text("\n".join(lines or corpus_lines()) + "\n", encoding="utf-8")
     prefix = workdir / "tokenizer"
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(prefix), model_type="bpe", vocab_size=VOCAB_SIZE,
         character_coverage=1.0, byte_fallback=True, num_threads=1, seed_sentencepiece_size=10000,
         add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
         split_digits=True, allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=-1, eos_id=1, pad_id=2, user_defined_symbols=SPECIALS,
+        unk_id=0, bos_id=-1, eos_id=1, pad_id=2, user_defined_symbols=specials,
         hard_vocab_limit=False, minloglevel=2,
     )
     # The trained proto records the temp paths it was trained from; drop them so builds are byte-identical.

@@ -46,6 +46,24 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} TiB"
 
 
+def _gguf_lines(files: list[dict[str, Any]], repo: str | None) -> list[str]:
+    """The GGUF table and how to run it; a vision model's projector goes beside the text model (--mmproj)."""
+    lines = ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
+    lines += [f"| `{f['path'].rsplit('/', 1)[-1]}` | {f['quantization']}"
+              f"{' (vision projector)' if f.get('kind') == 'mmproj' else ''} | {_human_bytes(f['bytes'])} |"
+              for f in files]
+    models = [f for f in files if f.get("kind") != "mmproj"]
+    projector = next((f["path"].rsplit("/", 1)[-1] for f in files if f.get("kind") == "mmproj"), None)
+    quant = next((f["quantization"] for f in models if f["quantization"] == "Q4_K_M"), models[0]["quantization"])
+    if repo:  # -hf fetches a repo's mmproj file by itself
+        lines += ["", "Run it with llama.cpp, LM Studio or Ollama:", "", "```bash",
+                  f"llama-server -hf {repo}-GGUF:{quant}",
+                  f"ollama run hf.co/{repo}-GGUF:{quant}", "```"]
+    first = models[0]["path"].rsplit("/", 1)[-1]
+    local = f"llama-server -m {first}" + (f" --mmproj {projector}" if projector else "")
+    return lines + ["", "Or from a local copy:", "", "```bash", local, "```"]
+
+
 def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
     """The card text (YAML metadata + Markdown) via huggingface_hub's ModelCard."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -54,6 +72,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     summary = record.train_summary or {}
     gguf = record.gguf_summary or {}
     base_is_hub = not r.base_model_is_local
+    vision = bool(summary.get("vision"))
     data = ModelCardData(
         base_model=r.base_model if base_is_hub else None,
         datasets=[r.dataset.path] if not r.dataset.is_local else None,
@@ -61,8 +80,8 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         license=license,
         model_name=r.name,
         tags=["trl", r.method, "recipes-runner"] + (["lora"] if summary.get("adapter") else []) + (
-            ["gguf"] if gguf.get("files") else []),
-        pipeline_tag="text-generation",
+            ["gguf"] if gguf.get("files") else []) + (["vision-language"] if vision else []),
+        pipeline_tag="image-text-to-text" if vision else "text-generation",
     )
     t = r.training
     repo = loaded.output_repo
@@ -103,17 +122,10 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     if has_plot:
         lines += ["", "![training loss](loss.png)"]
     files = gguf.get("files") or []
+    if gguf.get("skipped"):
+        lines += ["", "## GGUF", "", f"Not converted: {gguf['skipped']}."]
     if files:
-        lines += ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
-        lines += [f"| `{f['path'].rsplit('/', 1)[-1]}` | {f['quantization']} | {_human_bytes(f['bytes'])} |"
-                  for f in files]
-        quant = next((f["quantization"] for f in files if f["quantization"] == "Q4_K_M"), files[0]["quantization"])
-        if repo:
-            lines += ["", "Run it with llama.cpp, LM Studio or Ollama:", "", "```bash",
-                      f"llama-server -hf {repo}-GGUF:{quant}",
-                      f"ollama run hf.co/{repo}-GGUF:{quant}", "```"]
-        first = files[0]["path"].rsplit("/", 1)[-1]
-        lines += ["", "Or from a local copy:", "", "```bash", f"llama-server -m {first}", "```"]
+        lines += _gguf_lines(files, repo)
     lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
               f"| run | `{record.run_id}` ({record.backend} backend) |",
               f"| recipe | `{loaded.display}` (sha256 `{record.recipe_sha256[:16]}`) |",

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from runner.images import images_in
+
 Status = Literal["ready", "needs_mapping", "incompatible", "unknown"]  # unknown: the data could not be read
 METHODS = ("sft", "dpo", "grpo", "kto")
 ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -187,7 +189,14 @@ def _prompt_completion(rows: Sequence[dict], p: str, c: str, mapping: dict[str, 
     return MethodVerdict(status="ready", reason=f"found 'prompt' and 'completion' columns ({form} format)")
 
 
-def dpo(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
+class _Preferences(BaseModel):
+    form: str
+    mapping: dict[str, str]
+    explicit_prompt: bool
+
+
+def _preferences(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict | _Preferences:
+    """The preference-pair form of the rows, or an incompatible verdict saying why there is none."""
     chosen = "chosen" if "chosen" in columns else _find(columns, CHOSEN_ALIASES)
     rejected = "rejected" if "rejected" in columns else _find(columns, REJECTED_ALIASES)
     if not (chosen and rejected):
@@ -229,10 +238,18 @@ def dpo(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
     same = next((i for i, r in enumerate(rows) if r[chosen] == r[rejected]), None)
     if same is not None:
         return MethodVerdict(status="incompatible", reason=f"row {same}: 'chosen' and 'rejected' are identical")
-    if mapping:
-        pairs = ", ".join(f"{k} -> {v}" for k, v in mapping.items())
-        return MethodVerdict(status="needs_mapping", mapping=mapping, reason=f"preference data ({form}): {pairs}")
-    return MethodVerdict(status="ready", reason=f"found 'chosen' and 'rejected' columns ({form})")
+    return _Preferences(form=form, mapping=mapping, explicit_prompt=prompt is not None)
+
+
+def dpo(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
+    found = _preferences(rows, columns)
+    if isinstance(found, MethodVerdict):
+        return found
+    if found.mapping:
+        pairs = ", ".join(f"{k} -> {v}" for k, v in found.mapping.items())
+        return MethodVerdict(status="needs_mapping", mapping=found.mapping,
+                             reason=f"preference data ({found.form}): {pairs}")
+    return MethodVerdict(status="ready", reason=f"found 'chosen' and 'rejected' columns ({found.form})")
 
 
 def _common_prefix_len(a: Any, b: Any) -> int:
@@ -306,6 +323,45 @@ def kto(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
 
 
 CHECKS = {"sft": sft, "dpo": dpo, "grpo": grpo, "kto": kto}
+VISION_METHODS = ("dpo",)  # what this runner trains vision-language models with
+
+
+def image_columns(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
+    """Columns holding images (measured ImageInfo cells, see runner/images.py), `images` and `image` first."""
+    found = [c for c in columns if any(images_in(r.get(c)) for r in rows)
+             and all(r.get(c) in (None, []) or images_in(r.get(c)) for r in rows)]
+    return sorted(found, key=lambda c: (c != "images", c != "image"))
+
+
+def vision_dpo(rows: Sequence[dict], columns: Sequence[str], pictures: Sequence[str]) -> MethodVerdict:
+    """TRL's vision preference format: `images` (a list per row), an explicit `prompt`, `chosen`, `rejected`."""
+    column = pictures[0]
+    for i, r in enumerate(rows):
+        found = images_in(r.get(column))
+        if not found:
+            return MethodVerdict(status="incompatible", reason=f"row {i}: no image in '{column}'")
+        bad = next((p.problem for p in found if p.problem), None)
+        if bad:
+            return MethodVerdict(status="incompatible", reason=f"row {i}: '{column}': {bad}")
+    text_rows = [{k: v for k, v in r.items() if k not in pictures} for r in rows]
+    found = _preferences(text_rows, [c for c in columns if c not in pictures])
+    if isinstance(found, MethodVerdict):
+        return found
+    if not found.explicit_prompt:
+        return MethodVerdict(status="incompatible", reason="vision DPO needs an explicit prompt column (the question "
+                             "asked about the image); chosen and rejected should hold only the answers")
+    mapping = ({column: "images"} if column != "images" else {}) | found.mapping
+    per_row = sum(len(images_in(r.get(column))) for r in rows) / len(rows)
+    what = f"vision preference data ({per_row:.3g} image(s) per row in '{column}', {found.form})"
+    if mapping:
+        pairs = ", ".join(f"{k} -> {v}" for k, v in mapping.items())
+        return MethodVerdict(status="needs_mapping", mapping=mapping, reason=f"{what}: {pairs}")
+    return MethodVerdict(status="ready", reason=f"found 'images', 'prompt', 'chosen' and 'rejected' columns: {what}")
+
+
+def _text_only(method: str, column: str) -> MethodVerdict:
+    return MethodVerdict(status="incompatible", reason=f"'{column}' holds images; {method.upper()} here trains text-only "
+                         "models and would drop them (vision-language models train with DPO: method: dpo)")
 
 
 def apply_mapping(rows: Sequence[dict], mapping: dict[str, str] | None) -> list[dict]:
@@ -323,7 +379,12 @@ def apply_mapping(rows: Sequence[dict], mapping: dict[str, str] | None) -> list[
 
 
 def verdicts(rows: Sequence[dict], columns: Sequence[str]) -> dict[str, MethodVerdict]:
+    """One verdict per method; a dataset with images is judged for vision-language DPO."""
     if not rows:
         empty = MethodVerdict(status="incompatible", reason="the sample has no rows")
         return {m: empty for m in METHODS}
+    pictures = image_columns(rows, columns)
+    if pictures:
+        return {m: vision_dpo(rows, columns, pictures) if m in VISION_METHODS else _text_only(m, pictures[0])
+                for m in METHODS}
     return {m: check(rows, columns) for m, check in CHECKS.items()}

@@ -9,6 +9,7 @@ the plan says so.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -39,7 +40,73 @@ KNOWN_PARAMS: dict[str, int] = {
     "mistralai/Mistral-7B-Instruct-v0.3": 7_248_023_360,
     "google/gemma-3-1b-it": 999_885_952,
     "google/gemma-3-4b-it": 4_300_079_472,
+    # Vision-language models (weights of the vision tower included).
+    "Qwen/Qwen2-VL-2B-Instruct": 2_208_985_600,
+    "Qwen/Qwen2-VL-7B-Instruct": 8_291_375_616,
+    "Qwen/Qwen2.5-VL-3B-Instruct": 3_754_622_976,
+    "Qwen/Qwen2.5-VL-7B-Instruct": 8_292_166_656,
+    "HuggingFaceTB/SmolVLM-256M-Instruct": 256_484_928,
+    "HuggingFaceTB/SmolVLM-500M-Instruct": 507_482_304,
+    "HuggingFaceTB/SmolVLM-Instruct": 2_246_272_880,
 }
+
+QWEN_VL = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+IDEFICS3 = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
+VISION_ARCHITECTURES = QWEN_VL + IDEFICS3
+ASSUMED_IMAGE = (640, 480)  # width, height of an image whose size the sample could not tell
+
+
+class VisionFacts(BaseModel):
+    """How a vision-language model's processor turns one image into tokens (its processor settings)."""
+
+    kind: Literal["qwen_vl", "idefics3"]
+    patch_size: int = 14
+    merge_size: int = 2  # Qwen: spatial_merge_size; the vision tower merges merge x merge patches per token
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 16384
+    image_seq_len: int = 81  # Idefics3/SmolVLM: tokens per tile
+    tile_size: int = 384  # Idefics3: max_image_size.longest_edge
+    longest_edge: int = 1536  # Idefics3: an image is scaled to this longest side, then cut into tiles
+    splitting: bool = True
+
+    def tokens(self, width: int | None, height: int | None) -> int:
+        """Tokens one image takes in the sequence (the processor's resize rules, computed)."""
+        w, h = (width, height) if width and height else ASSUMED_IMAGE
+        if self.kind == "qwen_vl":
+            f = self.patch_size * self.merge_size
+            hb, wb = max(f, round(h / f) * f), max(f, round(w / f) * f)
+            if hb * wb > self.max_pixels:
+                beta = math.sqrt(h * w / self.max_pixels)
+                hb, wb = max(f, math.floor(h / beta / f) * f), max(f, math.floor(w / beta / f) * f)
+            elif hb * wb < self.min_pixels:
+                beta = math.sqrt(self.min_pixels / (h * w))
+                hb, wb = math.ceil(h * beta / f) * f, math.ceil(w * beta / f) * f
+            return (hb // f) * (wb // f) + 2  # + <|vision_start|> and <|vision_end|>
+        if not self.splitting:
+            return self.image_seq_len + 3
+        sh, sw = (round(side * self.longest_edge / max(w, h)) for side in (h, w))
+        tiles = -(-sh // self.tile_size) * -(-sw // self.tile_size)  # each side rounded up to whole tiles
+        pieces = tiles + 1 if tiles > 1 else 1  # the tiles plus one downscaled global image
+        return pieces * (self.image_seq_len + 3)  # + <fake_token_around_image> and position markers
+
+
+# Processor settings of the well-known vision-language models (their preprocessor_config.json).
+KNOWN_VISION: dict[str, VisionFacts] = {
+    "HuggingFaceTB/SmolVLM-256M-Instruct": VisionFacts(kind="idefics3", patch_size=16, image_seq_len=64,
+                                                       tile_size=512, longest_edge=2048),
+    "HuggingFaceTB/SmolVLM-500M-Instruct": VisionFacts(kind="idefics3", patch_size=16, image_seq_len=64,
+                                                       tile_size=512, longest_edge=2048),
+}
+
+
+def vision_defaults(architecture: str | None, model: str) -> VisionFacts | None:
+    if model in KNOWN_VISION:
+        return KNOWN_VISION[model]
+    if architecture in QWEN_VL or re.search(r"qwen2(\.5)?-vl", model, re.IGNORECASE):
+        return VisionFacts(kind="qwen_vl")
+    if architecture in IDEFICS3 or re.search(r"smolvlm|idefics3", model, re.IGNORECASE):
+        return VisionFacts(kind="idefics3")
+    return None
 
 Source = Literal["local", "hub", "table", "name"]
 
@@ -52,6 +119,7 @@ class ModelFacts(BaseModel):
     num_layers: int | None = None
     vocab_size: int | None = None
     architecture: str | None = None
+    vision: VisionFacts | None = None  # set for a vision-language model
 
     @property
     def is_guess(self) -> bool:
@@ -67,7 +135,51 @@ def from_local(directory: Path, name: str) -> ModelFacts:
     params = _safetensors_params(directory) or _params_from_config(config)
     if not params:
         raise UserError(f"{name}: cannot tell the parameter count (no safetensors weights, unknown config)")
-    return ModelFacts(model=name, params=params, source="local", **_shape(config))
+    shape = _shape(config)
+    return ModelFacts(model=name, params=params, source="local", vision=_local_vision(directory, config, name),
+                      **shape)
+
+
+def _processor_settings(directory: Path) -> dict:
+    """The image processor's settings: preprocessor_config.json, or processor_config.json's
+    `image_processor` (the layout transformers 5 saves), with the processor's own keys beside them."""
+    merged: dict = {}
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        try:
+            doc = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            nested = doc.get("image_processor") if isinstance(doc.get("image_processor"), dict) else {}
+            merged |= {k: v for k, v in doc.items() if k != "image_processor"} | nested
+    return merged
+
+
+def _local_vision(directory: Path, config: dict, name: str) -> VisionFacts | None:
+    """Image-token settings from a local model's config.json and preprocessor_config.json."""
+    architecture = (config.get("architectures") or [None])[0]
+    base = vision_defaults(architecture, name)
+    if base is None:
+        return None
+    pre = _processor_settings(directory)
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
+    size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
+    update: dict = {}
+    if base.kind == "qwen_vl":
+        update["patch_size"] = pre.get("patch_size") or vision.get("patch_size") or base.patch_size
+        update["merge_size"] = pre.get("merge_size") or vision.get("spatial_merge_size") or base.merge_size
+        update["min_pixels"] = pre.get("min_pixels") or size.get("shortest_edge") or base.min_pixels
+        update["max_pixels"] = pre.get("max_pixels") or size.get("longest_edge") or base.max_pixels
+    else:
+        patch = vision.get("patch_size") or base.patch_size
+        image = vision.get("image_size") or base.tile_size
+        scale = config.get("scale_factor") or 2
+        update["patch_size"] = patch
+        update["image_seq_len"] = pre.get("image_seq_len") or (image // patch) ** 2 // (scale * scale)
+        update["tile_size"] = (pre.get("max_image_size") or {}).get("longest_edge") or image
+        update["longest_edge"] = size.get("longest_edge") or base.longest_edge
+        update["splitting"] = bool(pre.get("do_image_splitting", True))
+    return base.model_copy(update=update)
 
 
 def _shape(config: dict) -> dict:
@@ -120,11 +232,12 @@ def _params_from_config(c: dict) -> int | None:
 
 def from_name(model: str) -> ModelFacts | None:
     if model in KNOWN_PARAMS:
-        return ModelFacts(model=model, params=KNOWN_PARAMS[model], source="table")
+        return ModelFacts(model=model, params=KNOWN_PARAMS[model], source="table", vision=vision_defaults(None, model))
     m = re.search(r"(?<![\dx])(\d+(?:\.\d+)?)\s*([BbMm])(?![A-Za-z])", model.split("/")[-1])
     if m:
         scale = 1e9 if m.group(2).lower() == "b" else 1e6
-        return ModelFacts(model=model, params=int(float(m.group(1)) * scale), source="name")
+        return ModelFacts(model=model, params=int(float(m.group(1)) * scale), source="name",
+                          vision=vision_defaults(None, model))
     return None
 
 
@@ -145,4 +258,5 @@ def from_hub(model: str, api, revision: str | None = None) -> ModelFacts:
         raise LookupError("no safetensors metadata")
     config = info.config or {}
     archs = config.get("architectures") or [None]
-    return ModelFacts(model=model, params=int(total), source="hub", architecture=archs[0])
+    return ModelFacts(model=model, params=int(total), source="hub", architecture=archs[0],
+                      vision=vision_defaults(archs[0], model))

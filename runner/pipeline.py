@@ -468,6 +468,8 @@ def _trained(step: Step, record: RunRecord) -> None:
 
 def _converted(step: Step, record: RunRecord) -> None:
     record.gguf_summary = step.backend.summary(record.configs["gguf"])
+    if (record.gguf_summary or {}).get("skipped"):
+        step.echo(f"[gguf] not converted: {record.gguf_summary['skipped']}")
     repo = record.configs["gguf"].get("hub_repo")
     record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else record.configs["gguf"]["output_dir"]
     record.move("converted")

@@ -1,7 +1,8 @@
 """The cost plan: pure arithmetic from recipe, dataset report, model facts and flavors.
 
 The estimate is deliberately simple and stated, so a reviewer can check it:
-- tokens: mean sampled row length (about 4 characters per token) x rows x epochs;
+- tokens: mean sampled row length (about 4 characters per token, plus each image's tokens as the
+  model's processor settings make them) x rows x epochs;
 - compute: 6 FLOPs per parameter per token for full fine-tuning, 4 with LoRA (no
   weight gradients), +2 with gradient checkpointing, +2 for DPO's reference pass;
 - time: compute over the flavor's peak throughput at a stated utilisation, plus
@@ -22,7 +23,8 @@ from pydantic import BaseModel
 
 from runner.formats import MethodVerdict
 from runner.hardware import GB, GiB, HardwareFlavor
-from runner.modelfacts import ModelFacts
+from runner.images import ImageInfo, images_in
+from runner.modelfacts import ASSUMED_IMAGE, ModelFacts, VisionFacts
 from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
 from runner.report import DatasetReport
 
@@ -135,6 +137,7 @@ class Plan(BaseModel):
     price_source: str
     warnings: list[str]
     guesses: list[str]
+    image_tokens_per_row: float | None = None  # a vision-language run: mean tokens the images take
 
     @property
     def ok(self) -> bool:
@@ -148,6 +151,8 @@ class Plan(BaseModel):
 
 
 def _text_tokens(value: Any) -> float:
+    if isinstance(value, ImageInfo) or images_in(value):
+        return 0.0  # counted by image_tokens
     if isinstance(value, str):
         return len(value) / CHARS_PER_TOKEN
     if isinstance(value, list):  # a conversation
@@ -158,29 +163,38 @@ def _text_tokens(value: Any) -> float:
     return 0.0 if value is None else len(str(value)) / CHARS_PER_TOKEN
 
 
-def row_sequences(row: dict[str, Any], method: str, completion_tokens: int) -> list[float]:
+def image_tokens(row: dict[str, Any], vision: VisionFacts | None) -> int:
+    """Tokens the row's images take in the prompt (none for a text-only model, which cannot see them)."""
+    if vision is None:
+        return 0
+    return sum(vision.tokens(i.width, i.height) for v in row.values() for i in images_in(v))
+
+
+def row_sequences(row: dict[str, Any], method: str, completion_tokens: int,
+                  vision: VisionFacts | None = None) -> list[float]:
     """Token lengths of the sequences one row becomes in training, before truncation."""
+    if method == "dpo":  # images sit in the prompt, which both the chosen and the rejected sequence repeat
+        prompt = _text_tokens(row.get("prompt")) + image_tokens(row, vision)
+        return [prompt + _text_tokens(row.get("chosen")), prompt + _text_tokens(row.get("rejected"))]
     if method == "sft":
         if "messages" in row:
             return [_text_tokens(row["messages"])]
         if "text" in row:
             return [_text_tokens(row["text"])]
         return [_text_tokens(row.get("prompt")) + _text_tokens(row.get("completion")) + 2 * TOKENS_PER_MESSAGE]
-    if method == "dpo":
-        prompt = _text_tokens(row.get("prompt"))
-        return [prompt + _text_tokens(row.get("chosen")), prompt + _text_tokens(row.get("rejected"))]
     if method == "grpo":
         return [_text_tokens(row.get("prompt")) + completion_tokens]
     return [_text_tokens(row)]
 
 
-def sequence_stats(rows: Sequence[dict], method: str, max_length: int, completion_tokens: int) -> tuple[float, float, float]:
+def sequence_stats(rows: Sequence[dict], method: str, max_length: int, completion_tokens: int,
+                   vision: VisionFacts | None = None) -> tuple[float, float, float]:
     """(mean tokens per row, longest sequence, fraction of rows truncated), all after truncation."""
     if not rows:
         return 0.0, 0.0, 0.0
     per_row, longest, truncated = [], 0.0, 0
     for row in rows:
-        seqs = row_sequences(row, method, completion_tokens)
+        seqs = row_sequences(row, method, completion_tokens, vision)
         truncated += any(s > max_length for s in seqs)
         clipped = [min(s, max_length) for s in seqs]
         per_row.append(sum(clipped))
@@ -359,6 +373,26 @@ def _evaluate(flavor: HardwareFlavor, ctx: dict[str, Any]) -> _Option:
                    cost=billed(hours, flavor.usd_per_hour), tokens=tokens, fits=fits and hours <= MAX_HOURS)
 
 
+def _image_notes(report: DatasetReport, vision: VisionFacts, max_length: int, guesses: list[str]) -> list[str]:
+    """Guesses and warnings about image tokens (appends the guesses, returns the warnings)."""
+    if vision.kind == "qwen_vl":
+        how = (f"patch {vision.patch_size} x merge {vision.merge_size}, {vision.min_pixels:,}-{vision.max_pixels:,} "
+               "pixels")
+    else:
+        how = (f"{vision.image_seq_len} per {vision.tile_size}px tile, longest edge {vision.longest_edge}"
+               + ("" if vision.splitting else ", no splitting"))
+    guesses.append(f"image tokens (from the processor settings: {how})")
+    unknown = sum(1 for r in report.sample for v in r.values() for i in images_in(v) if not i.pixels)
+    if unknown:
+        guesses.append(f"image size ({unknown} sampled image(s) of unknown size assumed "
+                       f"{ASSUMED_IMAGE[0]}x{ASSUMED_IMAGE[1]})")
+    most = max((image_tokens(r, vision) for r in report.sample), default=0)
+    if most >= max_length:
+        return [f"a sampled row's images take {most} tokens, more than max_length {max_length}: truncation would "
+                "cut image tokens and training fails; raise training.max_length or use smaller images"]
+    return []
+
+
 def recommended_timeout(hours: float) -> int:
     seconds = hours * 3600 * TIMEOUT_HEADROOM + 600
     return max(1800, math.ceil(seconds / 600) * 600)
@@ -405,7 +439,15 @@ def plan(
         guesses.append("rows (estimated from file size)")
     completion = t.max_completion_length or 256
     generations = t.num_generations or 8
-    row_tokens, longest, truncated = sequence_stats(report.sample, r.method, t.max_length, completion)
+    vision = facts.vision
+    if report.images and vision is None:
+        verdict = MethodVerdict(status="incompatible", reason=f"the dataset has images ('{report.images.column}') but "
+                                f"{r.base_model} is a text-only model; use a vision-language base model such as "
+                                "Qwen/Qwen2.5-VL-3B-Instruct or HuggingFaceTB/SmolVLM-Instruct")
+        warnings.append(f"dataset not ready for {r.method.upper()}: {verdict.reason}")
+    if report.images and vision is not None:
+        warnings += _image_notes(report, vision, t.max_length, guesses)
+    row_tokens, longest, truncated = sequence_stats(report.sample, r.method, t.max_length, completion, vision)
     if not report.sample:
         row_tokens, longest = t.max_length / 2, float(t.max_length)
         guesses.append(f"row length (no sample; assumed half of max_length {t.max_length})")
@@ -503,4 +545,6 @@ def plan(
         jobs=jobs, refusal=refusal, runner_minutes=round(runner_minutes(sum(j.hours for j in jobs)), 1),
         calibration=calibrated,
         output_repo=output_repo, price_source=price_source, warnings=warnings, guesses=guesses,
+        image_tokens_per_row=round(sum(image_tokens(r, vision) for r in report.sample) / len(report.sample), 1)
+        if report.images and vision and report.sample else None,
     )

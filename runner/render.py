@@ -65,6 +65,12 @@ def report_text(r: DatasetReport, method: str | None = None) -> str:
         f"rows: {rows}  (sampled {r.sample_size} via {r.source})",
         f"columns: {', '.join(r.columns) or '(none)'}",
     ]
+    if r.images:
+        i = r.images
+        size = (f"mean {i.mean_width}x{i.mean_height}, max {i.max_width}x{i.max_height}" if i.measured
+                else "size unknown")
+        lines.append(f"images: '{i.column}', {i.images} in the sample ({i.per_row:g} per row; {size}"
+                     + (f"; {', '.join(i.formats)}" if i.formats else "") + ")")
     for m, v in r.methods.items():
         if method and m != method:
             continue
@@ -84,7 +90,9 @@ def plan_text(p: Plan) -> str:
         f"{'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g}",
         f"  hardware: {p.flavor or 'none fits'}" + (f" ({p.strategy}, {p.devices} device(s))" if p.flavor else "")
         + f", est. peak {p.memory_gb:.1f} GB" + (f" of {p.memory_capacity_gb:g} GB" if p.memory_capacity_gb else ""),
-        f"  tokens: {_count(p.tokens)}; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
+        f"  tokens: {_count(p.tokens)}" + (f" (images: {p.image_tokens_per_row:g} per row)"
+                                            if p.image_tokens_per_row else "")
+        + f"; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
         f"  cost: ${p.cost_usd:.2f} (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}); "
         f"worst case ${p.max_cost_usd:.2f}; budget " + (f"${p.budget_usd:.2f}" if p.budget_usd else "none"),
         "  jobs: " + ("; ".join(f"{j.stage} on {j.flavor} (timeout {j.timeout_seconds // 60} min, worst case "
@@ -117,7 +125,8 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Base model | {code(p.base_model)} ({_count(p.params)} params) |",
             f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
             f"| Hardware | {hardware} |",
-            f"| Data | {rows} rows, {_count(p.tokens)} training tokens |",
+            f"| Data | {rows} rows, {_count(p.tokens)} training tokens"
+            + (f" (images: {p.image_tokens_per_row:g} tokens per row)" if p.image_tokens_per_row else "") + " |",
             f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",

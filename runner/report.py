@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runner import formats, sampling
+from runner import formats, images, sampling
 from runner.formats import MethodVerdict
+from runner.images import ImageSummary
 from runner.recipe import looks_local_dataset
 
 
@@ -23,6 +24,7 @@ class DatasetReport(BaseModel):
     sample_size: int
     source: str
     truncated_cells: bool = False
+    images: ImageSummary | None = None  # set when a column holds images
     sample: list[dict[str, Any]] = Field(default_factory=list, exclude=True, repr=False)
 
     def public(self) -> dict[str, Any]:
@@ -40,10 +42,12 @@ def from_sample(sample: sampling.Sample, mapping: dict[str, str] | None = None) 
         wrong = MethodVerdict(status="incompatible", reason=f"dataset.columns maps '{missing[0]}', which is not a "
                               f"column (columns: {', '.join(sample.columns)})")
         methods = {m: wrong for m in methods}
+    pictures = formats.image_columns(rows, columns)
     return DatasetReport(
         dataset=sample.dataset, config=sample.config, split=sample.split, rows=sample.num_rows,
         rows_exact=sample.rows_exact, columns=columns, methods=methods,
-        sample_size=len(rows), source=sample.source, truncated_cells=sample.truncated_cells, sample=rows,
+        sample_size=len(rows), source=sample.source, truncated_cells=sample.truncated_cells,
+        images=images.summarize(rows, pictures[0]) if pictures else None, sample=rows,
     )
 
 

@@ -17,9 +17,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from runner import images
 from runner.errors import UserError
 
 SAMPLE_ROWS = 256
+IMAGE_SAMPLE_ROWS = 64  # rows of a Parquet file with image columns: their bytes are read, so fewer
 EXACT_COUNT_BYTES = 256 * 1024 * 1024  # newline-count JSONL up to this size (~0.1 s); estimate above
 SMALL_FILE_BYTES = 8 * 1024 * 1024  # parse CSV / JSON arrays in full up to this size to count rows
 VIEWER_URL = "https://datasets-server.huggingface.co"
@@ -67,6 +69,7 @@ def sample_file(path: Path, *, display: str | None = None, limit: int = SAMPLE_R
         rows, total, exact = _json(path, name, limit, size)
     else:
         raise UserError(f"{name}: unsupported file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    rows = images.replace_images(rows, path.parent)  # image paths are relative to the data file
     return Sample(dataset=name, split="train", rows=rows, columns=_columns(rows), num_rows=total,
                   rows_exact=exact, source="file")
 
@@ -202,11 +205,45 @@ def _parquet(path: Path, name: str, limit: int) -> tuple[list[dict], int | None,
         raise UserError(f"{name}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
         pf = pq.ParquetFile(path)
+        image_columns = [f.name for f in pf.schema_arrow if _arrow_image_type(f.type)]
+        if image_columns:
+            limit = min(limit, IMAGE_SAMPLE_ROWS)
         batch = next(pf.iter_batches(batch_size=limit), None)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise UserError(f"{name}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    rows = batch.to_pylist() if batch is not None else []
-    return rows, pf.metadata.num_rows, True
+    if batch is None:
+        return [], pf.metadata.num_rows, True
+    text = [c for c in batch.schema.names if c not in image_columns]
+    rows = batch.select(text).to_pylist()
+    for column in image_columns:  # measured from Arrow buffers in place: the bytes are never copied out
+        for row, cell in zip(rows, batch.column(column)):
+            row[column] = _arrow_image_cell(cell, path.parent)
+    order = batch.schema.names
+    return [{k: r[k] for k in order} for r in rows], pf.metadata.num_rows, True
+
+
+def _arrow_image_type(t: Any) -> bool:
+    """The `datasets` Image feature in Arrow: struct<bytes: binary, path: string>, alone or in a list."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_struct(t) and {t.field(i).name for i in range(t.num_fields)} == {"bytes", "path"}
+
+
+def _arrow_image_cell(cell: Any, base: Path) -> Any:
+    import pyarrow as pa
+
+    if not cell.is_valid:
+        return None
+    if isinstance(cell, (pa.ListScalar, pa.LargeListScalar)):  # a list of image structs
+        return [_arrow_image_cell(v, base) for v in cell.values]
+    data, where = cell["bytes"], cell["path"]
+    if data.is_valid:
+        return images.from_bytes(memoryview(data.as_buffer()))
+    if where.is_valid and where.as_py():
+        return images.measure_string(where.as_py(), base)
+    return images.ImageInfo(source="bytes", problem="image struct with neither bytes nor path")
 
 
 # --- Hub datasets ------------------------------------------------------------------------------
@@ -269,7 +306,7 @@ def _viewer(dataset: str, config: str | None, split: str, token: str | None, bas
             raise UserError(f"{dataset}: no split '{split}' (available: {', '.join(available) or 'none'})")
         config = "default" if "default" in configs else configs[0]
     first = _viewer_get(base, "first-rows", {"dataset": dataset, "config": config, "split": split}, token)
-    rows = [r.get("row", {}) for r in first.get("rows", [])]
+    rows = images.replace_images([r.get("row", {}) for r in first.get("rows", [])], None)
     columns = [f.get("name") for f in first.get("features", [])] or _columns(rows)
     truncated = any(r.get("truncated_cells") for r in first.get("rows", []))
     num_rows: int | None = None
@@ -292,7 +329,7 @@ def _streaming(dataset: str, config: str | None, split: str, revision: str | Non
         raise UserError(f"{dataset}: {why}, and the `datasets` package is not installed") from None
     try:
         stream = datasets.load_dataset(dataset, config, split=split, revision=revision, streaming=True, token=token)
-        rows = [dict(r) for r in stream.take(SAMPLE_ROWS)]
+        rows = images.replace_images([dict(r) for r in stream.take(SAMPLE_ROWS)], None)
     except Exception as e:  # datasets raises many types; one line for the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{dataset}: cannot read the dataset ({why}; streaming failed: {first})") from None

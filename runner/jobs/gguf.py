@@ -6,6 +6,8 @@
 #     "transformers>=5,<6",
 #     "peft>=0.17",
 #     "torch>=2.6",
+#     "torchvision",  # Qwen2-VL-family processors load a video processor that needs it
+#     "pillow>=10",  # images: datasets Image decoding and the image processors
 #     "sentencepiece>=0.2",
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
@@ -28,6 +30,11 @@ Python locally. It reads one JSON document (`--config FILE`, else env RUNNER_JOB
     private         create the Hub repo private
     summary_path    a JSON summary of what was written
 
+A vision-language model becomes two files per llama.cpp's convention: the text model
+(quantized as asked) and its vision projector `<name>-mmproj-F16.gguf` (kept at F16, as
+llama.cpp's own mmproj releases are). When the converter cannot write a projector for the
+architecture, nothing is converted: the summary says why (`skipped`) and the job succeeds.
+
 This file must not import the `runner` package: it runs on machines that do not have it.
 """
 
@@ -37,6 +44,7 @@ import argparse
 import contextlib
 import ctypes
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -85,21 +93,73 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def merge_adapter(adapter_dir: Path, base_model: str | None, out: Path) -> None:
-    """Merge a LoRA adapter into its base weights so llama.cpp gets one plain model."""
-    import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
+    from peft import PeftConfig
 
     base = base_model or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     if not base:
         raise JobError("the adapter does not say which base model it belongs to; set base_model")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return base
+
+
+def merge_adapter(adapter_dir: Path, base: str, out: Path, *, vision: bool) -> None:
+    """Merge a LoRA adapter into its base weights so llama.cpp gets one plain model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer_src = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base
-    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
+    if vision:  # the projector conversion reads the image processor's settings too
+        AutoProcessor.from_pretrained(str(tokenizer_src), use_fast=False).save_pretrained(out)
+    else:
+        AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
     copy_tokenizer_extras(Path(base), out)
+
+
+def model_config(model_dir: Path, base: str | None) -> dict[str, Any]:
+    """The architecture config of the model to convert (the base's, for an adapter)."""
+    for candidate in (model_dir / "config.json", Path(base) / "config.json" if base else None):
+        if candidate is not None and candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    if base:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(base).to_dict()
+    return {}
+
+
+def converter_module(name: str) -> Any:
+    """A module of the converter package (`conversion`, its bundled `gguf`), imported past this file:
+    run as a script, this file's folder is first on sys.path and its own name is gguf."""
+    here = Path(__file__).resolve().parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+
+
+def is_vision(config: dict[str, Any]) -> bool:
+    return isinstance(config.get("vision_config"), dict)
+
+
+def vision_unsupported(config: dict[str, Any]) -> str | None:
+    """Why llama.cpp's converter cannot write this vision model (text + mmproj), or None if it can."""
+    tables = converter_module("conversion")  # the converter's own architecture tables
+    TEXT_MODEL_MAP, MMPROJ_MODEL_MAP = tables.TEXT_MODEL_MAP, tables.MMPROJ_MODEL_MAP
+    arch = (config.get("architectures") or ["unknown"])[0]
+    text_arch = ((config.get("text_config") or {}).get("architectures") or [arch])[0]
+    vision_arch = ((config.get("vision_config") or {}).get("architectures") or [arch])[0]
+    if vision_arch not in MMPROJ_MODEL_MAP:
+        return f"llama.cpp's converter has no vision projector (mmproj) support for {vision_arch}"
+    if text_arch not in TEXT_MODEL_MAP:
+        return f"llama.cpp's converter has no text-model support for {text_arch}"
+    return None
 
 
 def copy_tokenizer_extras(source: Path, dest: Path) -> None:
@@ -110,12 +170,22 @@ def copy_tokenizer_extras(source: Path, dest: Path) -> None:
             shutil.copyfile(source / name, dest / name)
 
 
-def convert(model_dir: Path, outfile: Path, outtype: str) -> None:
+def start_convert(model_dir: Path, outfile: Path, outtype: str, *, mmproj: bool = False) -> subprocess.Popen:
+    """llama.cpp's converter in a child process (a vision model's two conversions run side by side)."""
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd += ["--mmproj"] if mmproj else []
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_convert(proc: subprocess.Popen, outfile: Path) -> None:
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0 or not outfile.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
         raise JobError(f"llama.cpp's converter failed: {tail[0]}")
+
+
+def convert(model_dir: Path, outfile: Path, outtype: str) -> None:
+    finish_convert(start_convert(model_dir, outfile, outtype), outfile)
 
 
 @contextlib.contextmanager
@@ -154,6 +224,22 @@ def smoke_test(path: Path) -> str:
     llm = Llama(model_path=str(path), n_ctx=256, n_threads=os.cpu_count() or 1, verbose=False, seed=0)
     out = llm(SMOKE_PROMPT, max_tokens=8, temperature=0.0)
     return out["choices"][0]["text"]
+
+
+def check_mmproj(path: Path) -> str:
+    """Read the projector back with the converter's GGUF reader: a vision encoder, with tensors."""
+    reader = converter_module("gguf").GGUFReader(str(path))
+    field = reader.get_field("clip.has_vision_encoder")
+    if field is None or not reader.tensors:
+        raise JobError(f"{path.name} is not a vision projector (no clip.has_vision_encoder or no tensors)")
+    return f"{len(reader.tensors)} tensors, projector {_field_text(reader, 'clip.projector_type')}"
+
+
+def _field_text(reader: Any, key: str) -> str:
+    field = reader.get_field(key)
+    if field is None:
+        return "unknown"
+    return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
 
 
 def publish(files: list[Path], repo: str, private: bool) -> None:
@@ -199,6 +285,15 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     name = config["name"]
     seconds: dict[str, float] = {}
     merged = (model_dir / "adapter_config.json").exists()
+    base = adapter_base(model_dir, config.get("base_model")) if merged else config.get("base_model")
+    arch = model_config(model_dir, base)
+    vision = is_vision(arch)
+    if vision:
+        why = vision_unsupported(arch)
+        if why:
+            log(f"not converting: {why}")
+            return {"files": [], "merged_adapter": False, "seconds": seconds, "hub_repo": None, "vision": True,
+                    "skipped": why}
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -207,7 +302,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         if merged:
             log("merging the LoRA adapter into the base model")
             source = work / "merged"
-            merge_adapter(model_dir, config.get("base_model"), source)
+            merge_adapter(model_dir, base, source, vision=vision)
         elif config.get("base_model"):
             source = work / "model"
             shutil.copytree(model_dir, source)
@@ -215,9 +310,21 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         seconds["merge"] = round(time.monotonic() - start, 3)
 
         start = time.monotonic()
+        projector = out_dir / f"{name}-mmproj-F16.gguf" if vision else None
+        projecting = None
+        if projector is not None:
+            log(f"writing {projector.name} (the vision projector)")
+            projecting = start_convert(source, work / projector.name, "f16", mmproj=True)
         log("converting to GGUF (f16)")
         f16 = work / "convert-f16.gguf"
-        convert(source, f16, "f16")
+        try:
+            convert(source, f16, "f16")
+        finally:
+            if projecting is not None and projecting.poll() is None and not f16.exists():
+                projecting.kill()  # the text model failed: do not leave the projector's converter behind
+        if projecting is not None and projector is not None:
+            finish_convert(projecting, work / projector.name)
+            shutil.move(work / projector.name, projector)
         seconds["convert"] = round(time.monotonic() - start, 3)
 
         written: list[Path] = []
@@ -243,13 +350,20 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         log(f"{path.name} loads in llama.cpp; greedy sample: {text!r}")
         files.append({"quantization": quant, "path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path),
                       "smoke_test": text})
+    if projector is not None:
+        text = check_mmproj(projector)
+        log(f"{projector.name}: {text}")
+        files.append({"quantization": "F16", "kind": "mmproj", "path": str(projector),
+                      "bytes": projector.stat().st_size, "sha256": sha256(projector), "smoke_test": text})
+        written.append(projector)
     seconds["smoke_test"] = round(time.monotonic() - start, 3)
 
     if config.get("hub_repo"):
         start = time.monotonic()
         publish(written, config["hub_repo"], bool(config.get("private", True)))
         seconds["publish"] = round(time.monotonic() - start, 3)
-    return {"files": files, "merged_adapter": merged, "seconds": seconds, "hub_repo": config.get("hub_repo")}
+    return {"files": files, "merged_adapter": merged, "seconds": seconds, "hub_repo": config.get("hub_repo"),
+            "vision": vision}
 
 
 def main(argv: list[str] | None = None) -> int:

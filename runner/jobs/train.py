@@ -8,6 +8,8 @@
 #     "datasets>=4",
 #     "trackio>=0.40",
 #     "torch>=2.6",
+#     "torchvision",  # Qwen2-VL-family processors load a video processor that needs it
+#     "pillow>=10",  # images: datasets Image decoding and the image processors
 #     "sentencepiece>=0.2",
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
@@ -122,10 +124,80 @@ def load_data(spec: dict[str, Any]):
                        f"(columns: {', '.join(data.column_names)})")
     if columns:
         data = data.rename_columns(columns)
+    if "images" in data.column_names or "image" in data.column_names:
+        return vision_data(data, Path(source).parent if suffix in LOCAL_SUFFIXES else None)
     if "messages" in data.column_names and _is_sharegpt(data[0]["messages"]):
         data = data.map(lambda row: {"messages": [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]),
                                                    "content": m["value"]} for m in row["messages"]]})
     return data
+
+
+# --- vision-language DPO -------------------------------------------------------------------------
+
+
+def is_vision(data) -> bool:
+    return "images" in data.column_names
+
+
+def vision_data(data, base: Path | None):
+    """TRL's vision preference format: `images` a list of images, and conversational prompt/chosen/rejected.
+
+    A single `image` column becomes a one-image list; image paths are relative to the data file.
+    Plain-string turns become messages, so TRL's collator can put the image placeholders in the
+    user turn and render the model's own chat template.
+    """
+    from datasets import Features, Image, List, Value
+
+    if "image" in data.column_names and "images" not in data.column_names:
+        data = data.rename_column("image", "images")
+    feature = data.features["images"]
+    single = not isinstance(feature, List)
+    inner = feature if single else feature.feature
+    if isinstance(inner, Value):  # paths or URLs, as in JSON Lines
+        data = data.map(lambda images: {"images": _absolute(images, base)}, input_columns=["images"])
+    if single:
+        data = data.cast_column("images", Image(decode=False))
+        data = data.map(lambda image: {"images": [image]}, input_columns=["images"],
+                        features=Features({**data.features, "images": List(Image(decode=False))}))
+    texts = [c for c in ("prompt", "chosen", "rejected") if c in data.column_names]
+    data = data.map(_conversational, input_columns=texts, fn_kwargs={"names": texts})  # images stay encoded
+    return data.cast_column("images", List(Image()))
+
+
+def _absolute(value: Any, base: Path | None) -> Any:
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if base is None or not isinstance(value, str) or value.startswith(("http://", "https://", "data:")):
+        return value
+    return str(base / value) if not Path(value).is_absolute() else value
+
+
+def _conversational(*values: Any, names: list[str]) -> dict[str, Any]:
+    roles = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
+    return {name: [{"role": roles[name], "content": value}] for name, value in zip(names, values)
+            if isinstance(value, str)}
+
+
+def vision_trainer(config: dict[str, Any], data, args: dict[str, Any], model_kwargs: dict[str, Any], peft,
+                   callbacks: list):
+    """DPOTrainer over a vision-language model with its processor (images become pixel values per batch)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer
+
+    if config["method"] != "dpo":
+        raise JobError(f"the dataset has images; vision-language training supports method dpo, not "
+                       f"{config['method']}")
+    t = config["training"]
+    try:
+        # The slow (PIL) image processor: the fast one needs torchvision, which the job does not install.
+        processor = AutoProcessor.from_pretrained(config["base_model"], use_fast=False)
+        model = AutoModelForImageTextToText.from_pretrained(config["base_model"], **model_kwargs)
+    except ValueError as e:  # transformers' answer for a model that has no image-text-to-text class
+        raise JobError(f"{config['base_model']} is not a vision-language model ({str(e).splitlines()[0]})") from None
+    extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
+    dpo_args = DPOConfig(**args, max_length=t["max_length"], **extra)
+    return DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=processor,
+                      peft_config=peft, callbacks=callbacks)
 
 
 def _is_sharegpt(value: Any) -> bool:
@@ -136,6 +208,7 @@ REQUIRED = {
     "sft": [("messages",), ("text",), ("prompt", "completion")],
     "dpo": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],
     "grpo": [("prompt",)],
+    "vision-dpo": [("images", "prompt", "chosen", "rejected")],
 }
 
 
@@ -144,12 +217,24 @@ def check_rows(method: str, data) -> None:
     form = next((cols for cols in REQUIRED[method] if all(c in data.column_names for c in cols)), None)
     if form is None:
         wanted = " or ".join("+".join(cols) for cols in REQUIRED[method])
-        raise JobError(f"{method.upper()} needs columns {wanted} after the column mapping "
+        raise JobError(f"{method.upper().replace('VISION-', 'vision ')} needs columns {wanted} after the column mapping "
                        f"(columns: {', '.join(data.column_names)})")
     for column in form:
+        if column == "images":  # counted in Arrow: reading the column would decode every image
+            _check_images(data)
+            continue
         for i, value in enumerate(data[column]):
             if value is None or (isinstance(value, (str, list)) and len(value) == 0):
                 raise JobError(f"row {i}: column '{column}' is empty or missing")
+
+
+def _check_images(data) -> None:
+    import pyarrow.compute as pc
+
+    lengths = pc.fill_null(pc.list_value_length(data.data.column("images")), 0).to_pylist()
+    empty = next((i for i, n in enumerate(lengths) if n == 0), None)
+    if empty is not None:
+        raise JobError(f"row {empty}: column 'images' has no image")
 
 
 # --- rewards -----------------------------------------------------------------------------------
@@ -318,6 +403,8 @@ def _trainer(config: dict[str, Any], data):
     model_kwargs = {"dtype": torch.bfloat16 if gpu and _bf16_ok() else (torch.float16 if gpu else torch.float32)}
     peft = peft_config(config.get("lora"))
     callbacks = [progress_callback()]
+    if is_vision(data):
+        return vision_trainer(config, data, args, model_kwargs, peft, callbacks)
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -376,7 +463,7 @@ def resume_checkpoint(config: dict[str, Any]) -> str | None:
 
 def train(config: dict[str, Any]) -> dict[str, Any] | None:
     data = load_data(config["dataset"])
-    check_rows(config["method"], data)
+    check_rows("vision-dpo" if is_vision(data) else config["method"], data)
     log(f"loaded {len(data)} rows; training {config['method'].upper()} on {config['base_model']}")
     trainer = build_trainer(config, data)
     start = time.monotonic()
@@ -403,6 +490,7 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
         "final_metrics": metrics,
         "log_history": trainer.state.log_history,
         "adapter": config.get("lora") is not None,
+        "vision": is_vision(data),
         "world_size": trainer.args.world_size,
         "peak_memory_bytes": peak_memory_bytes(),
     }
