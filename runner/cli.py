@@ -240,9 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
             if progress:
                 line += f"; {progress[-1].removeprefix('progress ').strip()}"
-        if r.failure:
-            line += f"; {r.failure.stage} " + ("job canceled" if r.state == "canceled" else "failed") + \
-                f": {r.failure.reason}"
+        if r.failure:  # a cancel is not a failure: its reason says who canceled, where the Hub says
+            line += f"; {r.failure.reason}" if r.state == "canceled" else \
+                f"; {r.failure.stage} failed: {r.failure.reason}"
         print(line)
     return 0
 
@@ -718,3 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "rerun with RUNNER_DEBUG=1 and report it", file=sys.stderr)
         return 1
+    finally:
+        retry = sys.modules.get("runner.hubretry")  # installed by the hf backend for this command only
+        if retry is not None:
+            retry.uninstall()

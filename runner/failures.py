@@ -100,7 +100,7 @@ def diagnose(stage: str, job_stage: str, message: str | None, tail: list[str], *
         return Diagnosis(kind="canceled", reason=f"the {job} was canceled{by}", step=step, total_steps=total)
 
     if TIMEOUT.search(message):
-        limit = f"its {duration(timeout_seconds)} limit" if timeout_seconds else "its time limit"
+        limit = f"its {duration(timeout_seconds)} ({timeout_seconds} s) limit" if timeout_seconds else "its time limit"
         at = f" at step {step} of {total}" if where else ""
         if stage == "train":
             fix = f"raise `timeout` in {recipe}"

@@ -156,3 +156,11 @@ def install(echo: Echo, *, patience: float = PATIENCE) -> Budget:
 
     set_client_factory(factory)
     return budget
+
+
+def uninstall() -> None:
+    """Back to huggingface_hub's own client (a command is over; in-process callers start clean)."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    set_client_factory(default_client_factory)

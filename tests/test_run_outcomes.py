@@ -181,7 +181,7 @@ def test_timeout_reason_names_limit_step_field_and_checkpoint(hub, workspace, mo
     f = record(workspace)["failure"]
     assert f["kind"] == "timeout" and f["step"] == 3 and f["total_steps"] == 30
     reason = f["reason"]
-    assert "5m limit" in reason and "step 3 of 30" in reason
+    assert "5m (300 s) limit" in reason and "step 3 of 30" in reason
     assert "`timeout` in recipes/tiny-sft.yaml" in reason and "alice/tiny-sft/last-checkpoint/" in reason
     assert "1.52" not in reason and "Job timeout:" not in reason
 
@@ -210,7 +210,7 @@ def test_cancel_reads_as_canceled_everywhere(hub, workspace, monkeypatch, capsys
     assert record(workspace)["state"] == "canceled" and f["kind"] == "canceled"
     assert "Training complete" not in f["reason"]
     code, out = run(workspace, monkeypatch, capsys, "status", "tiny-sft")
-    assert "tiny-sft: canceled" in out and "train job canceled" in out and "failed" not in out
+    assert "tiny-sft: canceled" in out and "the training job was canceled" in out and "failed" not in out
 
 
 def test_reconcile_saves_the_stage_and_exits_nonzero_when_the_run_failed(hub, workspace, monkeypatch,
@@ -241,7 +241,7 @@ def test_diagnosis_without_a_flavor_or_progress() -> None:
     assert "training.gradient_checkpointing: true" in oom.reason
     late = failures.diagnose("gguf", "ERROR", "timed out after 3600 s", [], recipe="recipes/x.yaml", plan={},
                              config={}, timeout_seconds=3600, checkpoint=None)
-    assert late.kind == "timeout" and "1h limit" in late.reason and "recipes/x.yaml" not in late.reason
+    assert late.kind == "timeout" and "1h (3600 s) limit" in late.reason and "recipes/x.yaml" not in late.reason
     crash = failures.diagnose("train", "ERROR", "exit code 1", ["Traceback", "ValueError: boom"],
                               recipe="recipes/x.yaml", plan={}, config={}, timeout_seconds=None, checkpoint=None)
     assert crash.kind == "infrastructure" and crash.reason == "the training job ended ERROR: exit code 1"
