@@ -86,10 +86,12 @@ class Budget:
                 self._failing_since = now
             self._failures += 1
             failing = now - self._failing_since
+            asked = wait is not None
             if wait is None:
                 wait = min(self.base_delay * 2 ** (self._failures - 1), self.max_delay) * (1 + random.random() / 4)
         if failing + wait > self.patience:
-            raise HubUnavailable(f"no usable answer for {failing:.0f} s ({what}: {problem})")
+            why = f"asked to retry in {wait:.0f} s" if asked else f"no usable answer for {failing:.0f} s"
+            raise HubUnavailable(f"{why} ({what}: {problem})")
         return wait
 
 
