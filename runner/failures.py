@@ -1,7 +1,7 @@
 """Why a job failed, in words a person can act on.
 
-Pure: the job's final status, the tail of its log and what the run fixed at its start
-(the plan, the job config) -> a kind and a one-line reason. The kinds:
+Pure: the job's final status, the tail of its log and what the run fixed when it submitted
+the job (its flavor, timeout and config) -> a kind and a one-line reason. The kinds:
 
 - timeout: the limit, the step reached of the total, the recipe field to change, the checkpoint;
 - oom: the flavor and its memory, the batch size, and the smallest change that should fit;
@@ -87,7 +87,7 @@ def _oom_advice(config: dict[str, Any], flavor: HardwareFlavor | None) -> str:
 
 
 def diagnose(stage: str, job_stage: str, message: str | None, tail: list[str], *, recipe: str,
-             plan: dict[str, Any], config: dict[str, Any], timeout_seconds: int | None,
+             flavor: str | None, config: dict[str, Any], timeout_seconds: int | None,
              checkpoint: str | None) -> Diagnosis:
     """Classify a job that ended other than COMPLETED; `checkpoint` says where one was saved, if any."""
     message = (message or "").strip()
@@ -115,14 +115,14 @@ def diagnose(stage: str, job_stage: str, message: str | None, tail: list[str], *
         return Diagnosis(kind="timeout", reason=reason, step=step, total_steps=total)
 
     if OOM.search(message) or any(OOM.search(line) for line in tail):
-        flavor = _flavor(plan.get("flavor"))
-        on = (f"{flavor.name} ({flavor.memory_gb:.0f} GB per {'GPU' if flavor.is_gpu else 'machine'})"
-              if flavor else (plan.get("flavor") or "this machine"))
+        known = _flavor(flavor)
+        on = (f"{known.name} ({known.memory_gb:.0f} GB per {'GPU' if known.is_gpu else 'machine'})"
+              if known else (flavor or "this machine"))
         t = config.get("training") or {}
         batch = f" at batch_size {t['batch_size']}" if t.get("batch_size") else ""
         reason = f"the {job} ran out of memory on {on}{batch}"
         if stage == "train":
-            reason += f"; smallest change: {_oom_advice(config, flavor)} in {recipe}"
+            reason += f"; smallest change: {_oom_advice(config, known)} in {recipe}"
         return Diagnosis(kind="oom", reason=reason, step=step, total_steps=total)
 
     errors = [line.strip() for line in tail if line.strip().startswith(("error:", "gguf: error:"))]

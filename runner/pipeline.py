@@ -409,10 +409,10 @@ def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
     tail = list(deque(step.backend.logs(record.jobs[stage].id), maxlen=LOG_TAIL))
     config = record.configs.get(stage) or {}
     checkpoint = stage == "train" and step.backend.checkpoint_saved(config)
+    job = record.jobs[stage]  # what the job was submitted with, not what the recipe says now
     found = failures.diagnose(
-        stage, status.stage, status.message, tail, recipe=record.recipe, plan=record.plan, config=config,
-        timeout_seconds=record.plan.get("timeout_seconds") if stage == "train" else GGUF_TIMEOUT,
-        checkpoint=_checkpoint_place(config) if checkpoint else None)
+        stage, status.stage, status.message, tail, recipe=record.recipe, flavor=job.flavor, config=config,
+        timeout_seconds=job.timeout_seconds, checkpoint=_checkpoint_place(config) if checkpoint else None)
     record.failure = Failure(stage=stage, reason=found.reason, kind=found.kind, step=found.step,
                              total_steps=found.total_steps, log_tail=tail, checkpoint_on_hub=checkpoint)
     record.move("canceled" if status.stage == "CANCELED" else "failed")

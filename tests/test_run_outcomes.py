@@ -235,13 +235,13 @@ def test_reconcile_saves_the_stage_and_exits_nonzero_when_the_run_failed(hub, wo
 def test_diagnosis_without_a_flavor_or_progress() -> None:
     """The local backend: no flavor, no Hub message; a GGUF job's timeout is not the recipe's to change."""
     oom = failures.diagnose("train", "ERROR", "job script exited with code -9", ["Killed", "MemoryError"],
-                            recipe="recipes/x.yaml", plan={"flavor": None}, config={"training": {"batch_size": 1,
+                            recipe="recipes/x.yaml", flavor=None, config={"training": {"batch_size": 1,
                             "gradient_checkpointing": False}, "lora": None}, timeout_seconds=600, checkpoint=None)
     assert oom.kind == "oom" and "on this machine at batch_size 1" in oom.reason
     assert "training.gradient_checkpointing: true" in oom.reason
-    late = failures.diagnose("gguf", "ERROR", "timed out after 3600 s", [], recipe="recipes/x.yaml", plan={},
+    late = failures.diagnose("gguf", "ERROR", "timed out after 3600 s", [], recipe="recipes/x.yaml", flavor="cpu-upgrade",
                              config={}, timeout_seconds=3600, checkpoint=None)
     assert late.kind == "timeout" and "1h (3600 s) limit" in late.reason and "recipes/x.yaml" not in late.reason
     crash = failures.diagnose("train", "ERROR", "exit code 1", ["Traceback", "ValueError: boom"],
-                              recipe="recipes/x.yaml", plan={}, config={}, timeout_seconds=None, checkpoint=None)
+                              recipe="recipes/x.yaml", flavor=None, config={}, timeout_seconds=None, checkpoint=None)
     assert crash.kind == "infrastructure" and crash.reason == "the training job ended ERROR: exit code 1"
