@@ -228,6 +228,13 @@ class HubStub:
         threading.Thread(target=target, args=(job, script) if script else (job,), daemon=True).start()
         return job
 
+    def end_job(self, job_id: str, stage: str, message: str | None = None, lines: tuple[str, ...] = ()) -> None:
+        """End a running job from the outside (its last log lines first), as the Hub would report it."""
+        job = self.state.jobs[job_id]
+        for line in lines:
+            self._log(job, line)
+        self._finish(job, stage, message)
+
     def _log(self, job: Job, line: str) -> None:
         job.logs.append((_now(), line))
 

@@ -215,15 +215,17 @@ def test_cancel_reads_as_canceled_everywhere(hub, workspace, monkeypatch, capsys
 
 def test_reconcile_saves_the_stage_and_exits_nonzero_when_the_run_failed(hub, workspace, monkeypatch,
                                                                         capsys) -> None:
-    hub.state.job_scripts.append(JobScript(running=1.5, end="ERROR", message="exit code 1",
-                                           logs=["error: row 3: column 'messages' is empty or missing"]))
-    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", *HF, "--detach")[0] == 0
+    hub.state.job_scripts.append(JobScript(outlive_timeout=True, logs=["loading"]))  # ended below
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", *HF, "--detach")
+    assert code == 0, out
     deadline = time.monotonic() + 10
     while created(hub)[0].stage != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.05)
     code, out = run(workspace, monkeypatch, capsys, "reconcile")
-    assert code == 0 and "SCHEDULING -> RUNNING" in out
-    assert record(workspace)["jobs"]["train"]["stage"] == "RUNNING"
+    assert code == 0 and record(workspace)["jobs"]["train"]["stage"] == "RUNNING"
+    code, out = run(workspace, monkeypatch, capsys, "reconcile")  # the stage seen last was saved
+    assert code == 0 and "->" not in out, out
+    hub.end_job(created(hub)[0].id, "ERROR", "exit code 1", ("error: row 3: column 'messages' is empty or missing",))
     code, out = run(workspace, monkeypatch, capsys, "reconcile", "--wait")
     assert code == 1, out
     assert "SCHEDULING" not in out and "RUNNING -> ERROR" in out
