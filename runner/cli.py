@@ -140,9 +140,13 @@ def _backend(name: str, root: Path, repo: str | None = None):
                             "(in GitHub Actions, a repository secret) or run `hf auth login`")
         from huggingface_hub.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()  # the backend reports its own retries, one line each
+        from runner import hubretry
+
+        hf_logging.set_verbosity_error()  # retries are reported once, by the runner's own transport
+        echo = _progress_printer()
+        hubretry.install(echo)  # one retry layer under every Hub call of this process
         api = hub.api(token)
-        return HfBackend(api, namespace_of(repo, api), token, echo=_progress_printer())
+        return HfBackend(api, namespace_of(repo, api), token, echo=echo)
     state = root / ".runner"
     # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
     return LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
@@ -236,8 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
             if progress:
                 line += f"; {progress[-1].removeprefix('progress ').strip()}"
-        if r.failure:
-            line += f"; {r.failure.stage} failed: {r.failure.reason}"
+        if r.failure:  # a cancel is not a failure: its reason says who canceled, where the Hub says
+            line += f"; {r.failure.reason}" if r.state == "canceled" else \
+                f"; {r.failure.stage} failed: {r.failure.reason}"
         print(line)
     return 0
 
@@ -246,12 +251,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     name, record, job_stage = _latest(args.recipe)
     stage, job_id = _current_job(record, job_stage)
     backend = _backend(record.backend, Path.cwd(), _repo(record))
-    for line in backend.logs(job_id, follow=args.follow):
-        print(f"[{stage}] {line}", flush=True)
-    if args.follow:  # end with the outcome
-        status = backend.status(job_id)
+    if args.follow:  # to the job's end, then its outcome
+        status = backend.wait(job_id, lambda line: print(f"[{stage}] {line}", flush=True))
         print(f"[{stage}] job {job_id} {status.stage}" + (f": {status.message}" if status.message else ""))
         return 0 if status.stage == "COMPLETED" else 1
+    for line in backend.logs(job_id):
+        print(f"[{stage}] {line}", flush=True)
     return 0
 
 
@@ -323,7 +328,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 print(f"{group.name}: run {record.run_id} not advanced: {str(e).splitlines()[0]}", file=sys.stderr)
                 problems += 1
                 continue
-            print(f"{group.name}: run {record.run_id} {record.state}")
+            print(f"{group.name}: run {record.run_id} {record.state}"
+                  + (f": {record.failure.reason}" if record.state == "failed" and record.failure else ""))
             problems += record.state in ("failed", "canceled") and args.wait
     return 1 if problems else 0
 
@@ -712,3 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "rerun with RUNNER_DEBUG=1 and report it", file=sys.stderr)
         return 1
+    finally:
+        retry = sys.modules.get("runner.hubretry")  # installed by the hf backend for this command only
+        if retry is not None:
+            retry.uninstall()

@@ -59,6 +59,10 @@ class Progress(BaseModel):
 class Failure(BaseModel):
     stage: str
     reason: str
+    # timeout | oom | data | canceled | infrastructure | missing_output (see runner/failures.py)
+    kind: str = "infrastructure"
+    step: int | None = None  # the last training step the job reported, of total_steps
+    total_steps: int | None = None
     log_tail: list[str] = Field(default_factory=list)
     checkpoint_on_hub: bool = False
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import card, ledger
+from runner import card, failures, ledger, outputs
 from runner.backends.base import Backend, JobSpec, JobStatus
 from runner.backends.hf import MOUNT
 from runner.backends.local import script_path
@@ -407,19 +407,29 @@ def actual_cost(record: RunRecord) -> float | None:
 
 def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
     tail = list(deque(step.backend.logs(record.jobs[stage].id), maxlen=LOG_TAIL))
-    reason = status.message or status.stage.lower()
-    # The job's own one-line error if it printed one, else its last words (an exception, usually).
-    errors = [ln for ln in tail if ln.startswith("error:")]
-    last = errors[-1].removeprefix("error:").strip() if errors else next(
-        (ln.strip() for ln in reversed(tail) if ln.strip()), "")
-    if last and last not in reason:
-        reason = f"{reason}: {last}"
-    checkpoint = stage == "train" and step.backend.checkpoint_saved(record.configs["train"])
-    record.failure = Failure(stage=stage, reason=reason, log_tail=tail, checkpoint_on_hub=checkpoint)
-    if checkpoint:
-        reason += "; a checkpoint was saved, so a rerun can resume from it"
+    config = record.configs.get(stage) or {}
+    checkpoint = stage == "train" and step.backend.checkpoint_saved(config)
+    job = record.jobs[stage]  # what the job was submitted with, not what the recipe says now
+    found = failures.diagnose(
+        stage, status.stage, status.message, tail, recipe=record.recipe, flavor=job.flavor, config=config,
+        timeout_seconds=job.timeout_seconds, checkpoint=_checkpoint_place(config) if checkpoint else None)
+    record.failure = Failure(stage=stage, reason=found.reason, kind=found.kind, step=found.step,
+                             total_steps=found.total_steps, log_tail=tail, checkpoint_on_hub=checkpoint)
     record.move("canceled" if status.stage == "CANCELED" else "failed")
-    step.echo(f"[{stage}] {record.state}: {reason}")
+    step.echo(f"[{stage}] {record.state}: {found.reason}")
+
+
+def _checkpoint_place(config: dict) -> str:
+    repo = config.get("hub_repo")  # TRL's hub_strategy="checkpoint" pushes to last-checkpoint/
+    return f"{repo}/last-checkpoint/" if repo else str(config.get("output_dir"))
+
+
+def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
+    """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
+    record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
+                             f"COMPLETED, but {problem}", kind="missing_output")
+    record.move("failed")
+    step.echo(f"[{stage}] failed: {record.failure.reason}")
 
 
 def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
@@ -459,7 +469,10 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
 
 
 def _trained(step: Step, record: RunRecord) -> None:
-    summary = step.backend.summary(record.configs["train"]) or {}
+    summary = step.backend.summary(record.configs["train"])
+    problem = outputs.missing_model(step.backend, record.configs["train"], summary)
+    if problem or summary is None:
+        return _missing(step, record, "train", problem or "it wrote no summary")
     record.train_summary = summary
     record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -467,9 +480,13 @@ def _trained(step: Step, record: RunRecord) -> None:
 
 
 def _converted(step: Step, record: RunRecord) -> None:
-    record.gguf_summary = step.backend.summary(record.configs["gguf"])
-    if (record.gguf_summary or {}).get("skipped"):
-        step.echo(f"[gguf] not converted: {record.gguf_summary['skipped']}")
+    summary = step.backend.summary(record.configs["gguf"])
+    problem = outputs.missing_ggufs(step.backend, record.configs["gguf"], summary)
+    if problem:
+        return _missing(step, record, "gguf", problem)
+    record.gguf_summary = summary
+    if (summary or {}).get("skipped"):
+        step.echo(f"[gguf] not converted: {summary['skipped']}")
     repo = record.configs["gguf"].get("hub_repo")
     record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else record.configs["gguf"]["output_dir"]
     record.move("converted")

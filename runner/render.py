@@ -230,7 +230,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.failure:
         f = record.failure
-        out += ["", f"**Failed in {md(f.stage)}:** {md(f.reason)}", "",
+        verb = "Canceled" if record.state == "canceled" else "Failed"
+        out += ["", f"**{verb} in {md(f.stage)}:** {md(f.reason)}", "",
                 "Fix the recipe (or the data) in a new pull request, or train this version again on purpose: "
                 "Actions > train > Run workflow with `retry` (`runner run RECIPE --backend hf --retry`).",
                 "" if not f.checkpoint_on_hub else "A checkpoint reached the Hub (`last-checkpoint/`): a rerun can resume.",

@@ -14,6 +14,7 @@ its environment) or plays a scripted stage sequence (`JobScript`).
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 def _now() -> str:
@@ -75,7 +77,10 @@ class JobScript:
     """A job that plays stages instead of running: seconds in SCHEDULING, then RUNNING, then `end`.
 
     `outlive_timeout` keeps it running until its timeout ends it (as the Hub does, with ERROR);
-    `summary` is uploaded where the job's config asks (summary_upload) when it completes.
+    on completion it pushes what the job script would (`push`; False plays a job that exits 0
+    having written nothing): the model or adapter for a training config, the promised
+    .gguf files for a GGUF config; then `summary`, where the config asks (summary_upload),
+    with `pushed` (repo and commit) added as runner/jobs/train.py reports it.
     """
 
     scheduling: float = 0.1
@@ -86,6 +91,7 @@ class JobScript:
     outlive_timeout: bool = False
     summary: dict[str, Any] | None = None
     checkpoint: bool = False  # push last-checkpoint/ to the output repo before ending
+    push: bool = True
 
 
 @dataclass
@@ -139,7 +145,8 @@ class HubState:
     # dataset id -> {(config, split): rows}
     datasets: dict[str, dict[tuple[str, str], list[dict]]] = field(default_factory=dict)
     hardware_prices: dict[str, int] = field(default_factory=dict)  # override micro-USD per minute
-    faults: dict[str, list[int]] = field(default_factory=dict)  # "[METHOD ]path prefix" -> statuses to return first
+    # "[METHOD ]path prefix" (or a pattern with *) -> statuses to return first
+    faults: dict[str, list[int]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     repos: dict[str, Repo] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
@@ -221,6 +228,13 @@ class HubStub:
         threading.Thread(target=target, args=(job, script) if script else (job,), daemon=True).start()
         return job
 
+    def end_job(self, job_id: str, stage: str, message: str | None = None, lines: tuple[str, ...] = ()) -> None:
+        """End a running job from the outside (its last log lines first), as the Hub would report it."""
+        job = self.state.jobs[job_id]
+        for line in lines:
+            self._log(job, line)
+        self._finish(job, stage, message)
+
     def _log(self, job: Job, line: str) -> None:
         job.logs.append((_now(), line))
 
@@ -252,11 +266,27 @@ class HubStub:
                 return self._finish(job, "CANCELED")
             if deadline and time.monotonic() > deadline:
                 return self._finish(job, "ERROR", "Job timeout")
-        if script.end == "COMPLETED" and script.summary is not None:
-            target = _config(job).get("summary_upload")
-            if target:
-                self.commit(target["repo"], {target["path"]: json.dumps(script.summary).encode()})
+        if script.end == "COMPLETED":
+            config = _config(job)
+            pushed = self._push_outputs(config) if script.push else None
+            target = config.get("summary_upload")
+            if script.summary is not None and target:
+                summary = {**script.summary, **({"pushed": pushed} if pushed else {})}
+                self.commit(target["repo"], {target["path"]: json.dumps(summary).encode()})
         self._finish(job, script.end, script.message)
+
+    def _push_outputs(self, config: dict[str, Any]) -> dict[str, str] | None:
+        """What runner/jobs/train.py or gguf.py uploads to the config's hub_repo; the commit it made."""
+        repo = config.get("hub_repo")
+        if not repo:
+            return None
+        if "quantizations" in config:  # a GGUF job
+            files = {f"{config['name']}-{q.upper()}.gguf": b"GGUF" + bytes(60) for q in config["quantizations"]}
+        elif config.get("lora"):
+            files = {"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(64)}
+        else:
+            files = {"config.json": b"{}", "model.safetensors": bytes(64)}
+        return {"repo": repo, "commit": self.commit(repo, files)}
 
     def _run_for_real(self, job: Job) -> None:
         """Play the container: mount the repo volumes, run `uv run SCRIPT` with this Python, secrets as env."""
@@ -348,7 +378,9 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                                           {k.lower(): v for k, v in self.headers.items()}))
             for key, statuses in state.faults.items():
                 method, _, prefix = key.rpartition(" ")
-                if (not method or method == self.command) and url.path.startswith(prefix) and statuses:
+                # "GET /api/jobs/alice/*/logs": a pattern; else a path prefix
+                hit = fnmatch.fnmatchcase(url.path, prefix) if "*" in prefix else url.path.startswith(prefix)
+                if (not method or method == self.command) and hit and statuses:
                     status = statuses.pop(0)
                     self._body()
                     self._send(status, {"error": f"injected {status}"}, {"Retry-After": "0"} if status == 429 else None)

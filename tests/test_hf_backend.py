@@ -176,7 +176,8 @@ def test_job_error_fails_the_run_with_reason_tail_and_checkpoint(hub, workspace,
     assert rec["state"] == "failed"
     failure = rec["failure"]
     assert failure["stage"] == "train"
-    assert "exit code 1" in failure["reason"] and "column 'messages' is missing" in failure["reason"]
+    assert failure["kind"] == "data"
+    assert failure["reason"] == "the training job stopped on its input: column 'messages' is missing after mapping"
     assert failure["log_tail"][-1] == "error: column 'messages' is missing after mapping"
     assert failure["checkpoint_on_hub"] is True
     assert len(created(hub)) == 1

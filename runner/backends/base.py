@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -61,6 +61,12 @@ class Backend(Protocol):
     def status(self, job_id: str) -> JobStatus: ...
 
     def logs(self, job_id: str, *, follow: bool = False) -> Iterator[str]: ...
+
+    def wait(self, job_id: str, on_line: Callable[[str], None]) -> JobStatus:
+        """Follow the job to its end, never giving up on it: its log lines while they stream, its final status."""
+
+    def files(self, place: str, revision: str | None = None) -> set[str] | None:
+        """The files at an output place (a Hub repo id, or a local directory), None if there is none."""
 
     def cancel(self, job_id: str) -> None: ...
 

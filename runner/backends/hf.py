@@ -1,9 +1,11 @@
 """The Hugging Face Jobs backend: the same job scripts, run on HF Jobs through `HfApi`.
 
 What it adds over the plain client:
-- retries with backoff on 429/5xx and dropped connections, which huggingface_hub 2.4 does
-  not do for the Jobs calls; a failed `run_job` is never blindly retried: the labels are
-  looked up first, so a submission that did reach the Hub is adopted, not paid twice;
+- submission is idempotent: when the answer to a `run_job` is lost, the labels are looked
+  up before it is sent again, so a job that did start is adopted, not paid twice (retries
+  themselves happen in one place, runner/hubretry.py, under every huggingface_hub call);
+- following a job never gives up on it: the log streams while it can, any log error falls
+  back to polling the job's stage with backoff, and the stage decides the run's fate;
 - the job script ships through an ordinary upload to the model repo (runner/<run_id>/),
   mounted read-only at a pinned commit, not through `run_uv_job`'s Xet bucket upload; so
   the exact script that trained a model stays next to it;
@@ -13,7 +15,6 @@ What it adds over the plain client:
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,71 +23,70 @@ from typing import Any, TypeVar
 from runner.backends.base import FoundJob, JobSpec, JobStatus
 from runner.backends.local import script_path
 from runner.errors import UserError
+from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
 
 # Pinned by digest: a tag can move under a job that holds the Hub token.
 IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
          "@sha256:9aa60c50016c0485636ab9a830246a6ef3399aa4a8bab3d17ef4a2358fba2ca7")
 MOUNT = "/runner"  # the run's bundle folder inside the job container
-RETRIABLE = frozenset({408, 429, 500, 502, 503, 504})
 CHECKPOINT_DIR = "last-checkpoint/"  # where TRL's hub_strategy="checkpoint" pushes
+LOST_ANSWERS = 5  # a request whose answer keeps getting lost (and did nothing) is sent at most this often
 T = TypeVar("T")
 
 
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:160]
+
+
 def _transient(e: BaseException) -> bool:
-    """Worth another try: throttled, a server hiccup, or the connection itself."""
+    """Worth polling again later: the Hub was unavailable or answered with a transient refusal."""
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(e, HfHubHTTPError):
         return e.response is not None and e.response.status_code in RETRIABLE
-    # httpx2's transport errors and plain socket errors (the Hub restarting, a dropped stream)
-    return isinstance(e, (ConnectionError, TimeoutError)) or type(e).__module__.startswith(("httpx", "httpcore"))
+    return isinstance(e, (HubUnavailable, AnswerLost, ConnectionError)) or \
+        type(e).__module__.startswith(("httpx", "httpcore"))
 
 
-def _retry_after(e: BaseException) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+def _not_found(e: BaseException) -> bool:
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    return isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError))
 
 
 class HfBackend:
     name = "hf"
     mount = MOUNT
 
-    def __init__(self, api: Any, namespace: str, token: str, *, attempts: int = 8, base_delay: float = 1.0,
-                 max_delay: float = 60.0, poll: float = 10.0, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(self, api: Any, namespace: str, token: str, *, poll: float = 10.0, base_delay: float = 1.0,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self._token = token  # only ever sent as a secret or a header
-        self.attempts = attempts
+        self.poll = poll  # the longest pause between two looks at a job's stage
         self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.poll = poll
         self.echo = echo or (lambda _line: None)
-
-    # --- retries ---------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., T], /, *, recover: Callable[[], T | None] | None = None,
               **kwargs: Any) -> T:
-        """`fn(**kwargs)`, retried on transient failures; `recover()` may find the result before a retry."""
-        delay = self.base_delay
-        for attempt in range(1, self.attempts + 1):
+        """`fn(**kwargs)` with its failure as one line. Retries happen below, in the HTTP transport; here
+        only a lost answer is handled: `recover()` looks for what the request may have done, and only
+        if it finds nothing is the request sent again."""
+        for _ in range(LOST_ANSWERS):
             try:
                 return fn(**kwargs)
-            except Exception as e:  # noqa: BLE001 - sorted by _transient
-                if not _transient(e) or attempt == self.attempts:
-                    raise UserError(f"Hugging Face Hub: {what} failed: {str(e).splitlines()[0]}") from None
-                wait = min(_retry_after(e) or delay * (1 + random.random() / 2), self.max_delay)
-                self.echo(f"[hub] {what}: {str(e).splitlines()[0][:120]}; retrying in {wait:.1f} s "
-                          f"({attempt}/{self.attempts - 1})")
-                time.sleep(wait)
-                delay = min(delay * 2, self.max_delay)
+            except AnswerLost as e:
                 found = recover() if recover else None
                 if found is not None:
+                    self.echo(f"[hub] {what}: the answer was lost, but it went through")
                     return found
-        raise AssertionError("unreachable")
+                if recover is None:
+                    raise UserError(f"Hugging Face Hub: {what} failed: {e}") from None
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
+                raise UserError(f"Hugging Face Hub: {what} failed: {_short(e)}") from None
+        raise UserError(f"Hugging Face Hub: {what} failed: {LOST_ANSWERS} answers in a row were lost")
 
     # --- the interface -----------------------------------------------------------------------------
 
@@ -119,40 +119,76 @@ class HfBackend:
 
     def status(self, job_id: str) -> JobStatus:
         info = self._call("inspect job", self.api.inspect_job, job_id=job_id, namespace=self.namespace)
-        running = getattr(getattr(info, "durations", None), "running_secs", None)
-        return JobStatus(id=job_id, stage=info.status.stage, message=info.status.message,
-                         running_seconds=float(running) if running is not None else None)
+        return _status(info)
 
     def logs(self, job_id: str, *, follow: bool = False) -> Iterator[str]:
-        """Log lines; the stream is replayed from the start on every connection, so skip what was seen."""
+        """The job's log lines; best effort: a log error ends them (the job's stage is the truth)."""
+        if follow:
+            yield from (item for item in self._follow(job_id) if isinstance(item, str))
+            return
+        try:
+            yield from self.api.fetch_job_logs(job_id=job_id, namespace=self.namespace)
+        except Exception:  # noqa: BLE001 - logs are a convenience
+            return
+
+    def wait(self, job_id: str, on_line: Callable[[str], None]) -> JobStatus:
+        for item in self._follow(job_id):
+            if isinstance(item, JobStatus):
+                return item
+            on_line(item)
+        raise AssertionError("a followed job always ends with its status")
+
+    def _follow(self, job_id: str) -> Iterator[str | JobStatus]:
+        """Log lines while the log streams, then the job's final status: never gives up on the job.
+
+        The log is replayed from its start on every connection, so lines already seen are skipped.
+        A log error (any: a refusal, a dropped connection, a Hub that is down) switches to polling
+        the stage with `wait_for_job`, backing off up to `poll` seconds, and the log is tried again
+        now and then; a failing poll is retried with the same backoff. Only a job the Hub does not
+        know (or a token it refuses) ends the following.
+        """
         seen = 0
+        streaming = True
         delay = self.base_delay
-        failures = 0
         while True:
-            index = 0
+            if streaming:
+                try:
+                    for index, line in enumerate(self.api.fetch_job_logs(job_id=job_id, namespace=self.namespace,
+                                                                         follow=True), 1):
+                        if index > seen:
+                            seen = index
+                            yield line
+                except Exception as e:  # noqa: BLE001 - logs are a convenience; the stage is the truth
+                    self.echo(f"[hub] job {job_id}: the log failed ({_short(e)}); following the job's stage")
+                    streaming = False
             try:
-                for line in self.api.fetch_job_logs(job_id=job_id, namespace=self.namespace, follow=follow):
-                    index += 1
+                # Just after a stream that ended by itself, one look: the job should be over. Else a
+                # few polls, then the log gets another chance.
+                window = 0.0 if streaming else delay * 3
+                info = self.api.wait_for_job(job_id, namespace=self.namespace, timeout=window, poll_interval=delay)
+            except TimeoutError:  # still running (wait_for_job's answer; HTTP timeouts are not TimeoutErrors)
+                if streaming:  # the stream ended before the job (a dropped connection): reconnect after a pause
+                    time.sleep(self.base_delay)
+                else:  # the polls' window is over: give the log another chance, and poll less often
+                    streaming, delay = True, min(delay * 2, self.poll)
+                continue
+            except Exception as e:  # noqa: BLE001
+                if not _transient(e):
+                    raise UserError(f"Hugging Face Hub: following job {job_id} failed: {_short(e)}") from None
+                self.echo(f"[hub] job {job_id}: its stage is unavailable ({_short(e)}); "
+                          f"looking again in {delay:.0f} s")
+                time.sleep(delay)
+                streaming, delay = False, min(delay * 2, self.poll)
+                continue
+            status = _status(info)
+            if status.finished:
+                # The stream may have broken before its last lines: the finished log, once, for the rest.
+                for index, line in enumerate(self.logs(job_id), 1):
                     if index > seen:
                         seen = index
-                        failures = 0
                         yield line
-                if not follow:
-                    return
-                if self.status(job_id).finished:
-                    # The client stops following once the job ends, even if its stream dropped
-                    # before the last lines: read the finished log once more for the rest.
-                    follow = False
-                    continue
-            except Exception as e:  # noqa: BLE001
-                failures += 1
-                if not _transient(e) or failures >= self.attempts:
-                    if not follow:
-                        return  # logs are best effort; the job's status is the truth
-                    raise UserError(f"Hugging Face Hub: reading the logs of job {job_id} failed: "
-                                    f"{str(e).splitlines()[0]}") from None
-            time.sleep(min(delay, self.max_delay))
-            delay = min(delay * 2, self.poll)
+                yield status
+                return
 
     def cancel(self, job_id: str) -> None:
         self._call("cancel job", self.api.cancel_job, job_id=job_id, namespace=self.namespace)
@@ -177,24 +213,34 @@ class HfBackend:
         if not target:
             return None
         try:
-            path = self._call("download summary", self.api.hf_hub_download, repo_id=target["repo"],
-                              filename=target["path"])
-        except UserError:
-            return None
+            path = self.api.hf_hub_download(repo_id=target["repo"], filename=target["path"])
+        except Exception as e:  # noqa: BLE001
+            if _not_found(e):
+                return None
+            raise UserError(f"Hugging Face Hub: reading the job summary failed: {_short(e)}") from None
         try:
             return json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+    def files(self, place: str, revision: str | None = None) -> set[str] | None:
+        """The files of the Hub repo `place` at `revision` (default: main); None if it does not exist."""
+        try:
+            return set(self.api.list_repo_files(repo_id=place, revision=revision))
+        except Exception as e:  # noqa: BLE001
+            if _not_found(e):
+                return None
+            raise UserError(f"Hugging Face Hub: listing {place} failed: {_short(e)}") from None
 
     def checkpoint_saved(self, config: dict[str, Any]) -> bool:
         repo = config.get("hub_repo")
         if not repo:
             return False
         try:
-            files = self._call("list files", self.api.list_repo_files, repo_id=repo)
+            files = self.files(repo)
         except UserError:
             return False
-        return any(f.startswith(CHECKPOINT_DIR) for f in files)
+        return any(f.startswith(CHECKPOINT_DIR) for f in files or ())
 
     def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
         from huggingface_hub import CommitOperationAdd
@@ -228,6 +274,17 @@ def job_request(spec: JobSpec) -> dict[str, Any]:
     return {"image": IMAGE, "command": ["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
             "env": {"RUNNER_JOB_CONFIG": json.dumps(spec.config), "RUNNER_NPROC": str(spec.processes),
                     "PYTHONUNBUFFERED": "1"}}
+
+
+def _status(info: Any) -> JobStatus:
+    from huggingface_hub import JobStage
+
+    stage = getattr(info.status.stage, "value", info.status.stage)
+    known = {s.value for s in JobStage}
+    # A stage this client does not know yet is not an end: the job is still on its way.
+    running = getattr(getattr(info, "durations", None), "running_secs", None)
+    return JobStatus(id=info.id, stage=JobStage(stage).value if stage in known else "RUNNING",
+                     message=info.status.message, running_seconds=float(running) if running is not None else None)
 
 
 def namespace_of(repo: str | None, api: Any) -> str:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,21 @@ class LocalBackend:
                     yield from (line for line in tail if line)
                     return
                 time.sleep(poll)
+
+    def wait(self, job_id: str, on_line: Callable[[str], None]) -> JobStatus:
+        for line in self.logs(job_id, follow=True):
+            on_line(line)
+        status = self.status(job_id)
+        while not status.finished:  # the log can end a moment before the status is written
+            time.sleep(0.2)
+            status = self.status(job_id)
+        return status
+
+    def files(self, place: str, revision: str | None = None) -> set[str] | None:
+        root = Path(place)
+        if not root.is_dir():
+            return None
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
     def cancel(self, job_id: str) -> None:
         job_dir = self._dir(job_id)

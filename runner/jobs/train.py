@@ -472,8 +472,11 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
     trainer.save_model(config["output_dir"])
     if not trainer.is_world_process_zero():
         return None
+    pushed = None
     if config.get("hub_repo"):
-        trainer.push_to_hub(commit_message=f"recipes-runner run {config.get('run_id')}")
+        info = trainer.push_to_hub(commit_message=f"recipes-runner run {config.get('run_id')}")
+        # Exactly where the model went: the runner checks it is there before it records the run.
+        pushed = {"repo": config["hub_repo"], "commit": getattr(info, "oid", None)}
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     last = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     if "loss" in last:
@@ -493,6 +496,7 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
         "vision": is_vision(data),
         "world_size": trainer.args.world_size,
         "peak_memory_bytes": peak_memory_bytes(),
+        "pushed": pushed,
     }
 
 

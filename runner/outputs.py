@@ -1,0 +1,76 @@
+"""Verify before recording: a job that ended COMPLETED has done its work only if its outputs exist.
+
+A training job must leave its summary and the model (full weights, or a LoRA adapter)
+where it said it pushed it: on the Hub, in the output repo at the commit its summary
+names; locally, in its output directory. A GGUF job must leave its summary and every
+promised `.gguf` file. Each check returns what is missing and where it was expected
+(words that follow "the job ended COMPLETED, but"), or None when everything is there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Lister(Protocol):
+    def files(self, place: str, revision: str | None = None) -> set[str] | None: ...
+
+
+# Folders of the model repo that are not the model: TRL's checkpoints, the runs' job bundles.
+NOT_THE_MODEL = ("last-checkpoint/", "checkpoint-", "runner/")
+
+
+def _summary_place(config: dict[str, Any]) -> str:
+    target = config.get("summary_upload")
+    return f"{target['path']} in {target['repo']}" if target else str(config["summary_path"])
+
+
+def model_place(config: dict[str, Any], summary: dict[str, Any]) -> tuple[str, str | None]:
+    """Where the trained model should be: (Hub repo or local directory, commit or None)."""
+    pushed = summary.get("pushed") or {}
+    repo = config.get("hub_repo")
+    if repo:
+        return str(pushed.get("repo") or repo), pushed.get("commit")
+    return str(config["output_dir"]), None
+
+
+def _model_files(files: set[str], adapter: bool) -> tuple[bool, str]:
+    """Whether `files` hold the model; and what was expected, for the message."""
+    top = {f for f in files if "/" not in f and not f.startswith(NOT_THE_MODEL)}
+    if adapter:
+        ok = "adapter_config.json" in top and bool(top & {"adapter_model.safetensors", "adapter_model.bin"})
+        return ok, "adapter_config.json and adapter_model.safetensors (a LoRA adapter)"
+    weights = {f for f in top if f.endswith((".safetensors", ".bin")) and not f.startswith("adapter_")}
+    return "config.json" in top and bool(weights), "config.json and the weights (*.safetensors)"
+
+
+def missing_model(lister: Lister, config: dict[str, Any], summary: dict[str, Any] | None) -> str | None:
+    """What the training job failed to leave behind, or None when its summary and model are there."""
+    if summary is None:
+        return f"it wrote no summary (expected {_summary_place(config)})"
+    place, commit = model_place(config, summary)
+    at = f" at commit {commit[:12]}" if commit else ""
+    files = lister.files(place, commit)
+    if files is None:
+        return f"{place}{at}, where the trained model was expected, does not exist"
+    ok, expected = _model_files(files, bool(summary.get("adapter")))
+    return None if ok else f"no trained model is in {place}{at} (expected {expected})"
+
+
+def promised_ggufs(config: dict[str, Any]) -> list[str]:
+    """The file names the GGUF job was asked for: <name>-<QUANT>.gguf."""
+    return [f"{config['name']}-{q.upper()}.gguf" for q in config["quantizations"]]
+
+
+def missing_ggufs(lister: Lister, config: dict[str, Any], summary: dict[str, Any] | None) -> str | None:
+    """What the GGUF job failed to leave behind, or None when its summary and every promised file are there."""
+    if summary is None:
+        return f"it wrote no summary (expected {_summary_place(config)})"
+    if summary.get("skipped"):  # an architecture llama.cpp cannot convert: the job says why, and promises nothing
+        return None
+    place = str(config.get("hub_repo") or config["output_dir"])
+    files = lister.files(place) or set()
+    missing = [name for name in promised_ggufs(config) if name not in files]
+    if missing:
+        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from {place}"
+    return None
