@@ -24,7 +24,8 @@ from runner.hardware import BUILTIN_FLAVORS, HardwareFlavor
 
 Kind = Literal["timeout", "oom", "data", "canceled", "infrastructure", "missing_output"]
 
-PROGRESS = re.compile(r"^progress step=(\d+)/(\d+)")
+# The job's progress line (runner/jobs/train.py): step, total and, when logged, the loss.
+PROGRESS = re.compile(r"^progress step=(\d+)/(\d+)(?:.*?\bloss=([-+0-9.eE]+|nan|inf))?")
 TIMEOUT = re.compile(r"time(d)?[ -]?out", re.IGNORECASE)
 OOM = re.compile(r"out of memory|OutOfMemoryError|OOMKilled|\bMemoryError\b|exit code 137|code -9\b",
                  re.IGNORECASE)

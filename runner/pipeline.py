@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import queue
-import re
 import secrets
 import subprocess
 import tarfile
@@ -355,12 +354,9 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     return status
 
 
-PROGRESS = re.compile(r"^progress step=(\d+)/(\d+)(?:.*?\bloss=([-+0-9.eE]+|nan|inf))?")
-
-
 def _progress(record: RunRecord, line: str) -> bool:
     """Keep the job's latest `progress step=S/T loss=L` line in the record; True if it was one."""
-    m = PROGRESS.match(line.strip())
+    m = failures.PROGRESS.match(line.strip())
     if not m:
         return False
     loss = float(m.group(3)) if m.group(3) else (record.progress.loss if record.progress else None)
