@@ -6,6 +6,7 @@
 #     "transformers>=5,<6",
 #     "accelerate>=1.4",
 #     "datasets>=4",
+#     "pyarrow>=15",  # read directly to count images without decoding them (datasets brings it too)
 #     "trackio>=0.40",
 #     "torch>=2.6",
 #     "torchvision",  # Qwen2-VL-family processors load a video processor that needs it
