@@ -85,6 +85,14 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     )
     t = r.training
     repo = loaded.output_repo
+    setup = summary.get("setup") or {}  # what the job resolved on its device (runner/jobs/train_policy.py)
+    if setup:
+        batch = (f"{setup.get('per_device_train_batch_size')} x {setup.get('gradient_accumulation_steps')} "
+                 f"x {setup.get('world_size')} process(es)")
+        packing = "on" if setup.get("packing") else "off"
+    else:
+        batch = f"{t.batch_size} x {t.grad_accum}"
+        packing = "auto" if t.packing == "auto" else ("on" if t.packing else "off")
     lines = [
         f"# {r.name}",
         "",
@@ -99,10 +107,15 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         f"| method | {r.method} |",
         f"| learning rate | {record.plan.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
         f"| epochs / max steps | {t.epochs:g} / {t.max_steps or '-'} |",
-        f"| batch size x accumulation | {t.batch_size} x {t.grad_accum} |",
-        f"| max length | {t.max_length} (packing {'on' if t.packing else 'off'}) |",
+        f"| batch size x accumulation | {batch} |",
+        f"| max length | {t.max_length} (packing {packing}) |",
         f"| seed | {t.seed} |",
     ]
+    if setup:
+        liger = "on" if setup.get("use_liger_kernel") else "off"
+        lines.append(f"| precision | {setup.get('model_dtype')} weights, {setup.get('autocast')} autocast, "
+                     f"{setup.get('attn_implementation')} attention, Liger {liger}, "
+                     f"{setup.get('strategy')} on {setup.get('device')} |")
     if summary.get("adapter"):
         a = r.adapter
         lines.append(f"| LoRA | r={a.r}, alpha={a.alpha}, dropout={a.dropout}, targets {a.target_modules} |")

@@ -2,8 +2,10 @@
 
 Prices are the Hub's published Jobs table (USD per hour, billed per minute); when a
 token is available the plan refreshes them from the live hardware endpoint. Peak
-throughput is the vendor's dense bf16 (fp16 on T4) tensor figure per accelerator;
-the plan applies a stated utilisation to it, so these are estimates, not promises.
+throughput is the vendor's dense bf16 (fp16 on T4) tensor figure per accelerator, each
+with its source; the plan applies a stated utilisation (MFU) to it, so these are
+estimates, not promises. What each GPU can do (bf16, FlashAttention) comes from the
+training policy the job script itself uses (runner/jobs/train_policy.py).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-GiB = 1024**3
-GB = 1000**3  # the Hub lists memory in GB (decimal); capacities are compared in bytes
+from runner.jobs.train_policy import GB, GPUS, Device, GiB
 
 
 class HardwareFlavor(BaseModel):
@@ -25,7 +26,10 @@ class HardwareFlavor(BaseModel):
     count: int  # accelerators (GPUs); 0 for CPU flavors
     memory_gb: float  # per accelerator (VRAM), or system RAM for CPU flavors
     ram_gb: float
-    peak_tflops: float  # per accelerator (or whole machine for CPU flavors)
+    peak_tflops: float  # per accelerator (or whole machine for CPU flavors), dense, no sparsity
+    peak_source: str = ""  # where peak_tflops comes from (every built-in flavor cites one)
+    mfu: float = 0.25  # model FLOPs utilisation the plan assumes: achieved / peak
+    mfu_source: str = ""  # why that utilisation
     bf16: bool = True
 
     @property
@@ -36,44 +40,90 @@ class HardwareFlavor(BaseModel):
     def devices(self) -> int:
         return max(self.count, 1)
 
+    @property
+    def device(self) -> Device:
+        """The training policy's view of this flavor (runner/jobs/train_policy.py)."""
+        if not self.is_gpu:
+            return Device("cpu", 1, self.memory_gb, bf16=False, flash_attention=False)
+        key = str(self.accelerator).lower()
+        gpu = GPUS[key]
+        return Device(key, self.count, self.memory_gb, bf16=gpu.bf16, flash_attention=gpu.flash_attention)
 
-def _gpu(name: str, price: float, acc: str, count: int, vram: float, ram: float, tflops: float, bf16: bool = True):
+
+class _Peak(BaseModel):
+    tflops: float
+    source: str
+
+
+# Dense (no structured sparsity) tensor throughput per GPU, in the precision the policy trains
+# in there: bf16, or fp16 on T4, which has no bf16. Vendor datasheets quote sparse figures at 2x.
+PEAKS: dict[str, _Peak] = {
+    "T4": _Peak(tflops=65, source="NVIDIA T4 datasheet: 65 TFLOPS mixed-precision FP16 tensor (no bf16) "
+                                  "https://www.nvidia.com/en-us/data-center/tesla-t4/"),
+    "L4": _Peak(tflops=121, source="NVIDIA L4 datasheet: 242 TFLOPS BF16 tensor with sparsity, 121 dense "
+                                   "https://www.nvidia.com/en-us/data-center/l4/"),
+    "A10G": _Peak(tflops=70, source="AWS EC2 G5 (A10G, a lower-clocked A10): about 70 TFLOPS BF16 dense, below the "
+                                    "A10 datasheet's 125 https://aws.amazon.com/ec2/instance-types/g5/"),
+    "L40S": _Peak(tflops=362, source="NVIDIA L40S datasheet: 733 TFLOPS BF16 tensor with sparsity, 362 dense "
+                                     "https://www.nvidia.com/en-us/data-center/l40s/"),
+    "A100": _Peak(tflops=312, source="NVIDIA A100 datasheet: 312 TFLOPS BF16 tensor dense "
+                                     "https://www.nvidia.com/en-us/data-center/a100/"),
+    "H200": _Peak(tflops=989, source="NVIDIA H200 datasheet: 1,979 TFLOPS BF16 tensor with sparsity, 989 dense "
+                                     "https://www.nvidia.com/en-us/data-center/h200/"),
+}
+CPU_PEAK_SOURCE = ("assumed about 50 GFLOPS fp32 per vCPU (AVX2 FMA at ~3 GHz, 2 vCPU on cpu-basic, 8 on "
+                   "cpu-upgrade); no vendor figure for shared vCPUs")
+# Utilisation: large-scale pretraining reaches 38-57% MFU on A100/H100 (PyTorch FSDP blog, "Maximizing training
+# throughput", 2024; PaLM reports 46%); fine-tuning runs shorter sequences and smaller batches, so assume less.
+MFU_FLASH = 0.35
+MFU_FLASH_SOURCE = ("assumed 35%: below the 38-57% MFU reported for Llama pretraining with FlashAttention on "
+                    "A100/H100 (https://pytorch.org/blog/maximizing-training/), as fine-tuning batches are smaller")
+MFU_NO_FLASH = 0.25
+MFU_NO_FLASH_SOURCE = ("assumed 25%: no FlashAttention on Turing (PyTorch SDPA), fp16 with loss scaling, "
+                       "and no padding-free packing")
+MFU_CPU = 0.25
+MFU_CPU_SOURCE = "assumed 25% of the vCPUs' fp32 peak for PyTorch matmuls on shared cores"
+
+
+def _gpu(name: str, price: float, acc: str, count: int, vram: float, ram: float) -> HardwareFlavor:
+    gpu = GPUS[acc.lower()]
+    flash = gpu.flash_attention
     return HardwareFlavor(
         name=name, usd_per_hour=price, accelerator=acc, count=count, memory_gb=vram, ram_gb=ram,
-        peak_tflops=tflops, bf16=bf16,
+        peak_tflops=PEAKS[acc].tflops, peak_source=PEAKS[acc].source, mfu=MFU_FLASH if flash else MFU_NO_FLASH,
+        mfu_source=MFU_FLASH_SOURCE if flash else MFU_NO_FLASH_SOURCE, bf16=gpu.bf16,
     )
 
 
-def _cpu(name: str, price: float, ram: float, tflops: float):
+def _cpu(name: str, price: float, ram: float, tflops: float) -> HardwareFlavor:
     return HardwareFlavor(
         name=name, usd_per_hour=price, accelerator=None, count=0, memory_gb=ram, ram_gb=ram,
-        peak_tflops=tflops, bf16=False,
+        peak_tflops=tflops, peak_source=CPU_PEAK_SOURCE, mfu=MFU_CPU, mfu_source=MFU_CPU_SOURCE, bf16=False,
     )
 
 
-# Built-in catalog (hub docs, Jobs pricing). TFLOPs: T4 65 fp16 (no bf16), L4 121,
-# A10G 70, L40S 362, A100 312, H200 989; CPU flavors ~50 GFLOPs per vCPU in fp32.
+# Built-in catalog (hub docs, Jobs pricing); VRAM per GPU; bf16 and FlashAttention from the training policy.
 BUILTIN_FLAVORS: tuple[HardwareFlavor, ...] = (
     _cpu("cpu-basic", 0.01, 16, 0.1),
     _cpu("cpu-upgrade", 0.03, 32, 0.4),
-    _gpu("t4-small", 0.40, "T4", 1, 16, 15, 65, bf16=False),
-    _gpu("t4-medium", 0.60, "T4", 1, 16, 30, 65, bf16=False),
-    _gpu("l4x1", 0.80, "L4", 1, 24, 30, 121),
-    _gpu("l4x4", 3.80, "L4", 4, 24, 186, 121),
-    _gpu("a10g-small", 1.00, "A10G", 1, 24, 15, 70),
-    _gpu("a10g-large", 1.50, "A10G", 1, 24, 46, 70),
-    _gpu("a10g-largex2", 3.00, "A10G", 2, 24, 92, 70),
-    _gpu("a10g-largex4", 5.00, "A10G", 4, 24, 184, 70),
-    _gpu("l40sx1", 1.80, "L40S", 1, 48, 62, 362),
-    _gpu("l40sx4", 8.30, "L40S", 4, 48, 382, 362),
-    _gpu("l40sx8", 23.50, "L40S", 8, 48, 1534, 362),
-    _gpu("a100-large", 2.50, "A100", 1, 80, 142, 312),
-    _gpu("a100x4", 10.00, "A100", 4, 80, 568, 312),
-    _gpu("a100x8", 20.00, "A100", 8, 80, 1136, 312),
-    _gpu("h200", 5.00, "H200", 1, 141, 256, 989),
-    _gpu("h200x2", 10.00, "H200", 2, 141, 512, 989),
-    _gpu("h200x4", 20.00, "H200", 4, 141, 1024, 989),
-    _gpu("h200x8", 40.00, "H200", 8, 141, 2048, 989),
+    _gpu("t4-small", 0.40, "T4", 1, 16, 15),
+    _gpu("t4-medium", 0.60, "T4", 1, 16, 30),
+    _gpu("l4x1", 0.80, "L4", 1, 24, 30),
+    _gpu("l4x4", 3.80, "L4", 4, 24, 186),
+    _gpu("a10g-small", 1.00, "A10G", 1, 24, 15),
+    _gpu("a10g-large", 1.50, "A10G", 1, 24, 46),
+    _gpu("a10g-largex2", 3.00, "A10G", 2, 24, 92),
+    _gpu("a10g-largex4", 5.00, "A10G", 4, 24, 184),
+    _gpu("l40sx1", 1.80, "L40S", 1, 48, 62),
+    _gpu("l40sx4", 8.30, "L40S", 4, 48, 382),
+    _gpu("l40sx8", 23.50, "L40S", 8, 48, 1534),
+    _gpu("a100-large", 2.50, "A100", 1, 80, 142),
+    _gpu("a100x4", 10.00, "A100", 4, 80, 568),
+    _gpu("a100x8", 20.00, "A100", 8, 80, 1136),
+    _gpu("h200", 5.00, "H200", 1, 141, 256),
+    _gpu("h200x2", 10.00, "H200", 2, 141, 512),
+    _gpu("h200x4", 20.00, "H200", 4, 141, 1024),
+    _gpu("h200x8", 40.00, "H200", 8, 141, 2048),
 )
 
 FLAVOR_NAMES: tuple[str, ...] = tuple(f.name for f in BUILTIN_FLAVORS)

@@ -66,6 +66,13 @@ def _summary_upload(repo: str | None, run_id: str, name: str) -> dict[str, str] 
     return {"repo": repo, "path": f"{bundle_dir(run_id)}/{name}"} if repo else None
 
 
+def _model(plan: Plan) -> dict[str, Any]:
+    shape = plan.model_shape
+    return {"params": plan.params, "active_params": plan.active_params,
+            "hidden_size": shape.hidden_size if shape else None, "num_layers": shape.num_layers if shape else None,
+            "vocab_size": shape.vocab_size if shape else None, "architecture": shape.architecture if shape else None}
+
+
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool,
                  resume: bool = False) -> dict[str, Any]:
     repo = loaded.output_repo if push else None
@@ -102,17 +109,21 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
             "warmup_ratio": t.warmup_ratio,
             "batch_size": t.batch_size,
             "grad_accum": t.grad_accum,
+            "pin_batch": t.pin_batch,
             "max_length": t.max_length,
+            "sequence_tokens": plan.sequence_tokens or None,
             "packing": t.packing,
             "seed": t.seed,
             "gradient_checkpointing": t.gradient_checkpointing,
             "save_steps": t.save_steps,
+            "strategy": t.strategy,
             "beta": t.beta,
             "num_generations": t.num_generations or 8,
             "max_completion_length": t.max_completion_length or 256,
         },
         "lora": lora,
-        "strategy": plan.strategy or "single",
+        # The model's size and shape as the plan priced them: the job sizes its batches with the same numbers.
+        "model": _model(plan),
         "rewards": rewards,
         "output_dir": str(places.model_dir),
         "hub_repo": repo,

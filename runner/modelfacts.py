@@ -48,6 +48,38 @@ KNOWN_PARAMS: dict[str, int] = {
     "HuggingFaceTB/SmolVLM-256M-Instruct": 256_484_928,
     "HuggingFaceTB/SmolVLM-500M-Instruct": 507_482_304,
     "HuggingFaceTB/SmolVLM-Instruct": 2_246_272_880,
+    # Mixture-of-experts models (total parameters; the active ones are below).
+    "Qwen/Qwen3-30B-A3B": 30_532_122_624,
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": 30_532_122_624,
+    "Qwen/Qwen3-235B-A22B": 235_093_634_560,
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": 46_702_792_704,
+    "openai/gpt-oss-20b": 20_914_757_184,
+    "openai/gpt-oss-120b": 116_829_156_672,
+}
+
+# Parameters active per token of mixture-of-experts models (the model cards' figures): compute
+# follows these, memory the totals above.
+KNOWN_ACTIVE_PARAMS: dict[str, int] = {
+    "Qwen/Qwen3-30B-A3B": 3_300_000_000,
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": 3_300_000_000,
+    "Qwen/Qwen3-235B-A22B": 22_000_000_000,
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": 12_900_000_000,
+    "openai/gpt-oss-20b": 3_610_000_000,
+    "openai/gpt-oss-120b": 5_130_000_000,
+}
+
+# (hidden size, layers, vocabulary, architecture) from the configs of the models above people use most:
+# the memory model sizes activations from these instead of a rule of thumb.
+KNOWN_SHAPES: dict[str, tuple[int, int, int, str]] = {
+    "Qwen/Qwen3-0.6B": (1024, 28, 151_936, "Qwen3ForCausalLM"),
+    "Qwen/Qwen3-1.7B": (2048, 28, 151_936, "Qwen3ForCausalLM"),
+    "Qwen/Qwen3-4B": (2560, 36, 151_936, "Qwen3ForCausalLM"),
+    "Qwen/Qwen3-8B": (4096, 36, 151_936, "Qwen3ForCausalLM"),
+    "Qwen/Qwen3-14B": (5120, 40, 151_936, "Qwen3ForCausalLM"),
+    "Qwen/Qwen3-30B-A3B": (2048, 48, 151_936, "Qwen3MoeForCausalLM"),
+    "meta-llama/Llama-3.2-1B-Instruct": (2048, 16, 128_256, "LlamaForCausalLM"),
+    "meta-llama/Llama-3.2-3B-Instruct": (3072, 28, 128_256, "LlamaForCausalLM"),
+    "meta-llama/Llama-3.1-8B-Instruct": (4096, 32, 128_256, "LlamaForCausalLM"),
 }
 
 QWEN_VL = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
@@ -113,8 +145,9 @@ Source = Literal["local", "hub", "table", "name"]
 
 class ModelFacts(BaseModel):
     model: str
-    params: int
+    params: int  # total: what memory holds
     source: Source
+    active_params: int | None = None  # per token, for mixture-of-experts models: what compute costs
     hidden_size: int | None = None
     num_layers: int | None = None
     vocab_size: int | None = None
@@ -124,6 +157,11 @@ class ModelFacts(BaseModel):
     @property
     def is_guess(self) -> bool:
         return self.source in ("table", "name")
+
+    @property
+    def compute_params(self) -> int:
+        """Parameters each token passes through: all of them, or a mixture-of-experts' active ones."""
+        return self.active_params or self.params
 
 
 def from_local(directory: Path, name: str) -> ModelFacts:
@@ -137,7 +175,7 @@ def from_local(directory: Path, name: str) -> ModelFacts:
         raise UserError(f"{name}: cannot tell the parameter count (no safetensors weights, unknown config)")
     shape = _shape(config)
     return ModelFacts(model=name, params=params, source="local", vision=_local_vision(directory, config, name),
-                      **shape)
+                      active_params=active_from_config(config, params), **shape)
 
 
 def _processor_settings(directory: Path) -> dict:
@@ -193,6 +231,23 @@ def _shape(config: dict) -> dict:
     }
 
 
+def active_from_config(config: dict, total: int) -> int | None:
+    """Active parameters of a mixture-of-experts config: the total less the experts a token skips."""
+    c = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    experts = c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts")
+    per_token = c.get("num_experts_per_tok")
+    try:
+        experts, per_token = int(experts), int(per_token)
+        hidden, layers = int(c["hidden_size"]), int(c["num_hidden_layers"])
+        inter = int(c.get("moe_intermediate_size") or c["intermediate_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if experts <= per_token or per_token < 1:
+        return None
+    skipped = layers * (experts - per_token) * 3 * hidden * inter  # gate, up and down of each skipped expert
+    return max(total - skipped, total * per_token // experts)
+
+
 def _safetensors_params(directory: Path) -> int | None:
     """Sum tensor sizes from safetensors headers (8-byte length + JSON), no weights read."""
     files = sorted(directory.glob("*.safetensors"))
@@ -232,13 +287,22 @@ def _params_from_config(c: dict) -> int | None:
 
 def from_name(model: str) -> ModelFacts | None:
     if model in KNOWN_PARAMS:
-        return ModelFacts(model=model, params=KNOWN_PARAMS[model], source="table", vision=vision_defaults(None, model))
-    m = re.search(r"(?<![\dx])(\d+(?:\.\d+)?)\s*([BbMm])(?![A-Za-z])", model.split("/")[-1])
+        hidden, layers, vocab, arch = KNOWN_SHAPES.get(model, (None, None, None, None))
+        return ModelFacts(model=model, params=KNOWN_PARAMS[model], source="table", vision=vision_defaults(None, model),
+                          active_params=KNOWN_ACTIVE_PARAMS.get(model) or active_from_name(model),
+                          hidden_size=hidden, num_layers=layers, vocab_size=vocab, architecture=arch)
+    m = re.search(r"(?<![\dxA])(\d+(?:\.\d+)?)\s*([BbMm])(?![A-Za-z])", model.split("/")[-1])
     if m:
         scale = 1e9 if m.group(2).lower() == "b" else 1e6
         return ModelFacts(model=model, params=int(float(m.group(1)) * scale), source="name",
-                          vision=vision_defaults(None, model))
+                          vision=vision_defaults(None, model), active_params=active_from_name(model))
     return None
+
+
+def active_from_name(model: str) -> int | None:
+    """Active parameters from a mixture-of-experts name such as Qwen3-30B-A3B (A = active)."""
+    m = re.search(r"-A(\d+(?:\.\d+)?)B(?![A-Za-z])", model.split("/")[-1])
+    return int(float(m.group(1)) * 1e9) if m else None
 
 
 def from_hub(model: str, api, revision: str | None = None) -> ModelFacts:
@@ -258,5 +322,6 @@ def from_hub(model: str, api, revision: str | None = None) -> ModelFacts:
         raise LookupError("no safetensors metadata")
     config = info.config or {}
     archs = config.get("architectures") or [None]
+    active = active_from_config(config, int(total)) or KNOWN_ACTIVE_PARAMS.get(model) or active_from_name(model)
     return ModelFacts(model=model, params=int(total), source="hub", architecture=archs[0],
-                      vision=vision_defaults(archs[0], model))
+                      vision=vision_defaults(archs[0], model), active_params=active)

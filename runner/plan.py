@@ -3,12 +3,14 @@
 The estimate is deliberately simple and stated, so a reviewer can check it:
 - tokens: mean sampled row length (about 4 characters per token, plus each image's tokens as the
   model's processor settings make them) x rows x epochs;
-- compute: 6 FLOPs per parameter per token for full fine-tuning, 4 with LoRA (no
+- compute: 6 FLOPs per active parameter per token for full fine-tuning, 4 with LoRA (no
   weight gradients), +2 with gradient checkpointing, +2 for DPO's reference pass;
-- time: compute over the flavor's peak throughput at a stated utilisation, plus
+- time: compute over the flavor's peak throughput at its stated utilisation (MFU), plus
   start-up (image, model download);
-- memory: weights, gradients and AdamW states (sharded by FSDP when one GPU is not
-  enough), activations for one micro-batch (checkpointed or not), logits, overhead;
+- memory and the training setup: runner/jobs/train_policy.py, the same functions the job
+  script runs with: the precision (fp32 master weights under autocast for full fine-tunes),
+  weights, gradients and AdamW states (sharded by FSDP when one GPU is not enough),
+  activations of the micro-batch that fills the GPU (checkpointed only when needed), overhead;
 - flavor: the lowest estimated total cost among those that fit, not the cheapest hour.
 """
 
@@ -22,25 +24,21 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from runner.formats import MethodVerdict
-from runner.hardware import GB, GiB, HardwareFlavor
+from runner.hardware import GB, HardwareFlavor
 from runner.images import ImageInfo, images_in
+from runner.jobs import train_policy as policy
 from runner.modelfacts import ASSUMED_IMAGE, ModelFacts, VisionFacts
 from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
 from runner.report import DatasetReport
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 4  # chat-template markup around each turn
-GPU_UTILISATION = 0.35
-CPU_UTILISATION = 0.25
 GENERATION_UTILISATION = 0.05  # GRPO decoding is memory-bound
 MULTI_DEVICE_SCALING = 0.9
 STARTUP_SECONDS = 300  # image pull, dependency install, dataset load
 DOWNLOAD_BYTES_PER_SECOND = 200e6
 MAX_HOURS = 48.0  # a flavor that needs longer is not considered
 UNKNOWN_ROWS = 10_000
-DEFAULT_VOCAB = 128_000
-GPU_OVERHEAD = 1.5 * GiB  # CUDA context, allocator slack
-CPU_OVERHEAD = 1.0 * GiB
 TIMEOUT_HEADROOM = 1.5
 # A timeout the spend gate lowers to fit the budget must still leave the estimate this much room.
 GATE_MARGIN = 1.25
@@ -103,6 +101,42 @@ class PlannedJob(BaseModel):
     max_cost_usd: float  # the worst case: the whole timeout, billed
 
 
+class ModelShapeInfo(BaseModel):
+    """The shape the memory model used (the config's, or a rule of thumb from the size): the job reuses it."""
+
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    architecture: str | None
+
+
+class TrainingSetup(BaseModel):
+    """How the job trains on the chosen flavor (runner/jobs/train_policy.py `Setup`): what train.py runs with."""
+
+    device: str
+    world_size: int
+    model_dtype: str
+    autocast: str
+    optimizer_dtype: str
+    bf16: bool
+    fp16: bool
+    attn_implementation: str
+    use_liger_kernel: bool
+    packing: bool
+    padding_free: bool
+    group_by_length: bool
+    gradient_checkpointing: bool
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    effective_batch: int
+    strategy: Literal["single", "ddp", "fsdp"]
+    fsdp: bool
+    batch_source: Literal["memory model", "recipe"]
+    memory_gb: float | None
+    memory_capacity_gb: float
+    fits: bool
+
+
 class Plan(BaseModel):
     recipe: str
     name: str
@@ -110,6 +144,7 @@ class Plan(BaseModel):
     base_model: str
     params: int
     params_source: str
+    active_params: int  # per token (less than params for mixture-of-experts): what compute is priced on
     lora: bool
     learning_rate: float
     dataset: MethodVerdict
@@ -138,6 +173,9 @@ class Plan(BaseModel):
     warnings: list[str]
     guesses: list[str]
     image_tokens_per_row: float | None = None  # a vision-language run: mean tokens the images take
+    setup: TrainingSetup | None = None  # precision, kernels, batch split on the chosen flavor
+    sequence_tokens: int = 0  # longest sampled sequence after truncation: what the job sizes unpacked batches by
+    model_shape: ModelShapeInfo | None = None
 
     @property
     def ok(self) -> bool:
@@ -205,50 +243,34 @@ def sequence_stats(rows: Sequence[dict], method: str, max_length: int, completio
 # --- shape and memory --------------------------------------------------------------------------
 
 
-def model_shape(facts: ModelFacts) -> tuple[int, int, int]:
-    """(hidden, layers, vocab), from the config when known, else from a dense-decoder rule of thumb."""
-    hidden = facts.hidden_size or max(256, int(4096 * math.sqrt(facts.params / 8e9) / 128) * 128)
-    layers = facts.num_layers or max(2, round(facts.params / (12 * hidden * hidden)))
-    return hidden, layers, facts.vocab_size or DEFAULT_VOCAB
+def model_shape(facts: ModelFacts) -> policy.ModelShape:
+    """Total and active parameters, hidden size, layers and vocabulary, as the memory model reads them."""
+    return policy.model_shape(facts.params, active_params=facts.active_params, hidden=facts.hidden_size,
+                              layers=facts.num_layers, vocab=facts.vocab_size, architecture=facts.architecture)
 
 
 def lora_params(facts: ModelFacts, r: int) -> int:
-    hidden, layers, _ = model_shape(facts)
-    # all-linear on a Llama-style block: q,k,v,o + gate,up,down ~ 18 x hidden inputs+outputs per rank.
-    return min(int(18 * hidden * r * layers), facts.params)
+    return policy.lora_params(model_shape(facts), r)
 
 
 def peak_memory(
     facts: ModelFacts, flavor: HardwareFlavor, *, lora: bool, r: int, method: str, batch: int, seq: float,
     checkpointing: bool, completion_tokens: int, generations: int, strategy: str,
 ) -> float:
-    """Estimated peak bytes on one device."""
-    dtype = 2 if flavor.is_gpu else 4  # bf16/fp16 on GPUs, fp32 on CPUs
-    hidden, layers, vocab = model_shape(facts)
-    n = flavor.devices if strategy == "fsdp" else 1
-    if lora:
-        states = facts.params * dtype + lora_params(facts, r) * 16
-    else:
-        states = facts.params * (2 * dtype + 8)  # weights + grads + AdamW moments (fp32)
-        if method == "dpo":
-            states += facts.params * dtype  # a frozen reference copy
-    states /= n
-    sequences = 2 if method == "dpo" else 1
-    tokens = batch * seq * sequences
-    per_layer = 34 * hidden * dtype / 2  # Korthikanti et al., flash attention (no s^2 term)
-    acts = tokens * (2 * hidden * dtype * layers + per_layer) if checkpointing else tokens * per_layer * layers
-    logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
-    kv = 0.0
-    if method == "grpo":
-        kv = generations * (seq + completion_tokens) * 2 * layers * (hidden / 4) * dtype
-    overhead = GPU_OVERHEAD if flavor.is_gpu else CPU_OVERHEAD
-    return (states + acts + logits + kv + overhead) * 1.1
+    """Estimated peak bytes on one device, in the precision the training policy picks for this flavor."""
+    device = flavor.device
+    return policy.peak_memory(
+        model_shape(facts), device, policy.precision(device, method, lora), lora=lora, r=r, method=method,
+        micro_batch=batch, seq=seq, checkpointing=checkpointing, completion_tokens=completion_tokens,
+        generations=generations, shards=flavor.devices if strategy == "fsdp" else 1,
+    )
 
 
 # --- time and cost ---------------------------------------------------------------------------
 
 
 def flops_per_token(params: int, *, lora: bool, checkpointing: bool, method: str) -> float:
+    """Training FLOPs per token for `params` parameters per token (a mixture-of-experts' active ones)."""
     f = (4 if lora else 6) * params
     if checkpointing:
         f += 2 * params
@@ -337,40 +359,42 @@ def runner_minutes(hours: float) -> float:
 
 class _Option(BaseModel):
     flavor: HardwareFlavor
-    strategy: Literal["single", "ddp", "fsdp"]
-    memory: float
+    setup: TrainingSetup
     hours: float
     cost: float
     tokens: float
     fits: bool
 
+    @property
+    def memory(self) -> float:
+        return (self.setup.memory_gb or 0.0) * GB
+
+    @property
+    def strategy(self) -> Literal["single", "ddp", "fsdp"]:
+        return self.setup.strategy
+
 
 def _evaluate(flavor: HardwareFlavor, ctx: dict[str, Any]) -> _Option:
     facts: ModelFacts = ctx["facts"]
     n = flavor.devices
-    strategies = ["single"] if n == 1 else ["ddp", "fsdp"]
-    memory, strategy = 0.0, strategies[0]
-    for strategy in strategies:
-        memory = peak_memory(facts, flavor, strategy=strategy, **ctx["mem"])
-        if memory <= flavor.memory_gb * GB:
-            break
-    fits = memory <= flavor.memory_gb * GB
+    setup = TrainingSetup(**policy.resolve(ctx["job"], flavor.device).as_dict())
     if ctx["max_steps"]:
-        samples = ctx["max_steps"] * ctx["batch"] * ctx["accum"] * n
+        samples = ctx["max_steps"] * setup.effective_batch
         rows_seen = samples / ctx["generations"] if ctx["method"] == "grpo" else samples
     else:
         rows_seen = ctx["rows"] * ctx["epochs"]
     tokens = rows_seen * ctx["row_tokens"] * (ctx["generations"] if ctx["method"] == "grpo" else 1)
-    util = GPU_UTILISATION if flavor.is_gpu else CPU_UTILISATION
-    throughput = flavor.peak_tflops * 1e12 * util * n * (MULTI_DEVICE_SCALING if n > 1 else 1.0)
-    seconds = tokens * ctx["fpt"] / throughput
+    fpt = flops_per_token(facts.compute_params, lora=ctx["lora"], checkpointing=setup.gradient_checkpointing,
+                          method=ctx["method"])
+    throughput = flavor.peak_tflops * 1e12 * flavor.mfu * n * (MULTI_DEVICE_SCALING if n > 1 else 1.0)
+    seconds = tokens * fpt / throughput
     if ctx["method"] == "grpo":
         generated = rows_seen * ctx["generations"] * ctx["completion"]
-        seconds += generated * 2 * facts.params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION * n)
+        seconds += generated * 2 * facts.compute_params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION * n)
     seconds += STARTUP_SECONDS + facts.params * 2 / DOWNLOAD_BYTES_PER_SECOND
     hours = seconds / 3600
-    return _Option(flavor=flavor, strategy=strategy, memory=memory, hours=hours,
-                   cost=billed(hours, flavor.usd_per_hour), tokens=tokens, fits=fits and hours <= MAX_HOURS)
+    return _Option(flavor=flavor, setup=setup, hours=hours, cost=billed(hours, flavor.usd_per_hour), tokens=tokens,
+                   fits=setup.fits and hours <= MAX_HOURS)
 
 
 def _image_notes(report: DatasetReport, vision: VisionFacts, max_length: int, guesses: list[str]) -> list[str]:
@@ -456,17 +480,18 @@ def plan(
                         "truncated")
     if r.method == "grpo":
         guesses.append(f"completion length (assumes completions reach max_completion_length {completion})")
-    if t.packing:
-        longest = float(t.max_length)
-
+    shape = model_shape(facts)
+    seq_tokens = max(math.ceil(longest), 1)  # the job config carries it as an integer
+    job = policy.Job(
+        method=r.method, lora=lora, lora_r=r.adapter.r, batch_size=t.batch_size, grad_accum=t.grad_accum,
+        pin_batch=t.pin_batch, max_length=t.max_length, sequence_tokens=seq_tokens, packing=t.packing,
+        gradient_checkpointing=t.gradient_checkpointing, strategy=t.strategy, completion_tokens=completion,
+        generations=generations, model=shape,
+    )
     ctx = {
         "facts": facts, "method": r.method, "rows": rows or UNKNOWN_ROWS, "epochs": t.epochs,
-        "max_steps": t.max_steps, "batch": t.batch_size, "accum": t.grad_accum, "generations": generations,
-        "completion": completion, "row_tokens": row_tokens,
-        "fpt": flops_per_token(facts.params, lora=lora, checkpointing=t.gradient_checkpointing, method=r.method),
-        "mem": {"lora": lora, "r": r.adapter.r, "method": r.method, "batch": t.batch_size, "seq": max(longest, 1.0),
-                "checkpointing": t.gradient_checkpointing, "completion_tokens": completion,
-                "generations": generations},
+        "max_steps": t.max_steps, "generations": generations, "completion": completion, "row_tokens": row_tokens,
+        "lora": lora, "job": job,
     }
     options = [_evaluate(f, ctx) for f in flavors if r.hardware in ("auto", f.name)]
     fitting = [o for o in options if o.fits]
@@ -487,7 +512,9 @@ def plan(
         if chosen is None:
             warnings.append("no hardware flavor fits this job; reduce batch_size or max_length, or enable LoRA")
     if chosen and chosen.flavor.is_gpu and not chosen.flavor.bf16:
-        warnings.append(f"{chosen.flavor.name} has no bf16; training runs in fp16, which can be less stable")
+        kept = "fp32 master weights" if not lora else "fp32 LoRA adapters"
+        warnings.append(f"{chosen.flavor.name} has no bf16; training runs under fp16 autocast with {kept} and loss "
+                        "scaling, which can be less stable than bf16")
     if chosen and chosen.strategy == "fsdp":
         warnings.append(f"the model does not fit one GPU; training is sharded with FSDP across {chosen.flavor.devices}")
 
@@ -535,7 +562,7 @@ def plan(
 
     return Plan(
         recipe=loaded.display, name=r.name, method=r.method, base_model=r.base_model, params=facts.params,
-        params_source=facts.source, lora=lora, learning_rate=lr, dataset=verdict, rows=rows,
+        params_source=facts.source, active_params=facts.compute_params, lora=lora, learning_rate=lr, dataset=verdict, rows=rows,
         tokens=int(chosen.tokens if chosen else 0), flavor=chosen.flavor.name if chosen else None,
         strategy=chosen.strategy if chosen else None, devices=chosen.flavor.devices if chosen else 0,
         memory_gb=round((chosen.memory if chosen else 0) / GB, 2),
@@ -547,4 +574,7 @@ def plan(
         output_repo=output_repo, price_source=price_source, warnings=warnings, guesses=guesses,
         image_tokens_per_row=round(sum(image_tokens(r, vision) for r in report.sample) / len(report.sample), 1)
         if report.images and vision and report.sample else None,
+        setup=chosen.setup if chosen else None, sequence_tokens=seq_tokens,
+        model_shape=ModelShapeInfo(hidden_size=shape.hidden, num_layers=shape.layers, vocab_size=shape.vocab,
+                                   architecture=facts.architecture),
     )

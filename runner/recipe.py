@@ -134,11 +134,15 @@ class Training(_Strict):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     batch_size: int = Field(4, ge=1, le=1024)
     grad_accum: int = Field(4, ge=1, le=1024)
+    pin_batch: bool = Field(False, description="keep batch_size and grad_accum per device as written; by default "
+                            "their product is the global batch, re-split to fill the GPU")
     max_length: int = Field(1024, ge=16, le=262_144)
-    packing: bool = False
+    packing: Literal["auto"] | bool = Field("auto", description="auto: padding-free packing where FlashAttention runs")
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: Literal["auto"] | bool = Field("auto", description="auto: only when memory needs it")
     save_steps: int = Field(100, ge=1, le=10_000_000, description="checkpoint every N steps (what a retry resumes from)")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="multi-GPU: auto = FSDP only when a "
+                                                     "replica does not fit one GPU")
     beta: float | None = Field(None, gt=0, le=100, description="DPO only")
     num_generations: int | None = Field(None, ge=2, le=256, description="GRPO only; default 8")
     max_completion_length: int | None = Field(None, ge=1, le=131_072, description="GRPO only; default 256")
@@ -147,6 +151,13 @@ class Training(_Strict):
     @classmethod
     def _epochs(cls, v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("packing", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: Any) -> Any:
+        if v not in ("auto", True, False) or isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ValueError(f"must be auto, true or false, not {v!r}")
+        return v
 
 
 class Adapter(_Strict):

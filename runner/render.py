@@ -81,6 +81,19 @@ def report_text(r: DatasetReport, method: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def setup_line(p: Plan) -> str | None:
+    """Precision, kernels and batch split on the chosen flavor, in one line; None without a flavor."""
+    s = p.setup
+    if s is None:
+        return None
+    batches = "packed, padding-free" if s.packing else ("length-grouped" if s.group_by_length else "padded")
+    autocast = "no autocast" if s.autocast == "none" else f"{s.autocast} autocast"
+    return (f"{s.model_dtype} weights, {autocast}; {s.attn_implementation} attention"
+            f"{', Liger' if s.use_liger_kernel else ''}; batch {s.per_device_train_batch_size} x "
+            f"{s.gradient_accumulation_steps} x {s.world_size} ({batches}"
+            f"{', checkpointed' if s.gradient_checkpointing else ''})")
+
+
 def plan_text(p: Plan) -> str:
     status = "OK" if p.ok else "BLOCKED"
     lines = [
@@ -90,6 +103,7 @@ def plan_text(p: Plan) -> str:
         f"{'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g}",
         f"  hardware: {p.flavor or 'none fits'}" + (f" ({p.strategy}, {p.devices} device(s))" if p.flavor else "")
         + f", est. peak {p.memory_gb:.1f} GB" + (f" of {p.memory_capacity_gb:g} GB" if p.memory_capacity_gb else ""),
+        *([f"  setup: {setup_line(p)}"] if p.setup else []),
         f"  tokens: {_count(p.tokens)}" + (f" (images: {p.image_tokens_per_row:g} per row)"
                                             if p.image_tokens_per_row else "")
         + f"; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
@@ -125,6 +139,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Base model | {code(p.base_model)} ({_count(p.params)} params) |",
             f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
             f"| Hardware | {hardware} |",
+            *([f"| Setup | {md(setup_line(p) or '')} |"] if p.setup else []),
             f"| Data | {rows} rows, {_count(p.tokens)} training tokens"
             + (f" (images: {p.image_tokens_per_row:g} tokens per row)" if p.image_tokens_per_row else "") + " |",
             f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",

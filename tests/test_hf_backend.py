@@ -114,6 +114,8 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     bundle = f"runner/{rec['run_id']}"
     assert volume["source"] == "alice/tiny-sft" and volume["path"] == bundle and len(volume["revision"]) == 40
     assert model[f"{bundle}/train.py"] == (ROOT / "runner" / "jobs" / "train.py").read_bytes()
+    # The training policy train.py imports travels with it.
+    assert model[f"{bundle}/train_policy.py"] == (ROOT / "runner" / "jobs" / "train_policy.py").read_bytes()
     assert model[f"{bundle}/examples/data/sft.jsonl"] == (workspace / "examples/data/sft.jsonl").read_bytes()
     config = json.loads(spec["environment"]["RUNNER_JOB_CONFIG"])
     assert config["dataset"]["source"] == "/runner/examples/data/sft.jsonl"

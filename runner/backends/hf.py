@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runner.backends.base import FoundJob, JobSpec, JobStatus
-from runner.backends.local import script_path
+from runner.backends.local import script_files
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
 
@@ -261,7 +261,7 @@ class HfBackend:
         assert spec.bundle_repo and spec.bundle_dir
         self._call("create repo", self.api.create_repo, repo_id=spec.bundle_repo,
                    private=bool(spec.config.get("private", True)), exist_ok=True)
-        files = {f"{spec.script}.py": str(script_path(spec.script)), **spec.files}
+        files = {**{n: str(path) for n, path in script_files(spec.script).items()}, **spec.files}
         ops = [CommitOperationAdd(path_in_repo=f"{spec.bundle_dir}/{rel}", path_or_fileobj=local)
                for rel, local in files.items()]
         info = self._call("upload the job bundle", self.api.create_commit, repo_id=spec.bundle_repo, operations=ops,

@@ -29,6 +29,15 @@ def script_path(name: str) -> Path:
     return JOBS_DIR / f"{name}.py"
 
 
+# Modules the job scripts import as siblings (standard library only): a remote job ships them too.
+JOB_MODULES: tuple[str, ...] = ("train_policy.py",)
+
+
+def script_files(name: str) -> dict[str, Path]:
+    """The files a job needs beside each other: the script and the sibling modules it imports."""
+    return {f"{name}.py": script_path(name), **{m: JOBS_DIR / m for m in JOB_MODULES}}
+
+
 class LocalBackend:
     name = "local"
     mount = None  # jobs read the repo's files in place

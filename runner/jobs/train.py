@@ -6,6 +6,7 @@
 #     "transformers>=5,<6",
 #     "accelerate>=1.4",
 #     "datasets>=4",
+#     "pyarrow>=15",  # read directly to count images without decoding them (datasets brings it too)
 #     "trackio>=0.40",
 #     "torch>=2.6",
 #     "torchvision",  # Qwen2-VL-family processors load a video processor that needs it
@@ -13,6 +14,8 @@
 #     "sentencepiece>=0.2",
 #     "protobuf>=5",
 #     "huggingface_hub>=2.4,<2.5",
+#     "liger-kernel>=0.6",
+#     "kernels>=0.10",
 # ]
 # [tool.uv]
 # # The resolution is pinned to a date: a job resolves the same versions whenever it runs.
@@ -24,6 +27,11 @@ Runs unchanged under `uv run` on a Hugging Face Jobs container and with the proj
 Python locally, in one process or data-parallel under `torchrun --nproc_per_node N`.
 It reads one JSON document (`--config FILE`, else env RUNNER_JOB_CONFIG) written by
 the runner (see runner/jobspec.py for the keys), and writes a JSON summary.
+
+How it trains on the device it finds (precision, attention kernels, packing, Liger, batch
+split, FSDP) comes from train_policy.py, shipped beside this file; the planner prices the
+same decisions. `--explain --device a100x4` prints that setup as one JSON object without
+loading weights or touching CUDA.
 
 This file must not import the `runner` package: it runs on machines that do not have it.
 """
@@ -42,6 +50,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_policy.py ships beside this file
+import train_policy as policy  # noqa: E402
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -63,10 +74,18 @@ def log(message: str) -> None:
 # --- config ------------------------------------------------------------------------------------
 
 
-def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train one recipe with TRL.")
     parser.add_argument("--config", type=Path, help="JSON config (default: env RUNNER_JOB_CONFIG)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--explain", action="store_true",
+                        help="print the resolved training setup as JSON and exit: no weights, no CUDA")
+    parser.add_argument("--device", help="with --explain: cpu, t4, l4, a10g, l40s, a100, h100, h200, or a count "
+                                         "such as a100x4 (default: this machine)")
+    return parser.parse_args(argv)
+
+
+def load_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    args = args or parse_args(argv)
     try:
         text = args.config.read_text(encoding="utf-8") if args.config else os.environ["RUNNER_JOB_CONFIG"]
         config = json.loads(text)
@@ -328,14 +347,9 @@ def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
         "lr_scheduler_type": t.get("lr_scheduler", "cosine"),
         # transformers 5 takes a ratio (< 1) or a step count in warmup_steps.
         "warmup_steps": t.get("warmup_ratio", 0.0),
-        "per_device_train_batch_size": t["batch_size"],
-        "gradient_accumulation_steps": t["grad_accum"],
         "seed": t.get("seed", 42),
-        "activation_checkpointing": bool(t.get("gradient_checkpointing")) and gpu,
         # On CPU, use_cpu is what lets accelerate join torchrun's processes (gloo); without it each trains alone.
         "use_cpu": not gpu,
-        "bf16": gpu and _bf16_ok(),
-        "fp16": gpu and not _bf16_ok(),
         "logging_steps": 1 if steps and steps <= 200 else 10,
         "report_to": ["trackio"],
         "project": tracking.get("project") or "recipes-runner",
@@ -356,24 +370,72 @@ def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
         # Every save goes to the Hub, so a job that times out leaves its last checkpoint behind.
         "hub_strategy": "checkpoint" if hub_repo else "every_save",
     }
-    if gpu and _liger_available():
-        args["use_liger_kernel"] = True
-    if gpu and config.get("strategy") == "fsdp":
-        # Shard weights, gradients and optimizer state when one GPU cannot hold them (past ~7B full FT).
-        args["fsdp"] = "full_shard auto_wrap"
-        args["fsdp_config"] = {"activation_checkpointing": bool(t.get("gradient_checkpointing"))}
+    return args
+
+
+# --- the device and its setup (runner/jobs/train_policy.py decides; the plan prices the same) ---------------
+
+
+def runtime_device() -> policy.Device:
+    """The device this process trains on, as torch reports it; without `kernels`, no FlashAttention."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if not torch.cuda.is_available():
+        return policy.device(f"cpux{world}")
+    props = torch.cuda.get_device_properties(0)
+    dev = policy.gpu_device(props.name, world, memory_gb=props.total_memory / policy.GB, capability=props.major)
+    if dev.flash_attention and importlib.util.find_spec("kernels") is None:
+        log("the `kernels` package is missing: attention falls back to SDPA, without padding-free packing")
+        dev = policy.without_flash_attention(dev)
+    return dev
+
+
+def training_setup(config: dict[str, Any], dev: policy.Device) -> policy.Setup:
+    """The setup this job trains with on `dev` (pure: also what --explain prints)."""
+    return policy.resolve(policy.job_from_config(config), dev)
+
+
+def setup_args(config: dict[str, Any], setup: policy.Setup) -> dict[str, Any]:
+    """The TrainingArguments the setup decides: batch split, precision, kernels, checkpointing, FSDP."""
+    args: dict[str, Any] = {
+        "per_device_train_batch_size": setup.per_device_train_batch_size,
+        "gradient_accumulation_steps": setup.gradient_accumulation_steps,
+        "bf16": setup.bf16,
+        "fp16": setup.fp16,
+        "activation_checkpointing": setup.gradient_checkpointing,
+    }
+    if setup.use_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is not None:
+            args["use_liger_kernel"] = True
+        else:
+            log("the `liger-kernel` package is missing: training without Liger kernels")
+    if setup.fsdp:
+        # Shard weights, gradients and optimizer state when one GPU cannot hold a replica.
+        # transformers 5: fsdp=True (full shard, transformer-based auto wrap) configured through fsdp_config.
+        args["fsdp"] = True
+        args["fsdp_config"] = {"reshard_after_forward": True, "activation_checkpointing": setup.gradient_checkpointing}
         args["activation_checkpointing"] = False  # FSDP's own checkpointing replaces the trainer's
     return args
 
 
-def _bf16_ok() -> bool:
+def model_init_kwargs(setup: policy.Setup) -> dict[str, Any]:
+    """How from_pretrained loads the model: the policy's dtype, and a Hub attention kernel where one applies."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, setup.model_dtype)}
+    if setup.attn_implementation != policy.SDPA:  # SDPA is transformers' own default wherever a model supports it
+        kwargs["attn_implementation"] = setup.attn_implementation
+    return kwargs
 
 
-def _liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
+def explain(config: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """The resolved setup for `device` (or this machine) as a JSON-ready dict."""
+    try:
+        dev = policy.device(device) if device else runtime_device()
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    return training_setup(config, dev).as_dict()
 
 
 def peft_config(lora: dict[str, Any] | None):
@@ -399,8 +461,10 @@ def _trainer(config: dict[str, Any], data):
     gpu = torch.cuda.is_available()
     t = config["training"]
     method = config["method"]
-    args = common_args(config, gpu)
-    model_kwargs = {"dtype": torch.bfloat16 if gpu and _bf16_ok() else (torch.float16 if gpu else torch.float32)}
+    setup = training_setup(config, runtime_device())
+    log("setup: " + json.dumps(setup.as_dict()))
+    args = {**common_args(config, gpu), **setup_args(config, setup)}
+    model_kwargs = model_init_kwargs(setup)
     peft = peft_config(config.get("lora"))
     callbacks = [progress_callback()]
     if is_vision(data):
@@ -408,12 +472,11 @@ def _trainer(config: dict[str, Any], data):
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        packing = bool(t.get("packing"))
         # Packing (BFD, padding-free) is exact only with FlashAttention, which keeps packed sequences apart;
         # without it, batches of similar lengths cut padding while staying exact on any device.
-        extra = {} if packing else {"train_sampling_strategy": "group_by_length"}
-        sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=packing,
-                             model_init_kwargs=model_kwargs)
+        extra = {"train_sampling_strategy": "group_by_length"} if setup.group_by_length else {}
+        sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=setup.packing,
+                             padding_free=setup.padding_free, model_init_kwargs=model_kwargs)
         return SFTTrainer(model=config["base_model"], args=sft_args, train_dataset=data, peft_config=peft,
                           callbacks=callbacks)
     if method == "dpo":
@@ -495,6 +558,7 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
         "adapter": config.get("lora") is not None,
         "vision": is_vision(data),
         "world_size": trainer.args.world_size,
+        "setup": training_setup(config, runtime_device()).as_dict(),
         "peak_memory_bytes": peak_memory_bytes(),
         "pushed": pushed,
     }
@@ -510,9 +574,15 @@ def relaunch_data_parallel(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    relaunch_data_parallel(argv)
+    args = parse_args(argv)
     try:
-        config = load_config(argv)
+        if args.explain:
+            print(json.dumps(explain(load_config(args=args), args.device)), flush=True)
+            return 0
+        if args.device:
+            raise JobError("--device only goes with --explain; training uses the device it finds")
+        relaunch_data_parallel(argv)
+        config = load_config(args=args)
         summary = train(config)
     except JobError as e:
         print(f"error: {e}", flush=True)
