@@ -145,7 +145,8 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
               f"| commit | `{record.commit or 'not a git checkout'}` |",
               f"| dataset revision | `{r.dataset.revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
-        lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}` |")
+        modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())
+        lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}`{modules} |")
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
     hours = sum(j.running_seconds or 0.0 for j in record.jobs.values()) / 3600
     lines += ["", "## Cost", "",

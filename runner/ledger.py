@@ -42,6 +42,7 @@ class JobRef(BaseModel):
     finished_at: str | None = None
     stage: str = "SCHEDULING"
     script_sha256: str | None = None
+    modules_sha256: dict[str, str] = Field(default_factory=dict)  # the files shipped beside the script
     timeout_seconds: int | None = None
     usd_per_hour: float | None = None  # the price when it was submitted: what the Hub bills it at
     running_seconds: float | None = None  # JobInfo.durations.running_secs, the billed time

@@ -25,7 +25,7 @@ from pathlib import Path
 from runner import card, failures, ledger, outputs
 from runner.backends.base import Backend, JobSpec, JobStatus
 from runner.backends.hf import MOUNT
-from runner.backends.local import script_path
+from runner.backends.local import JOB_MODULES, script_path
 from runner.errors import UserError
 from runner.jobspec import Places, bundle_dir, gguf_config, hf_places, shipped_files, train_config
 from runner.ledger import Failure, JobRef, Progress, RunRecord
@@ -317,6 +317,8 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
     planned = step.plan.job(stage) if step.plan else None
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
                                 script_sha256=sha256_file(script_path(spec.script)),
+                                modules_sha256={m: sha256_file(script_path(spec.script).with_name(m))
+                                                for m in JOB_MODULES},
                                 timeout_seconds=spec.timeout_seconds,
                                 usd_per_hour=planned.usd_per_hour if planned and record.push else 0.0)
     step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
