@@ -568,7 +568,6 @@ def quantize(source: Path, dest: Path, quant: str, imatrix: Imatrix | None = Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
-    keep: list[Any] = []  # the arrays must outlive the call
     if imatrix is not None:
         means = imatrix.means()
         entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()  # zeroed: the last one ends it
@@ -581,8 +580,7 @@ def quantize(source: Path, dest: Path, quant: str, imatrix: Imatrix | None = Non
             _override("quantize.imatrix.file", imatrix.file), _override("quantize.imatrix.dataset", imatrix.dataset),
             _override("quantize.imatrix.entries_count", len(means)),
             _override("quantize.imatrix.chunks_count", imatrix.chunks), _override(""))
-        keep += [means, entries, overrides]
-        params.imatrix = entries
+        params.imatrix = entries  # means, entries and overrides are locals: alive through the call below
         params.kv_overrides = overrides
     with quiet_stdout():
         code = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
@@ -656,11 +654,13 @@ def ollama_template(render: Callable[[list[dict[str, str]], bool], str],
     parts = [head, pre_s, suf_s, pre_u, suf_u, pre_a, suf_a]
     if any("{{" in p or "}}" in p or '"""' in p or "\x01" in p for p in parts):
         return None
-    template = (f'{head}{{{{ range $i, $_ := .Messages }}}}{{{{ $last := eq (len (slice $.Messages $i)) 1 }}}}'
-                f'{{{{ if eq .Role "system" }}}}{pre_s}{{{{ .Content }}}}{suf_s}'
-                f'{{{{ else if eq .Role "user" }}}}{pre_u}{{{{ .Content }}}}{suf_u}{{{{ if $last }}}}{pre_a}{{{{ end }}}}'
-                f'{{{{ else if eq .Role "assistant" }}}}{pre_a}{{{{ .Content }}}}{{{{ if not $last }}}}{suf_a}{{{{ end }}}}'
-                f'{{{{ end }}}}{{{{ end }}}}')
+    # No whitespace trimming ({{-): the literal pieces are exact, newlines included.
+    template = "".join([
+        head, "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}",
+        '{{ if eq .Role "system" }}', pre_s, "{{ .Content }}", suf_s,
+        '{{ else if eq .Role "user" }}', pre_u, "{{ .Content }}", suf_u, "{{ if $last }}", pre_a, "{{ end }}",
+        '{{ else if eq .Role "assistant" }}', pre_a, "{{ .Content }}{{ if not $last }}", suf_a, "{{ end }}",
+        "{{ end }}{{ end }}"])
     stops = [s for s in dict.fromkeys([suf_a.strip(), pre_u.strip()]) if s]
     return template, stops
 
@@ -735,9 +735,9 @@ def publish(paths: list[Path], repo: str, private: bool) -> str:
     api = HfApi()  # token from HF_TOKEN, passed to the job as a secret
     api.create_repo(repo, private=private, exist_ok=True)
     log(f"uploading {len(paths)} files to {repo} in one commit")
+    files = ", ".join(p.name for p in paths if p.suffix == ".gguf")
     info = api.create_commit(repo, operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
-                                               for p in paths],
-                             commit_message=f"recipes-runner: GGUF {', '.join(p.name for p in paths if p.suffix == '.gguf')}")
+                                               for p in paths], commit_message=f"recipes-runner: GGUF {files}")
     return info.oid
 
 
