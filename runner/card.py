@@ -46,7 +46,7 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} TiB"
 
 
-def _gguf_lines(files: list[dict[str, Any]], repo: str | None) -> list[str]:
+def _gguf_lines(files: list[dict[str, Any]], repo: str | None, imatrix: dict[str, Any] | None = None) -> list[str]:
     """The GGUF table and how to run it; a vision model's projector goes beside the text model (--mmproj)."""
     lines = ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
     lines += [f"| `{f['path'].rsplit('/', 1)[-1]}` | {f['quantization']}"
@@ -55,8 +55,11 @@ def _gguf_lines(files: list[dict[str, Any]], repo: str | None) -> list[str]:
     models = [f for f in files if f.get("kind") != "mmproj"]
     projector = next((f["path"].rsplit("/", 1)[-1] for f in files if f.get("kind") == "mmproj"), None)
     quant = next((f["quantization"] for f in models if f["quantization"] == "Q4_K_M"), models[0]["quantization"])
+    if imatrix:
+        lines += ["", f"Quantized with an importance matrix from {imatrix['tokens']} tokens of the training data."]
     if repo:  # -hf fetches a repo's mmproj file by itself
-        lines += ["", "Run it with llama.cpp, LM Studio or Ollama:", "", "```bash",
+        lines += ["", f"Run it with llama.cpp, LM Studio or Ollama ([{repo}-GGUF](https://huggingface.co/{repo}-GGUF) "
+                  "has its own card and an Ollama `Modelfile`):", "", "```bash",
                   f"llama-server -hf {repo}-GGUF:{quant}",
                   f"ollama run hf.co/{repo}-GGUF:{quant}", "```"]
     first = models[0]["path"].rsplit("/", 1)[-1]
@@ -138,7 +141,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     if gguf.get("skipped"):
         lines += ["", "## GGUF", "", f"Not converted: {gguf['skipped']}."]
     if files:
-        lines += _gguf_lines(files, repo)
+        lines += _gguf_lines(files, repo, gguf.get("imatrix"))
     lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
               f"| run | `{record.run_id}` ({record.backend} backend) |",
               f"| recipe | `{loaded.display}` (sha256 `{record.recipe_sha256[:16]}`) |",

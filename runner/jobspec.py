@@ -145,6 +145,12 @@ def gguf_config(loaded: LoadedRecipe, places: Places, run_id: str, *, adapter: b
         "base_model": _input(loaded, places, r.base_model, r.base_model_is_local) if adapter else None,
         "name": r.name,
         "quantizations": list(r.gguf.quantizations),
+        "imatrix": r.gguf.imatrix,
+        # the training data: calibration text for the importance matrix, a conversation for the template check
+        "dataset": {"source": _input(loaded, places, r.dataset.path, r.dataset.is_local), "config": r.dataset.config,
+                    "split": r.dataset.split, "revision": r.dataset.revision, "columns": r.dataset.columns,
+                    "eval_split": r.dataset.eval_split},
+        "model_id": loaded.output_repo or r.name,  # the GGUF card's base_model
         "output_dir": str(places.gguf_dir),
         "hub_repo": f"{repo}-GGUF" if repo else None,
         "private": r.output.private,

@@ -25,7 +25,9 @@ from runner.hardware import FLAVOR_NAMES
 
 DEFAULTS_FILE = "_defaults.yaml"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K")
+GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S",
+              "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
+              "IQ1_M", "IQ1_S")
 # Must match BUILTIN_REWARDS in runner/jobs/train.py (a test checks it).
 BUILTIN_REWARDS = ("exact_answer", "think_format", "concise")
 LORA_AUTO_THRESHOLD = 3_000_000_000  # parameters; `lora: auto` turns LoRA on above this
@@ -225,11 +227,29 @@ class Output(_Strict):
 class Gguf(_Strict):
     enabled: bool = True
     quantizations: list[Literal[GGUF_TYPES]] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)  # type: ignore[valid-type]
+    imatrix: bool = Field(False, description="compute an importance matrix from the training data and quantize with it")
 
     @field_validator("quantizations", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return [q.upper() if isinstance(q, str) else q for q in v] if isinstance(v, list) else v
+
+    @field_validator("quantizations")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a quantization twice: {', '.join(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _iq_needs_imatrix(self) -> Gguf:
+        # llama.cpp refuses IQ1_*, IQ2_*, IQ3_XXS and IQ3_XS without an importance matrix; the other
+        # IQ types are designed to be weighted by one.
+        iq = [q for q in self.quantizations if q.startswith("IQ")]
+        if iq and not self.imatrix:
+            raise ValueError(f"{', '.join(iq)} need{'s' if len(iq) == 1 else ''} an importance matrix: "
+                             "set gguf.imatrix: true")
+        return self
 
 
 class Tracking(_Strict):

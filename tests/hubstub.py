@@ -475,7 +475,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             if repo_id in state.repos:
                 return self._send(409, {"error": "You already created this model repo", "url": url})
             with state.lock:
-                state.repos[repo_id] = Repo(private=bool(body.get("private")))
+                # huggingface_hub 2.x sends "visibility"; older clients "private"
+                state.repos[repo_id] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
             stub.commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
             return self._send(200, {"url": url, "name": repo_id, "id": "2" * 24})
 

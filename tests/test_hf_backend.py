@@ -284,6 +284,9 @@ def test_real_jobs_on_the_stand_in(hub, workspace, monkeypatch, capsys) -> None:
     model, gguf = hub.files("alice/tiny-sft"), hub.files("alice/tiny-sft-GGUF")
     assert "model.safetensors" in model and "README.md" in model
     assert "tiny-sft-Q4_K_M.gguf" in gguf and gguf["tiny-sft-Q4_K_M.gguf"][:4] == b"GGUF"
+    assert b"base_model: alice/tiny-sft\n" in gguf["README.md"] and b"FROM ./tiny-sft-Q4_K_M.gguf" in gguf["Modelfile"]
+    # the calibration data reached the job through the mounted bundle
+    assert "tiny-sft-IQ4_XS.gguf" in gguf and rec["gguf_summary"]["imatrix"]["dataset"] == "sft.jsonl"
     assert rec["gguf_summary"]["files"][0]["smoke_test"] is not None
     assert len(created(hub)) == 2
     assert_no_token(hub, workspace, out)

@@ -108,6 +108,14 @@ def assert_recorded(repo: Path, name: str, method: str, *, adapter: bool) -> dic
     q4 = next(f for f in files if f["quantization"] == "Q4_K_M")
     assert Path(q4["path"]).exists() and Path(q4["path"]).stat().st_size == q4["bytes"]
     assert isinstance(check_gguf_loads(Path(q4["path"])), str)
+    # The GGUF side: its own card and an Ollama Modelfile beside the files; the template was checked.
+    gguf_dir = Path(q4["path"]).parent
+    assert f"FROM ./{name}-Q4_K_M.gguf" in (gguf_dir / "Modelfile").read_text()
+    assert "base_model_relation: quantized" in (gguf_dir / "README.md").read_text()
+    assert run["gguf_summary"]["chat_template"]["checked"] is True
+    if name == "tiny-sft":  # its recipe asks for two quantizations with an importance matrix
+        assert [f["quantization"] for f in files] == ["Q4_K_M", "IQ4_XS"] and all(f["imatrix"] for f in files)
+        assert (gguf_dir / "tiny-sft-imatrix.gguf").exists() and (gguf_dir / "tiny-sft-IQ4_XS.gguf").exists()
 
     from huggingface_hub import ModelCard
 

@@ -77,7 +77,8 @@ def test_missing_gguf_file_fails_the_conversion_and_no_card_is_pushed(hub, works
     assert code == 1, out
     rec = record(workspace)
     assert rec["state"] == "failed" and rec["failure"]["stage"] == "gguf"
-    assert "tiny-sft-Q4_K_M.gguf is missing from alice/tiny-sft-GGUF" in rec["failure"]["reason"]
+    # the example recipe asks for two quantizations
+    assert "tiny-sft-Q4_K_M.gguf, tiny-sft-IQ4_XS.gguf are missing from alice/tiny-sft-GGUF" in rec["failure"]["reason"]
     _nothing_published(hub, workspace)
 
 
