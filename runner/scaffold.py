@@ -67,7 +67,7 @@ def new_recipe(root: Path, name: str, *, model: str, dataset: str, method: str =
 
     header = [f"{method.upper()} of {base_model} on {data_ref}, written by `runner new`."]
     plan = _plan(doc, header, target, token)
-    if not plan.ok and not plan.lora and plan.dataset.status == "ready" and not (plan.fits and plan.within_budget):
+    if not plan.ok and not plan.lora and plan.dataset.status == "ready":  # too big or too dear as a full fine-tune
         why = "a full fine-tune fits no flavor" if not plan.fits else \
             f"a full fine-tune (${plan.cost_usd:.2f}) is over the budget"
         pinned_header = header + [f"adapter.lora pinned to true: {why}."]

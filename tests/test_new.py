@@ -13,6 +13,12 @@ from runner import recipe as recipe_mod
 EDITOR_COMMENT = "# yaml-language-server: $schema=./schema.json"
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runner new` needs no network for a local model and local data."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def recipes_dir(repo: Path) -> list[str]:
     return sorted(p.name for p in (repo / "recipes").iterdir())
 
@@ -86,8 +92,7 @@ def test_refuses_to_overwrite(repo: Path, cli) -> None:
     (["x", "--model", "models/tiny", "--dataset", "my-org/support-conversations"],
      "--dataset my-org/support-conversations: cannot be read"),
 ])
-def test_bad_arguments_name_the_argument_and_write_nothing(repo: Path, cli, monkeypatch, args, fragment) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_bad_arguments_name_the_argument_and_write_nothing(repo: Path, cli, args, fragment) -> None:
     result = cli("new", *args, cwd=repo)
     assert result.code == 1
     assert fragment in result.err, result.err
