@@ -370,14 +370,16 @@ class Recipe(_Strict):
     def _method_fields(self) -> Recipe:
         t = self.training
         if self.method != "dpo" and t.beta is not None:
-            raise ValueError("training.beta applies only to method 'dpo'")
+            raise ValueError("training.beta applies only to method 'dpo': remove it, or set method: dpo")
         if self.method != "grpo":
             if t.num_generations is not None or t.max_completion_length is not None:
-                raise ValueError("training.num_generations and max_completion_length apply only to method 'grpo'")
+                raise ValueError("training.num_generations and max_completion_length apply only to method 'grpo': "
+                                 "remove them, or set method: grpo")
             if self.rewards:
-                raise ValueError("rewards apply only to method 'grpo'")
+                raise ValueError("rewards apply only to method 'grpo': remove them, or set method: grpo")
         elif not self.rewards:
-            raise ValueError("method 'grpo' needs at least one reward in 'rewards'")
+            raise ValueError("method 'grpo' needs at least one reward in 'rewards', "
+                             "e.g. rewards: [{builtin: exact_answer}]")
         return self
 
     @property
@@ -586,11 +588,13 @@ def _check_files(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
     if r.dataset.is_local:
         p = inside(r.dataset.path, ("dataset", "path"))
         if p is not None and not p.is_file():
-            out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository"))
+            out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository; "
+                                   "add it, or fix the path (relative to the repository root)"))
     if r.base_model_is_local:
         p = inside(r.base_model, ("base_model",))
         if p is not None and not (p / "config.json").is_file():
-            out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json)"))
+            out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json); "
+                                   "point base_model at the folder with config.json and the weights"))
     for i, reward in enumerate(r.rewards):
         if reward.file is None or reward.function is None:
             continue
@@ -688,9 +692,8 @@ def _problems(error: ValidationError, docs: list[yamlsafe.Located]) -> list[Prob
         kind = e["type"]
         if kind == "extra_forbidden":
             key = loc[-1]
-            allowed = _fields_at(loc[:-1])
-            hint = _did_you_mean(str(key), allowed) or (f"; fields allowed here: {', '.join(allowed)}" if allowed else "")
-            out.append(doc.problem(loc, f"unknown field '{key}'{hint}", key=True))
+            out.append(doc.problem(loc, f"unknown field '{key}'{_did_you_mean(str(key), _fields_at(loc[:-1]))}",
+                                   key=True))
         elif kind == "missing":
             wanted = _description(loc)
             out.append(doc.problem(loc, "required field is missing" + (f"; add it: {wanted}" if wanted else "")))

@@ -45,7 +45,8 @@ def test_schema_describes_every_field_with_its_default(cli) -> None:
             assert prop.get("description"), f"{model.get('title')}.{name} has no description"
     training = schema["$defs"]["Training"]["properties"]
     assert training["batch_size"]["default"] == 4 and training["lr_scheduler"]["default"] == "cosine"
-    assert schema["properties"]["hardware"]["default"] == "auto" and "a10g-large" in schema["properties"]["hardware"]["enum"]
+    hardware = schema["properties"]["hardware"]
+    assert hardware["default"] == "auto" and "a10g-large" in hardware["enum"]
     # What the loader allows beyond the model: no `name` (the file name), a bare dataset path.
     assert schema["required"] == ["base_model", "method", "dataset"]
 
@@ -134,12 +135,12 @@ def test_validate_json_reports_unreadable_files_and_empty_folders(repo: Path, cl
 
 
 def test_refusals_say_the_fix(repo: Path, cli) -> None:
-    write_recipe(repo, "demo", "name: demo\nmethod: sft\ndataset: data/sft.jsonl\nzzz: 1\n")
+    write_recipe(repo, "demo", "name: demo\nmethod: sft\ndataset: data/sft.jsonl\ntrainig: {}\n")
     problems = json.loads(cli("validate", "--json", "recipes/demo.yaml", cwd=repo).out)
     by_field = {p["field"]: p for p in problems}
     missing = by_field["base_model"]
     assert (missing["line"], missing["column"]) == (1, 1)
     assert "required field is missing; add it: Hub model id" in missing["message"]
-    unknown = by_field["zzz"]
+    unknown = by_field["trainig"]
     assert (unknown["line"], unknown["column"]) == (4, 1)
-    assert "fields allowed here: name, base_model, method" in unknown["message"]
+    assert unknown["message"] == "unknown field 'trainig' (did you mean 'training'?)"
