@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,18 @@ def test_grpo_without_an_answer_is_refused_with_the_way_forward(repo: Path, cli)
 def test_needs_the_recipes_folder(tmp_path: Path, cli) -> None:
     result = cli("new", "x", "--model", "a/b", "--dataset", "c/d", cwd=tmp_path)
     assert result.code == 1 and "no recipes/ folder" in result.err
+
+
+def test_new_and_schema_import_no_training_stack(repo: Path) -> None:
+    code = ("import sys, runner.cli\n"
+            "rc = runner.cli.main(['new', 'light', '--model', 'models/tiny', '--dataset', 'data/sft.jsonl'])\n"
+            "rc |= runner.cli.main(['schema'])\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n"
+            "raise SystemExit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(repo / ".hf"),
+                               "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert (repo / "recipes" / "light.yaml").is_file()
