@@ -417,6 +417,8 @@ def json_schema() -> dict[str, Any]:
     dataset = props["dataset"]
     props["dataset"] = {"anyOf": [{"type": "string"}, {"$ref": dataset.pop("$ref")}], **dataset}
     props["hardware"]["enum"] = ["auto", *FLAVOR_NAMES]
+    props["name"]["pattern"] = SLUG.pattern
+    props["timeout"]["anyOf"][0]["pattern"] = r"^(?:auto|(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?)$"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 

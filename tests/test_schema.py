@@ -67,6 +67,8 @@ def test_example_recipes_point_editors_at_the_schema_and_pass_it(cli, path: Path
     ({"base_model": "a/b", "method": "sft", "dataset": {"path": "d.jsonl"}, "training": {"batch_size": "8"}},
      "'8' is not of type 'integer'"),
     ({"method": "sft", "dataset": "d.jsonl"}, "'base_model' is a required property"),
+    ({"name": "Bad Name", "base_model": "a/b", "method": "sft", "dataset": "d.jsonl"}, "does not match"),
+    ({"base_model": "a/b", "method": "sft", "dataset": "d.jsonl", "timeout": "forever"}, "is not valid under any"),
 ])
 def test_schema_refuses_what_the_loader_refuses(cli, doc: dict, fragment: str) -> None:
     messages = [e.message for e in validator(cli).iter_errors(doc)]
