@@ -42,7 +42,8 @@ def test_schema_describes_every_field_with_its_default(cli) -> None:
     models = [schema, *schema["$defs"].values()]
     for model in models:
         for name, prop in model["properties"].items():
-            assert prop.get("description"), f"{model.get('title')}.{name} has no description"
+            assert prop.get("description"), (f"{model.get('title')}.{name} has no description: give it "
+                                             f"Field(description=...) in runner/recipe.py, then `{REGENERATE}`")
     training = schema["$defs"]["Training"]["properties"]
     assert training["batch_size"]["default"] == 4 and training["lr_scheduler"]["default"] == "cosine"
     hardware = schema["properties"]["hardware"]
@@ -53,7 +54,8 @@ def test_schema_describes_every_field_with_its_default(cli) -> None:
 
 @pytest.mark.parametrize("path", example_recipes(), ids=lambda p: p.name)
 def test_example_recipes_point_editors_at_the_schema_and_pass_it(cli, path: Path) -> None:
-    assert path.read_text(encoding="utf-8").splitlines()[0] == EDITOR_COMMENT
+    assert path.read_text(encoding="utf-8").splitlines()[0] == EDITOR_COMMENT, (
+        f"recipes/{path.name} must start with the line `{EDITOR_COMMENT}` (editors read the schema from it)")
     assert (path.parent / "schema.json").is_file()
     # The project's YAML loader: YAML 1.2 numbers (2e-4), as editors' yaml-language-server reads them.
     errors = [e.message for e in validator(cli).iter_errors(yamlsafe.load(path).data)]
