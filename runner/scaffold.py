@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from runner import gather, recipe, report
+from runner import gather, recipe, report, yamlsafe
 from runner.errors import RecipeInvalid, UserError
 from runner.plan import Plan
 
@@ -91,6 +91,18 @@ def _refuse_existing(target: Path) -> None:
         if existing.exists():
             raise UserError(f"recipes/{existing.name} already exists; not overwriting it: pick another NAME, or edit "
                             f"the file by hand and check it with `runner validate recipes/{existing.name}`")
+    # Two recipes with one name would share runs/<name>.json and the model repo.
+    for other in sorted(target.parent.rglob("*.y*ml")):
+        if other.suffix not in (".yaml", ".yml") or other.name == recipe.DEFAULTS_FILE:
+            continue
+        try:
+            name = yamlsafe.load(other).data.get("name", other.stem)
+        except RecipeInvalid:
+            continue  # `runner validate` reports that file
+        if name == target.stem:
+            shown = other.relative_to(target.parent.parent).as_posix()
+            raise UserError(f"{shown} already has name: {name}; pick another NAME (runs and the model repo are "
+                            "named after it)")
 
 
 def _inside(root: Path, value: str, flag: str) -> str:

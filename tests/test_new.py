@@ -16,12 +16,6 @@ from runner import recipe as recipe_mod
 EDITOR_COMMENT = "# yaml-language-server: $schema=./schema.json"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`runner new` needs no network for a local model and local data."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def recipes_dir(repo: Path) -> list[str]:
     return sorted(p.name for p in (repo / "recipes").iterdir())
 
@@ -81,6 +75,13 @@ def test_refuses_to_overwrite(repo: Path, cli) -> None:
     assert result.code == 1 and "recipes/taken.yaml already exists; not overwriting it" in result.err
     assert existing.read_bytes() == before
     assert recipes_dir(repo) == ["taken.yaml"]
+
+
+def test_refuses_a_name_another_recipe_already_has(repo: Path, cli) -> None:
+    write_recipe(repo, "old-file", "name: bot\nbase_model: ./models/tiny\nmethod: sft\ndataset: data/sft.jsonl\n")
+    result = cli("new", "bot", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
+    assert result.code == 1 and "recipes/old-file.yaml already has name: bot; pick another NAME" in result.err
+    assert recipes_dir(repo) == ["old-file.yaml"]
 
 
 @pytest.mark.parametrize("args, fragment", [
