@@ -210,9 +210,13 @@ def _why_not(plan: Plan, dataset: str) -> str:
     if not plan.fits:
         return ("no Hugging Face Jobs flavor fits this run, even with LoRA; pick a smaller --model, or write the "
                 "recipe by hand with a shorter training.max_length")
-    suggestion = max(1, math.ceil(plan.cost_usd * 1.25))
-    return (f"the estimate ${plan.cost_usd:.2f} is over the budget of ${plan.budget_usd:.2f}; pass "
-            f"--budget {suggestion} (at most max_budget_usd in recipes/_defaults.yaml) or train for fewer --epochs")
+    if plan.budget_usd is None:
+        return ("no budget: pass --budget USD, the most this run may cost (or set budget_usd in "
+                "recipes/_defaults.yaml); nothing trains on Hugging Face Jobs without one")
+    # Room for the estimate and for the worst case (the whole timeout billed), as the spend gate wants.
+    suggestion = max(1, math.ceil(max(plan.cost_usd * 1.25, plan.max_cost_usd)))
+    return (f"{plan.refusal or 'over budget'}; pass --budget {suggestion} (at most max_budget_usd in "
+            "recipes/_defaults.yaml), or train for fewer --epochs")
 
 
 def _publish(text: str, target: Path) -> None:

@@ -16,8 +16,17 @@ from runner import recipe as recipe_mod
 EDITOR_COMMENT = "# yaml-language-server: $schema=./schema.json"
 
 
+DEFAULTS = "max_budget_usd: 100\nbudget_usd: 5\n"
+
+
+@pytest.fixture(autouse=True)
+def _defaults(repo: Path) -> None:
+    """Repo defaults as the template has them: a budget every recipe inherits, under a cap."""
+    (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS)
+
+
 def recipes_dir(repo: Path) -> list[str]:
-    return sorted(p.name for p in (repo / "recipes").iterdir())
+    return sorted(p.name for p in (repo / "recipes").iterdir() if p.name != "_defaults.yaml")
 
 
 def test_writes_a_valid_recipe_and_prints_its_plan(repo: Path, cli) -> None:
@@ -112,7 +121,7 @@ def test_refuses_over_budget_and_says_what_budget_would_do(repo: Path, cli) -> N
     result = cli("new", "big", "--model", "models/big", "--dataset", "data/long.jsonl", "--epochs", "3",
                  "--budget", "0.01", cwd=repo)
     assert result.code == 1
-    assert "recipes/big.yaml not written: the estimate $" in result.err and "pass --budget " in result.err
+    assert "recipes/big.yaml not written: over budget: estimated $" in result.err and "pass --budget " in result.err
     suggested = result.err.split("pass --budget ")[1].split()[0]
     assert cli("new", "big", "--model", "models/big", "--dataset", "data/long.jsonl", "--epochs", "3",
                "--budget", suggested, cwd=repo).code == 0
@@ -128,8 +137,9 @@ def test_pins_lora_only_when_a_full_fine_tune_is_over_budget(repo: Path, cli) ->
     write_recipe(repo, "lora", base + "adapter:\n  lora: true\n")
     plans = {p["name"]: p for p in json.loads(cli("plan", "--json", "recipes", cwd=repo).out)["plans"]}
     full, lora = plans["full"]["cost_usd"], plans["lora"]["cost_usd"]
-    assert lora < full, "precondition: LoRA must be cheaper here"
-    budget = f"{(full + lora) / 2:.2f}"
+    # The spend gate wants room for the estimate (25%) below the budget: a budget LoRA meets and a full run does not.
+    assert lora * 1.3 < full, "precondition: LoRA must be clearly cheaper here"
+    budget = f"{(lora * 1.3 + full) / 2:.2f}"
     for p in ("full", "lora"):
         (repo / "recipes" / f"{p}.yaml").unlink()
 
@@ -143,9 +153,18 @@ def test_pins_lora_only_when_a_full_fine_tune_is_over_budget(repo: Path, cli) ->
 
     # With room for the full fine-tune, nothing is pinned.
     result = cli("new", "roomy", "--model", "models/big", "--dataset", "data/long.jsonl", "--epochs", "3",
-                 "--budget", f"{full * 2:.2f}", cwd=repo)
+                 "--budget", f"{full * 3:.2f}", cwd=repo)
     assert result.code == 0, result.err
     assert recipe_mod.load(repo / "recipes" / "roomy.yaml").recipe.adapter.lora == "auto"
+
+
+def test_refuses_without_a_budget(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").unlink()
+    result = cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
+    assert result.code == 1 and "no budget: pass --budget USD" in result.err
+    assert recipes_dir(repo) == []
+    assert cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", "--budget", "2",
+               cwd=repo).code == 0
 
 
 def test_grpo_gets_the_exact_answer_reward_from_an_answer_column(repo: Path, cli) -> None:
@@ -169,7 +188,9 @@ def test_grpo_without_an_answer_is_refused_with_the_way_forward(repo: Path, cli)
 
 
 def test_needs_the_recipes_folder(tmp_path: Path, cli) -> None:
-    result = cli("new", "x", "--model", "a/b", "--dataset", "c/d", cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("new", "x", "--model", "a/b", "--dataset", "c/d", cwd=elsewhere)
     assert result.code == 1 and "no recipes/ folder" in result.err
 
 
