@@ -55,8 +55,17 @@ def _annotation(p) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from runner.errors import Problem
+
     located: list = []
     loaded, problems = _load_all(args.recipes, located)
+    if not loaded and not problems:
+        located = [Problem(a, 1, 1, "", "no recipe files given or found (recipes are recipes/*.yaml)")
+                   for a in args.recipes]
+        problems = [str(p) for p in located]
+    if args.json:
+        print(json.dumps([p.as_json() for p in located], ensure_ascii=False))
+        return 1 if located else 0
     for line in problems:
         print(line, file=sys.stderr)
     if args.github:
@@ -64,10 +73,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(_annotation(p))
     for item in loaded:
         print(f"ok: {item.display}")
-    if not loaded and not problems:
-        print("error: no recipe files given or found", file=sys.stderr)
-        return 1
     return 1 if problems else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from runner.recipe import json_schema
+
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from runner import hub, render, scaffold
+
+    root = Path.cwd()
+    token = None if hub.offline() else hub.token()
+    result = scaffold.new_recipe(root, args.name, model=args.model, dataset=args.dataset, method=args.method,
+                                 epochs=args.epochs, budget=args.budget, token=token)
+    print(f"wrote {result.path}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(render.plan_text(result.plan))
+    print(f"next: runner validate {result.path} && runner plan {result.path}, then open a pull request")
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -605,8 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check recipe files; one located line per problem")
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
-    p.add_argument("--github", action="store_true", help="also print GitHub Actions error annotations")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--github", action="store_true", help="also print GitHub Actions error annotations")
+    out.add_argument("--json", action="store_true",
+                     help="print a JSON list of problems (path, line, column, field, message); [] when all are valid")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the recipe JSON Schema (published as recipes/schema.json)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("new", help="write recipes/NAME.yaml from a model and a dataset, checked and planned")
+    p.add_argument("name", metavar="NAME", help="the recipe name, a slug such as support-bot")
+    p.add_argument("--model", required=True, metavar="M", help="Hub model id, or a model directory in the repo")
+    p.add_argument("--dataset", required=True, metavar="D", help="Hub dataset id, or a data file in the repo")
+    p.add_argument("--method", choices=["sft", "dpo", "grpo"], default="sft")
+    p.add_argument("--epochs", type=float, default=None, metavar="N", help="passes over the data (default 1)")
+    p.add_argument("--budget", type=float, default=None, metavar="USD",
+                   help="budget_usd (default: the one in recipes/_defaults.yaml)")
+    p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("inspect", help="sample a dataset and say which methods it is ready for")
     p.add_argument("dataset", metavar="DATASET", help="local .jsonl/.json/.csv/.parquet file or Hub dataset id")

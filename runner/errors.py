@@ -23,6 +23,11 @@ class Problem:
         field = f" {self.field}:" if self.field else ""
         return f"{self.file}:{self.line}:{self.col}:{field} {self.message}"
 
+    def as_json(self) -> dict[str, str | int]:
+        """One entry of `runner validate --json`."""
+        return {"path": self.file, "line": self.line, "column": self.col, "field": self.field,
+                "message": self.message}
+
 
 class RecipeInvalid(UserError):
     """A recipe failed validation; carries every problem found, not just the first."""

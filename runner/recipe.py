@@ -24,6 +24,7 @@ from runner.errors import Problem, RecipeInvalid
 from runner.hardware import FLAVOR_NAMES
 
 DEFAULTS_FILE = "_defaults.yaml"
+SCHEMA_FILE = "schema.json"  # recipes/schema.json: the published JSON Schema, `runner schema`
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S",
               "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
@@ -86,12 +87,17 @@ def parse_duration(value: str | int) -> int:
 
 
 class Dataset(_Strict):
-    path: str = Field(description="Hub dataset id, or a repo-relative .jsonl/.json/.csv/.parquet file")
-    config: str | None = None
-    split: str = "train"
-    revision: str | None = None
-    columns: dict[str, str] | None = Field(default=None, description="rename source column -> target column")
-    eval_split: str | None = None
+    """The training data: a Hub dataset or a file in the repository."""
+
+    path: str = Field(description="Hub dataset id ('owner/name'), or a .jsonl/.json/.csv/.parquet file relative to "
+                      "the repository root, e.g. data/train.jsonl")
+    config: str | None = Field(None, description="Hub dataset configuration (subset) name")
+    split: str = Field("train", description="split to train on")
+    revision: str | None = Field(None, description="Hub dataset git revision (branch, tag or commit) to pin")
+    columns: dict[str, str] | None = Field(
+        default=None, description="rename columns before training, source -> TRL column, e.g. {question: prompt, "
+        "answer: completion}; `runner inspect DATASET --method M` prints the mapping a dataset needs")
+    eval_split: str | None = Field(None, description="split to evaluate on during training; none by default")
 
     @field_validator("path")
     @classmethod
@@ -129,25 +135,37 @@ class Dataset(_Strict):
 
 
 class Training(_Strict):
-    epochs: float = Field(1.0, gt=0, le=100)
-    max_steps: int | None = Field(None, ge=1, le=10_000_000)
-    learning_rate: float | None = Field(None, gt=0, le=1.0, description="default: 2e-4 with LoRA, 2e-5 without")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    batch_size: int = Field(4, ge=1, le=1024)
-    grad_accum: int = Field(4, ge=1, le=1024)
+    """Hyperparameters; unset ones take the defaults shown."""
+
+    epochs: float = Field(1.0, gt=0, le=100, description="passes over the dataset (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="optimizer steps; overrides epochs")
+    learning_rate: float | None = Field(None, gt=0, le=1.0, description="peak learning rate; default 2e-4 with LoRA, "
+                                        "2e-5 without")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = Field(
+        "cosine", description="learning-rate schedule after warm-up")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of the steps spent warming up")
+    batch_size: int = Field(4, ge=1, le=1024, description="rows per device per step, as written (see pin_batch)")
+    grad_accum: int = Field(4, ge=1, le=1024, description="gradient accumulation steps; batch_size x grad_accum is "
+                            "the batch of one optimizer step")
     pin_batch: bool = Field(False, description="keep batch_size and grad_accum per device as written; by default "
                             "their product is the global batch, re-split to fill the GPU")
-    max_length: int = Field(1024, ge=16, le=262_144)
-    packing: Literal["auto"] | bool = Field("auto", description="auto: padding-free packing where FlashAttention runs")
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    gradient_checkpointing: Literal["auto"] | bool = Field("auto", description="auto: only when memory needs it")
-    save_steps: int = Field(100, ge=1, le=10_000_000, description="checkpoint every N steps (what a retry resumes from)")
+    max_length: int = Field(1024, ge=16, le=262_144, description="longest sequence in tokens; longer rows are "
+                            "truncated (the plan warns how many)")
+    packing: Literal["auto"] | bool = Field("auto", description="pack rows into full sequences without padding: "
+                                            "auto where FlashAttention runs, or true / false")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed")
+    gradient_checkpointing: Literal["auto"] | bool = Field("auto", description="recompute activations in the backward "
+                                                           "pass to save memory: auto only when memory needs it, or "
+                                                           "true / false")
+    save_steps: int = Field(100, ge=1, le=10_000_000, description="checkpoint every N steps (what a retry resumes "
+                            "from)")
     strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="multi-GPU: auto = FSDP only when a "
                                                      "replica does not fit one GPU")
-    beta: float | None = Field(None, gt=0, le=100, description="DPO only")
-    num_generations: int | None = Field(None, ge=2, le=256, description="GRPO only; default 8")
-    max_completion_length: int | None = Field(None, ge=1, le=131_072, description="GRPO only; default 256")
+    beta: float | None = Field(None, gt=0, le=100, description="DPO only: KL penalty strength; TRL's default 0.1")
+    num_generations: int | None = Field(None, ge=2, le=256, description="GRPO only: completions sampled per prompt; "
+                                        "default 8")
+    max_completion_length: int | None = Field(None, ge=1, le=131_072, description="GRPO only: longest generated "
+                                              "completion in tokens; default 256")
 
     @field_validator("epochs", mode="before")
     @classmethod
@@ -163,11 +181,15 @@ class Training(_Strict):
 
 
 class Adapter(_Strict):
-    lora: Literal["auto"] | bool = "auto"
-    r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1, le=4096)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
+    """LoRA: train a small adapter instead of every weight."""
+
+    lora: Literal["auto"] | bool = Field("auto", description="train a LoRA adapter (true), the whole model (false), "
+                                         "or let the plan decide (auto: LoRA above 3B parameters)")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling alpha")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear', or a list of module names "
+                                            "such as [q_proj, v_proj]")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -193,9 +215,10 @@ class Adapter(_Strict):
 class Reward(_Strict):
     """A GRPO reward: a built-in by name, or `function` in a repo-local Python `file`."""
 
-    builtin: str | None = None
-    file: str | None = None
-    function: str | None = None
+    builtin: str | None = Field(None, description=f"a built-in reward: {', '.join(BUILTIN_REWARDS)}; "
+                                "exact_answer needs an 'answer' column")
+    file: str | None = Field(None, description="a repo-relative .py file holding the reward function")
+    function: str | None = Field(None, description="the function in `file`: (completions, **kwargs) -> list[float]")
 
     @model_validator(mode="after")
     def _one_form(self) -> Reward:
@@ -215,8 +238,11 @@ class Reward(_Strict):
 
 
 class Output(_Strict):
-    repo: str | None = Field(None, description="Hub model repo id; default <namespace>/<name>")
-    private: bool = True
+    """Where the trained model is pushed."""
+
+    repo: str | None = Field(None, description="Hub model repo id; default <namespace>/<name>, with namespace "
+                             "from recipes/_defaults.yaml")
+    private: bool = Field(True, description="create the model repos private")
 
     @field_validator("repo")
     @classmethod
@@ -225,8 +251,12 @@ class Output(_Strict):
 
 
 class Gguf(_Strict):
-    enabled: bool = True
-    quantizations: list[Literal[GGUF_TYPES]] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)  # type: ignore[valid-type]
+    """GGUF conversion for llama.cpp, LM Studio and Ollama."""
+
+    enabled: bool = Field(True, description="convert the trained model to GGUF into <repo>-GGUF")
+    quantizations: list[Literal[GGUF_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["Q4_K_M"], min_length=1, description="GGUF files to produce, all from one f16; "
+        "default [Q4_K_M]; IQ types need imatrix: true")
     imatrix: bool = Field(False, description="compute an importance matrix from the training data and quantize with it")
 
     @field_validator("quantizations", mode="before")
@@ -253,6 +283,8 @@ class Gguf(_Strict):
 
 
 class Tracking(_Strict):
+    """Trackio experiment tracking."""
+
     project: str | None = Field(None, description="Trackio project; default: the recipe name")
     space: str | None = Field(None, description="Trackio Space id, always created private")
 
@@ -273,19 +305,26 @@ Method = Literal["sft", "dpo", "grpo"]
 
 
 class Recipe(_Strict):
-    name: str
-    base_model: str
-    method: Method
-    dataset: Dataset
-    training: Training = Training()
-    adapter: Adapter = Adapter()
-    rewards: list[Reward] = Field(default_factory=list)
-    hardware: str = "auto"
-    timeout: str | int = "auto"
-    output: Output = Output()
-    gguf: Gguf = Gguf()
-    tracking: Tracking = Tracking()
-    budget_usd: float | None = Field(None, gt=0, le=1_000_000)
+    """A fine-tuning recipe: recipes/<name>.yaml (see README.md, "Recipes")."""
+
+    name: str = Field(description="a slug (lowercase letters, digits, '-'); default: the file name; names the "
+                      "model repo and runs/<name>.json")
+    base_model: str = Field(description="Hub model id ('owner/name'), or ./path/to/model inside the repository")
+    method: Method = Field(description="sft (demonstrations), dpo (chosen/rejected pairs) or grpo (prompts and "
+                           "reward functions)")
+    dataset: Dataset = Field(description="the training data; a string is short for {path: ...}")
+    training: Training = Field(Training(), description="hyperparameters")
+    adapter: Adapter = Field(Adapter(), description="LoRA settings")
+    rewards: list[Reward] = Field(default_factory=list, description="GRPO only: reward functions, at least one")
+    hardware: str = Field("auto", description="a Hugging Face Jobs flavor, or auto: the cheapest estimated total "
+                          "cost that fits")
+    timeout: str | int = Field("auto", description="job timeout such as 90m, 2h, 1h30m (5 minutes to 7 days), or "
+                               "auto: the estimate with headroom")
+    output: Output = Field(Output(), description="where the trained model goes")
+    gguf: Gguf = Field(Gguf(), description="GGUF conversion after training")
+    tracking: Tracking = Field(Tracking(), description="Trackio experiment tracking")
+    budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="most this recipe may cost in USD; the "
+                                     "plan fails above it (capped by max_budget_usd in recipes/_defaults.yaml)")
 
     @field_validator("name")
     @classmethod
@@ -331,14 +370,16 @@ class Recipe(_Strict):
     def _method_fields(self) -> Recipe:
         t = self.training
         if self.method != "dpo" and t.beta is not None:
-            raise ValueError("training.beta applies only to method 'dpo'")
+            raise ValueError("training.beta applies only to method 'dpo': remove it, or set method: dpo")
         if self.method != "grpo":
             if t.num_generations is not None or t.max_completion_length is not None:
-                raise ValueError("training.num_generations and max_completion_length apply only to method 'grpo'")
+                raise ValueError("training.num_generations and max_completion_length apply only to method 'grpo': "
+                                 "remove them, or set method: grpo")
             if self.rewards:
-                raise ValueError("rewards apply only to method 'grpo'")
+                raise ValueError("rewards apply only to method 'grpo': remove them, or set method: grpo")
         elif not self.rewards:
-            raise ValueError("method 'grpo' needs at least one reward in 'rewards'")
+            raise ValueError("method 'grpo' needs at least one reward in 'rewards', "
+                             "e.g. rewards: [{builtin: exact_answer}]")
         return self
 
     @property
@@ -365,6 +406,20 @@ class RepoDefaults(_Strict):
 
 
 REPO_KEYS = set(RepoDefaults.model_fields)
+
+
+def json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema, as published in recipes/schema.json for editors and agents."""
+    schema = Recipe.model_json_schema()
+    props = schema["properties"]
+    # What the loader accepts around the model: `name` defaults to the file name, `dataset` may be a bare path.
+    schema["required"] = [k for k in schema["required"] if k != "name"]
+    dataset = props["dataset"]
+    props["dataset"] = {"anyOf": [{"type": "string"}, {"$ref": dataset.pop("$ref")}], **dataset}
+    props["hardware"]["enum"] = ["auto", *FLAVOR_NAMES]
+    props["name"]["pattern"] = SLUG.pattern
+    props["timeout"]["anyOf"][0]["pattern"] = r"^(?:auto|(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?)$"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 @dataclass(frozen=True)
@@ -431,6 +486,9 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
                                                         "must be a regular file in the repository")])
     if path.name == DEFAULTS_FILE:
         raise RecipeInvalid([Problem(display, 1, 1, "", f"{DEFAULTS_FILE} holds repo defaults, not a recipe")])
+    if path.name == SCHEMA_FILE:
+        raise RecipeInvalid([Problem(display, 1, 1, "", f"{SCHEMA_FILE} is the recipes' JSON Schema (written by "
+                                     "`runner schema`), not a recipe; recipes are .yaml files")])
     doc = yamlsafe.load(path, display=display)
 
     defaults_doc = None
@@ -532,11 +590,13 @@ def _check_files(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
     if r.dataset.is_local:
         p = inside(r.dataset.path, ("dataset", "path"))
         if p is not None and not p.is_file():
-            out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository"))
+            out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository; "
+                                   "add it, or fix the path (relative to the repository root)"))
     if r.base_model_is_local:
         p = inside(r.base_model, ("base_model",))
         if p is not None and not (p / "config.json").is_file():
-            out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json)"))
+            out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json); "
+                                   "point base_model at the folder with config.json and the weights"))
     for i, reward in enumerate(r.rewards):
         if reward.file is None or reward.function is None:
             continue
@@ -588,15 +648,28 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _fields_at(path: tuple) -> list[str]:
-    """Field names allowed at a location in the recipe, for 'did you mean'."""
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The recipe model that holds the fields at a location (Recipe at the top), if any."""
     model: type[BaseModel] | None = Recipe
     for part in path:
         if isinstance(part, int) or model is None:
             continue
         field = model.model_fields.get(part)
         model = _model_in(field.annotation) if field else None
+    return model
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """Field names allowed at a location in the recipe, for 'did you mean'."""
+    model = _model_at(path)
     return list(model.model_fields) if model else []
+
+
+def _description(loc: tuple) -> str | None:
+    """The schema description of the field at `loc`, to say what a missing field wants."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model and loc else None
+    return field.description if field else None
 
 
 _EXPECTED = {
@@ -624,7 +697,8 @@ def _problems(error: ValidationError, docs: list[yamlsafe.Located]) -> list[Prob
             out.append(doc.problem(loc, f"unknown field '{key}'{_did_you_mean(str(key), _fields_at(loc[:-1]))}",
                                    key=True))
         elif kind == "missing":
-            out.append(doc.problem(loc, "required field is missing"))
+            wanted = _description(loc)
+            out.append(doc.problem(loc, "required field is missing" + (f"; add it: {wanted}" if wanted else "")))
         elif kind == "literal_error":
             expected = re.findall(r"'([^']*)'", e["ctx"]["expected"])
             out.append(doc.problem(loc, f"{e['input']!r} is not one of {', '.join(expected)}"
