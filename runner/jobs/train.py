@@ -741,7 +741,8 @@ class Evaluator:
         start = time.monotonic()
         self._reporting_ready()
         with small_model_threads(self.trainer.model):
-            raw = self.trainer.evaluate()  # every process takes part; the trainer gathers
+            raw = self._just_evaluated() if when == "after" else None
+            raw = raw or self.trainer.evaluate()  # every process takes part; the trainer gathers
             if self.prompts and self.trainer.is_world_process_zero():
                 self.answers[when] = generate(self.trainer.model, self.tokenizer, [p for p, _ in self.prompts],
                                               self.settings["max_new_tokens"], chat=self.chat)
@@ -749,6 +750,12 @@ class Evaluator:
         self.seconds += time.monotonic() - start
         shown = " ".join(f"{k}={v:.4g}" for k, v in self.metrics[when].items() if k in self._headline())
         log(f"eval {when} training: {shown}")
+
+    def _just_evaluated(self) -> dict[str, Any] | None:
+        """The trainer's own evaluation at the last step (every_steps divides the steps): no need for another."""
+        state = self.trainer.state
+        last = next((e for e in reversed(state.log_history) if any(k.startswith("eval_") for k in e)), None)
+        return last if last and last.get("step") == state.global_step else None
 
     def _reporting_ready(self) -> None:
         """Start the trackers outside train(): they start lazily on the first log, but GRPO's profiler
