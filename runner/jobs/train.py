@@ -482,22 +482,22 @@ def _trainer(config: dict[str, Any], data, held=None):
         extra = {"train_sampling_strategy": "group_by_length"} if setup.group_by_length else {}
         sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=setup.packing,
                              padding_free=setup.padding_free, model_init_kwargs=model_kwargs)
-        return SFTTrainer(model=config["base_model"], eval_dataset=held, args=sft_args, train_dataset=data, peft_config=peft,
-                          callbacks=callbacks)
+        return SFTTrainer(model=config["base_model"], args=sft_args, train_dataset=data, peft_config=peft,
+                          eval_dataset=held, callbacks=callbacks)
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
         dpo_args = DPOConfig(**args, max_length=t["max_length"], model_init_kwargs=model_kwargs, **extra)
-        return DPOTrainer(model=config["base_model"], eval_dataset=held, args=dpo_args, train_dataset=data, peft_config=peft,
-                          callbacks=callbacks)
+        return DPOTrainer(model=config["base_model"], args=dpo_args, train_dataset=data, peft_config=peft,
+                          eval_dataset=held, callbacks=callbacks)
     from trl import GRPOConfig, GRPOTrainer
 
     grpo_args = GRPOConfig(**args, num_generations=t.get("num_generations") or 8,
                            max_completion_length=t.get("max_completion_length") or 256,
                            model_init_kwargs=model_kwargs, log_completions=False)
-    return GRPOTrainer(model=config["base_model"], eval_dataset=held, args=grpo_args, train_dataset=data, peft_config=peft,
-                       reward_funcs=reward_functions(config["rewards"]), callbacks=callbacks)
+    return GRPOTrainer(model=config["base_model"], args=grpo_args, train_dataset=data, peft_config=peft,
+                       reward_funcs=reward_functions(config["rewards"]), eval_dataset=held, callbacks=callbacks)
 
 
 def peak_memory_bytes() -> int:
@@ -618,7 +618,8 @@ def split_held_out(config: dict[str, Any], data):
     if n == 0:
         return data, None, ""
     parts = data.train_test_split(test_size=n, seed=seed, shuffle=True)
-    return parts["train"], parts["test"], f"{fraction:g} of {spec.get('split') or 'train'} held out by seed {seed}, never trained on"
+    where = f"{fraction:g} of {spec.get('split') or 'train'} held out by seed {seed}, never trained on"
+    return parts["train"], parts["test"], where
 
 
 def eval_args(config: dict[str, Any], held) -> dict[str, Any]:
@@ -730,6 +731,11 @@ class Evaluator:
             self.prompts = [(render_prompt(tokenizer, p), ref) for p, ref in found[: self.settings["samples"]]]
 
     def before(self) -> None:
+        if self.config.get("strategy") == "fsdp":
+            # The trainer would shard the model for evaluation and then again for training; it is not
+            # made for that order. Sharded runs report the tuned model only.
+            log("eval before training: skipped (FSDP)")
+            return
         self._measure("before")
 
     def after(self) -> None:
@@ -824,7 +830,7 @@ def harness_kwargs(config: dict[str, Any], *, adapter: bool, chat: bool) -> dict
 
 
 def benchmark_scores(results: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-    """lm-eval's results -> one score per task and metric ('exact_match,strict-match' -> 'exact_match (strict-match)')."""
+    """lm-eval's results -> a score per task and metric ('exact_match,strict-match' -> 'exact_match (strict-match)')."""
     out = []
     configs = results.get("configs") or {}
     for task, values in (results.get("results") or {}).items():
