@@ -226,3 +226,20 @@ def test_card_comment_and_status_show_before_and_after(tmp_path: Path, cli) -> N
     runs.write_text(json.dumps({"name": "ev", "runs": [record.model_dump(mode="json")]}))
     res = cli("status", cwd=tmp_path)
     assert res.code == 0 and "ev: recorded" in res.out and "eval loss 5.5 -> 2.25" in res.out
+
+
+def test_benchmark_harness_runs_alone_and_its_failure_is_recorded(job, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real harness, called as a job calls it, on the example model: it gets as far as fetching the
+    benchmark's data, which this machine cannot, and the failure lands in the evaluation, not in a crash."""
+    pytest.importorskip("lm_eval")
+    # As if inside a torchrun process: the harness process must not join that group (nor relaunch one).
+    for var, value in {"WORLD_SIZE": "2", "RANK": "0", "RUNNER_NPROC": "2", "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(var, value)
+    config = {"base_model": str(ROOT / "examples" / "tiny-model"), "output_dir": str(ROOT / "examples" / "tiny-model"),
+              "training": {"seed": 1}, "evaluation": {"tasks": ["gsm8k"], "task_limit": 2}}
+    evaluation = {"seconds": 1.0, "benchmarks": [], "benchmark_error": None}
+    job.run_benchmarks(config, evaluation, adapter=False)
+    assert evaluation["benchmarks"] == []
+    assert "gsm8k" in evaluation["benchmark_error"] and "Offline" in evaluation["benchmark_error"]
+    assert evaluation["seconds"] > 1.0

@@ -48,7 +48,9 @@ import math
 import os
 import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -845,22 +847,46 @@ def benchmark_scores(results: dict[str, Any], limit: int) -> list[dict[str, Any]
     return out
 
 
+# What torchrun tells its processes; the harness runs as one plain process, outside their group.
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RUNNER_NPROC")
+
+
 def run_benchmarks(config: dict[str, Any], evaluation: dict[str, Any], *, adapter: bool) -> None:
-    """Run the recipe's tasks on the tuned model; a harness failure is recorded, the trained model is kept."""
-    settings = eval_settings(config)
+    """Run the recipe's tasks on the saved tuned model in a fresh process (alone on the device, and
+    outside the trainer's process group); a harness failure is recorded, the trained model is kept."""
     start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "benchmarks.json"
+        env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC")}
+        env.update(RUNNER_JOB_CONFIG=json.dumps(config), RUNNER_BENCHMARKS_OUT=str(out),
+                   RUNNER_BENCHMARKS_ADAPTER="1" if adapter else "")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, check=False)
+        result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {
+            "benchmarks": [], "benchmark_error": f"the benchmark process exited with code {proc.returncode}"}
+    evaluation.update(result)
+    evaluation["seconds"] = round(evaluation.get("seconds", 0.0) + time.monotonic() - start, 3)
+    if evaluation["benchmark_error"]:
+        log(f"benchmark tasks failed: {evaluation['benchmark_error']}")
+    for b in evaluation["benchmarks"]:
+        log(f"benchmark {b['task']} {b['metric']}={b['value']:.4g}")
+
+
+def benchmarks_main(out: Path) -> int:
+    """The benchmark process: the harness on the tuned model, its scores (or its failure) to `out`."""
+    config = json.loads(os.environ["RUNNER_JOB_CONFIG"])
+    result: dict[str, Any] = {"benchmarks": [], "benchmark_error": None}
     try:
         import lm_eval
 
-        results = lm_eval.simple_evaluate(**harness_kwargs(config, adapter=adapter, chat=_has_template(config)),
-                                          task_manager=task_manager())
-        evaluation["benchmarks"] = benchmark_scores(results or {}, settings["task_limit"])
+        kwargs = harness_kwargs(config, adapter=bool(os.environ.get("RUNNER_BENCHMARKS_ADAPTER")),
+                                chat=_has_template(config))
+        results = lm_eval.simple_evaluate(**kwargs, task_manager=task_manager())
+        result["benchmarks"] = benchmark_scores(results or {}, eval_settings(config)["task_limit"])
     except Exception as e:  # noqa: BLE001 - whatever the harness raises, the run keeps its model
-        evaluation["benchmark_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        log(f"benchmark tasks failed: {evaluation['benchmark_error']}")
-    evaluation["seconds"] = round(evaluation.get("seconds", 0.0) + time.monotonic() - start, 3)
-    for b in evaluation["benchmarks"]:
-        log(f"benchmark {b['task']} {b['metric']}={b['value']:.4g}")
+        result["benchmark_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    out.write_text(json.dumps(result), encoding="utf-8")
+    return 0
 
 
 def _has_template(config: dict[str, Any]) -> bool:
@@ -881,6 +907,8 @@ def relaunch_data_parallel(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("RUNNER_BENCHMARKS_OUT"):
+        return benchmarks_main(Path(os.environ["RUNNER_BENCHMARKS_OUT"]))
     args = parse_args(argv)
     try:
         if args.explain:
