@@ -470,7 +470,8 @@ def _trainer(config: dict[str, Any], data, held=None):
     method = config["method"]
     setup = training_setup(config, runtime_device())
     log("setup: " + json.dumps(setup.as_dict()))
-    args = {**common_args(config, gpu), **setup_args(config, setup), **eval_args(config, held)}
+    args = {**common_args(config, gpu), **setup_args(config, setup)}
+    args |= eval_args(config, held, args["per_device_train_batch_size"])
     model_kwargs = model_init_kwargs(setup)
     peft = peft_config(config.get("lora"))
     callbacks = [progress_callback()]
@@ -624,14 +625,15 @@ def split_held_out(config: dict[str, Any], data):
     return parts["train"], parts["test"], where
 
 
-def eval_args(config: dict[str, Any], held) -> dict[str, Any]:
-    """The trainer's evaluation arguments: every N steps when the recipe asks, else only when we call it."""
+def eval_args(config: dict[str, Any], held, micro_batch: int) -> dict[str, Any]:
+    """The trainer's evaluation arguments: every N steps when the recipe asks, else only when we call it;
+    batches of the training micro-batch, which is known to fit."""
     if held is None:
         return {"eval_strategy": "no"}
     t = config["training"]
     every = eval_settings(config)["every_steps"]
     # GRPO evaluates whole groups: each process's eval batch holds all completions of a prompt.
-    batch = t.get("num_generations") or 8 if config["method"] == "grpo" else t["batch_size"]
+    batch = t.get("num_generations") or 8 if config["method"] == "grpo" else micro_batch
     args: dict[str, Any] = {"eval_strategy": "steps" if every else "no", "per_device_eval_batch_size": batch}
     if every:
         args["eval_steps"] = every
