@@ -412,7 +412,8 @@ def held_out_rows(rows: int, fraction: float, cap: int, samples: int) -> int:
 
 def _decode_seconds(facts: ModelFacts, flavor: HardwareFlavor, batches: float, tokens: int, batch: int) -> float:
     """Greedy decoding of `batches` batches of `batch` sequences, `tokens` steps each."""
-    per_step = max(DECODE_STEP_SECONDS, batch * 2 * facts.params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION))
+    per_step = max(DECODE_STEP_SECONDS,
+                   batch * 2 * facts.compute_params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION))
     return batches * tokens * per_step
 
 
@@ -420,7 +421,7 @@ def eval_seconds(work: EvalWork, facts: ModelFacts, flavor: HardwareFlavor, step
     """Wall time evaluation adds to the training job on one flavor."""
     if work.rows == 0 and not work.tasks:
         return 0.0
-    forward = flavor.peak_tflops * 1e12 * (GPU_UTILISATION if flavor.is_gpu else CPU_UTILISATION) * flavor.devices
+    forward = flavor.peak_tflops * 1e12 * flavor.mfu * flavor.devices
     passes = 2 + (int(steps // work.every_steps) if work.every_steps else 0)  # before, after, every N steps
     seconds = 0.0
     if work.method == "grpo":  # each held-out prompt: num_generations completions, then the rewards
@@ -428,13 +429,13 @@ def eval_seconds(work: EvalWork, facts: ModelFacts, flavor: HardwareFlavor, step
                                             8 * work.generations)
     else:  # DPO scores chosen and rejected with the policy and the reference
         sequences = 4 if work.method == "dpo" else 1
-        seconds += passes * work.rows * work.row_tokens * sequences * 2 * facts.params / forward
+        seconds += passes * work.rows * work.row_tokens * sequences * 2 * facts.compute_params / forward
     seconds += 2 * _decode_seconds(facts, flavor, 1, work.max_new_tokens, work.samples) if work.samples else 0.0
     if work.tasks:
         seconds += HARNESS_STARTUP_SECONDS
         for task in work.tasks:
             prompt, generated = TASK_TOKENS.get(task, MULTIPLE_CHOICE_TOKENS)
-            seconds += work.task_limit * prompt * 2 * facts.params / forward
+            seconds += work.task_limit * prompt * 2 * facts.compute_params / forward
             if generated:
                 seconds += _decode_seconds(facts, flavor, math.ceil(work.task_limit / HARNESS_BATCH), generated,
                                            HARNESS_BATCH)
