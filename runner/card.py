@@ -6,6 +6,7 @@ import io
 import math
 from typing import Any
 
+from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
 from runner.recipe import LoadedRecipe
 
@@ -85,6 +86,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         tags=["trl", r.method, "recipes-runner"] + (["lora"] if summary.get("adapter") else []) + (
             ["gguf"] if gguf.get("files") else []) + (["vision-language"] if vision else []),
         pipeline_tag="image-text-to-text" if vision else "text-generation",
+        eval_results=eval_results(loaded, record.evaluation) or None,
     )
     t = r.training
     repo = loaded.output_repo
@@ -137,6 +139,9 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
                   f"{summary.get('train_runtime_s', 0):.1f} s of training on {summary.get('world_size', 1)} process(es)."]
     if has_plot:
         lines += ["", "![training loss](loss.png)"]
+    if record.evaluation:
+        lines += evaluation_section(record.evaluation, r.base_model,
+                                    (record.configs.get("train") or {}).get("evaluation") or {})
     files = gguf.get("files") or []
     if gguf.get("skipped"):
         lines += ["", "## GGUF", "", f"Not converted: {gguf['skipped']}."]
@@ -160,3 +165,63 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
                  (f"${actual:.2f} ({hours:.2f} h billed running time)" if actual is not None else "unknown")) + "."]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     return str(card)
+
+
+def _fence(text: str) -> list[str]:
+    return ["```text", text.replace("```", "'''"), "```"]
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def evaluation_section(ev: Evaluation, base_model: str, settings: dict[str, Any]) -> list[str]:
+    """The card's Evaluation section: before/after table, benchmark scores, side-by-side samples."""
+    lines = ["", "## Evaluation", "",
+             f"On {ev.rows} held-out rows ({ev.held_out}). *Base* is `{base_model}` before the "
+             "first step, *tuned* the model after the last, on the same rows.", ""]
+    if ev.metrics:
+        lines += ["| metric | base | tuned | change |", "| --- | --- | --- | --- |"]
+        lines += [f"| {m.label} | {_num(m.before)} | {_num(m.after)} | "
+                  f"{'-' if m.delta is None else f'{m.delta:+.4g}'} |" for m in ev.metrics]
+    if ev.benchmarks or ev.benchmark_error:
+        limit = next((b.limit for b in ev.benchmarks if b.limit), settings.get("task_limit"))
+        lines += ["", "### Benchmarks", "",
+                  "Tuned model, [lm-evaluation-harness](https://github.com/EleutherAI/lm-evaluation-harness), "
+                  f"at most {limit} samples per task (a sample, not the full benchmark).", ""]
+        if ev.benchmarks:
+            lines += ["| task | metric | score |", "| --- | --- | --- |"]
+            lines += [f"| {b.task} | {b.metric} | {b.value:.4g}" + (f" ± {b.stderr:.2g}" if b.stderr else "") + " |"
+                      for b in ev.benchmarks]
+        if ev.benchmark_error:
+            lines += ["", f"The benchmark run failed: `{ev.benchmark_error.replace('`', chr(39))}`"]
+    if ev.samples:
+        tokens = settings.get("max_new_tokens")
+        bound = f" (at most {tokens} new tokens)" if tokens else ""
+        lines += ["", "### Samples", "",
+                  "Held-out prompts as the model sees them (chat template applied to conversations), answered "
+                  f"greedily{bound} by the base and the tuned model."]
+        for i, sample in enumerate(ev.samples, 1):
+            lines += ["", f"**Prompt {i}**", "", *_fence(sample.prompt)]
+            if sample.reference is not None:
+                lines += ["", "Reference:", "", *_fence(sample.reference)]
+            lines += ["", "Base:", "", *_fence(sample.base), "", "Tuned:", "", *_fence(sample.tuned)]
+    return lines
+
+
+def eval_results(loaded: LoadedRecipe, ev: Evaluation | None) -> list:
+    """The tuned model's scores as `model-index` entries, which the Hub shows on the model page."""
+    if ev is None:
+        return []
+    from huggingface_hub import EvalResult
+
+    d = loaded.recipe.dataset
+    out = [EvalResult(task_type="text-generation", dataset_type=d.path, dataset_name=f"{d.path} (held out)",
+                      dataset_config=d.config, dataset_split=d.eval_split or d.split, metric_type=m.name,
+                      metric_name=m.label, metric_value=round(m.after, 6))
+           for m in ev.metrics if m.after is not None]
+    out += [EvalResult(task_type="text-generation", dataset_type=b.dataset or b.task, dataset_name=b.task,
+                       metric_type=b.metric.split(" ")[0], metric_name=f"{b.metric} ({b.limit} samples)",
+                       metric_value=round(b.value, 6))
+            for b in ev.benchmarks]
+    return out

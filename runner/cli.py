@@ -268,6 +268,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
             if progress:
                 line += f"; {progress[-1].removeprefix('progress ').strip()}"
+        if r.evaluation and r.evaluation.phrase():
+            line += f"; {r.evaluation.phrase()}"
         if r.failure:  # a cancel is not a failure: its reason says who canceled, where the Hub says
             line += f"; {r.failure.reason}" if r.state == "canceled" else \
                 f"; {r.failure.stage} failed: {r.failure.reason}"

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from runner.errors import UserError
+from runner.evaluation import Evaluation
 
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
@@ -84,6 +85,7 @@ class RunRecord(BaseModel):
     train_summary: dict[str, Any] | None = None
     gguf_summary: dict[str, Any] | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    evaluation: Evaluation | None = None  # held-out metrics before/after, samples, benchmark scores
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)

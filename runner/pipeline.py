@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import card, failures, ledger, outputs
+from runner import card, evaluation, failures, ledger, outputs
 from runner.backends.base import Backend, JobSpec, JobStatus
 from runner.backends.hf import MOUNT
 from runner.backends.local import JOB_MODULES, script_path
@@ -474,6 +474,7 @@ def _trained(step: Step, record: RunRecord) -> None:
     record.train_summary = summary
     record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    record.evaluation = evaluation.from_summary(summary)
     record.move("trained")
 
 

@@ -99,6 +99,16 @@ class PlannedJob(BaseModel):
     hours: float
     cost_usd: float  # the estimate
     max_cost_usd: float  # the worst case: the whole timeout, billed
+# Evaluation. Greedy decoding with transformers' generate is bound by per-step overhead on small
+# models, not FLOPs: one step of a batch takes at least this long on a GPU (~40 tokens/s at batch 1).
+DECODE_STEP_SECONDS = 0.025
+HARNESS_STARTUP_SECONDS = 60  # lm-eval reloads the model and fetches each task's data
+HARNESS_BATCH = 16
+# lm-eval tasks: (prompt tokens, generated tokens) per sample; unknown tasks are read as multiple
+# choice (four loglikelihood passes over ~500 tokens, nothing generated).
+TASK_TOKENS = {"gsm8k": (900, 256), "gsm8k_cot": (1000, 256), "ifeval": (100, 1280), "mbpp": (600, 256),
+               "humaneval": (200, 512), "minerva_math": (1200, 512), "bbh": (1000, 256)}
+MULTIPLE_CHOICE_TOKENS = (2000, 0)
 
 
 class ModelShapeInfo(BaseModel):
@@ -157,6 +167,8 @@ class Plan(BaseModel):
     memory_capacity_gb: float | None
     fits: bool
     hours: float
+    eval_hours: float = 0.0  # part of `hours`: held-out evaluation, samples and benchmark tasks
+    eval_rows: int = 0  # held-out rows evaluated before and after training
     train_cost_usd: float
     gguf_cost_usd: float
     cost_usd: float
@@ -357,10 +369,84 @@ def runner_minutes(hours: float) -> float:
     return SETUP_MINUTES + 1 + follow + checks + FINISH_MINUTES
 
 
+class EvalWork(BaseModel):
+    """What the training job evaluates, in sizes the clock cares about."""
+
+    rows: int  # held-out rows, each evaluated before and after training (and every N steps)
+    row_tokens: float
+    method: str
+    generations: int
+    completion: int
+    samples: int
+    max_new_tokens: int
+    every_steps: int | None
+    tasks: list[str]
+    task_limit: int
+
+
+def eval_work(loaded: LoadedRecipe, rows: int, row_tokens: float) -> EvalWork:
+    """The held-out rows and the rest of the evaluation a recipe asks for (mirrors runner/jobs/train.py)."""
+    r = loaded.recipe
+    e = r.evaluation
+    if r.dataset.eval_split is not None:
+        held = e.max_rows
+    else:
+        held = held_out_rows(rows, r.dataset.held_out_fraction, e.max_rows, e.samples)
+    return EvalWork(rows=held, row_tokens=row_tokens, method=r.method, generations=r.training.num_generations or 8,
+                    completion=r.training.max_completion_length or 256, samples=min(e.samples, held),
+                    max_new_tokens=e.max_new_tokens, every_steps=e.every_steps, tasks=list(e.tasks),
+                    task_limit=e.task_limit)
+
+
+def held_out_rows(rows: int, fraction: float, cap: int, samples: int) -> int:
+    """Rows held out of the training split: the fraction, at least enough for the samples, at most the cap.
+
+    Never more than a tenth of the data for the samples' sake, and never every row. The job script
+    applies the same rule (runner/jobs/train.py `held_out_rows`).
+    """
+    if fraction <= 0 or rows < 2:
+        return 0
+    n = max(math.ceil(fraction * rows), min(samples, rows // 10))
+    return max(0, min(n, cap, rows - 1))
+
+
+def _decode_seconds(facts: ModelFacts, flavor: HardwareFlavor, batches: float, tokens: int, batch: int) -> float:
+    """Greedy decoding of `batches` batches of `batch` sequences, `tokens` steps each."""
+    per_step = max(DECODE_STEP_SECONDS,
+                   batch * 2 * facts.compute_params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION))
+    return batches * tokens * per_step
+
+
+def eval_seconds(work: EvalWork, facts: ModelFacts, flavor: HardwareFlavor, steps: float) -> float:
+    """Wall time evaluation adds to the training job on one flavor."""
+    if work.rows == 0 and not work.tasks:
+        return 0.0
+    forward = flavor.peak_tflops * 1e12 * flavor.mfu * flavor.devices
+    passes = 2 + (int(steps // work.every_steps) if work.every_steps else 0)  # before, after, every N steps
+    seconds = 0.0
+    if work.method == "grpo":  # each held-out prompt: num_generations completions, then the rewards
+        seconds += passes * _decode_seconds(facts, flavor, math.ceil(work.rows / 8), work.completion,
+                                            8 * work.generations)
+    else:  # DPO scores chosen and rejected with the policy and the reference
+        sequences = 4 if work.method == "dpo" else 1
+        seconds += passes * work.rows * work.row_tokens * sequences * 2 * facts.compute_params / forward
+    seconds += 2 * _decode_seconds(facts, flavor, 1, work.max_new_tokens, work.samples) if work.samples else 0.0
+    if work.tasks:
+        seconds += HARNESS_STARTUP_SECONDS
+        for task in work.tasks:
+            prompt, generated = TASK_TOKENS.get(task, MULTIPLE_CHOICE_TOKENS)
+            seconds += work.task_limit * prompt * 2 * facts.compute_params / forward
+            if generated:
+                seconds += _decode_seconds(facts, flavor, math.ceil(work.task_limit / HARNESS_BATCH), generated,
+                                           HARNESS_BATCH)
+    return seconds
+
+
 class _Option(BaseModel):
     flavor: HardwareFlavor
     setup: TrainingSetup
     hours: float
+    eval_hours: float = 0.0
     cost: float
     tokens: float
     fits: bool
@@ -392,9 +478,11 @@ def _evaluate(flavor: HardwareFlavor, ctx: dict[str, Any]) -> _Option:
         generated = rows_seen * ctx["generations"] * ctx["completion"]
         seconds += generated * 2 * facts.compute_params / (flavor.peak_tflops * 1e12 * GENERATION_UTILISATION * n)
     seconds += STARTUP_SECONDS + facts.params * 2 / DOWNLOAD_BYTES_PER_SECOND
-    hours = seconds / 3600
-    return _Option(flavor=flavor, setup=setup, hours=hours, cost=billed(hours, flavor.usd_per_hour), tokens=tokens,
-                   fits=setup.fits and hours <= MAX_HOURS)
+    steps = rows_seen / max(setup.effective_batch, 1) * (ctx["generations"] if ctx["method"] == "grpo" else 1)
+    evaluation = eval_seconds(ctx["eval"], facts, flavor, steps)
+    hours = (seconds + evaluation) / 3600
+    return _Option(flavor=flavor, setup=setup, hours=hours, eval_hours=evaluation / 3600,
+                   cost=billed(hours, flavor.usd_per_hour), tokens=tokens, fits=setup.fits and hours <= MAX_HOURS)
 
 
 def _image_notes(report: DatasetReport, vision: VisionFacts, max_length: int, guesses: list[str]) -> list[str]:
@@ -492,6 +580,7 @@ def plan(
         "facts": facts, "method": r.method, "rows": rows or UNKNOWN_ROWS, "epochs": t.epochs,
         "max_steps": t.max_steps, "generations": generations, "completion": completion, "row_tokens": row_tokens,
         "lora": lora, "job": job,
+        "eval": eval_work(loaded, rows or UNKNOWN_ROWS, row_tokens),
     }
     options = [_evaluate(f, ctx) for f in flavors if r.hardware in ("auto", f.name)]
     fitting = [o for o in options if o.fits]
@@ -567,7 +656,8 @@ def plan(
         strategy=chosen.strategy if chosen else None, devices=chosen.flavor.devices if chosen else 0,
         memory_gb=round((chosen.memory if chosen else 0) / GB, 2),
         memory_capacity_gb=chosen.flavor.memory_gb if chosen else None, fits=bool(chosen and chosen.fits),
-        hours=round(hours, 4), train_cost_usd=round(train_cost, 4), gguf_cost_usd=round(gguf_cost, 4),
+        hours=round(hours, 4), eval_hours=round(chosen.eval_hours if chosen else 0.0, 4),
+        eval_rows=ctx["eval"].rows, train_cost_usd=round(train_cost, 4), gguf_cost_usd=round(gguf_cost, 4),
         cost_usd=cost, max_cost_usd=max_cost, timeout_seconds=timeout, budget_usd=budget, within_budget=within,
         jobs=jobs, refusal=refusal, runner_minutes=round(runner_minutes(sum(j.hours for j in jobs)), 1),
         calibration=calibrated,

@@ -39,6 +39,8 @@ COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 SPLIT = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]{1,128}$")
+TASK = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+DEFAULT_EVAL_FRACTION = 0.02  # of the training split, when the recipe names no eval_split
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
 
 
@@ -97,7 +99,10 @@ class Dataset(_Strict):
     columns: dict[str, str] | None = Field(
         default=None, description="rename columns before training, source -> TRL column, e.g. {question: prompt, "
         "answer: completion}; `runner inspect DATASET --method M` prints the mapping a dataset needs")
-    eval_split: str | None = Field(None, description="split to evaluate on during training; none by default")
+    eval_split: str | None = Field(None, description="held-out split (e.g. test, or train[95%:] of a local file)")
+    eval_fraction: float | None = Field(None, ge=0, le=0.5, description=(
+        f"share of `split` held out for evaluation when there is no eval_split; default {DEFAULT_EVAL_FRACTION}, "
+        "0 turns evaluation off"))
 
     @field_validator("path")
     @classmethod
@@ -110,6 +115,27 @@ class Dataset(_Strict):
         if v is not None and not SPLIT.match(v):
             raise ValueError(f"'{v}' is not a valid name (letters, digits, '_', '-', '.')")
         return v
+
+    @field_validator("eval_fraction", mode="before")
+    @classmethod
+    def _fraction(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _held_out(self) -> Dataset:
+        if self.eval_split is not None and self.eval_fraction is not None:
+            raise ValueError("set eval_split or eval_fraction, not both: eval_split is the held-out data")
+        if self.eval_split is not None and self.eval_split == self.split:
+            raise ValueError(f"eval_split '{self.eval_split}' is the training split: the model would be evaluated "
+                             "on rows it trained on")
+        return self
+
+    @property
+    def held_out_fraction(self) -> float:
+        """The share of the training split held out (0 when an eval_split is given or evaluation is off)."""
+        if self.eval_split is not None:
+            return 0.0
+        return DEFAULT_EVAL_FRACTION if self.eval_fraction is None else self.eval_fraction
 
     @field_validator("revision")
     @classmethod
@@ -282,6 +308,27 @@ class Gguf(_Strict):
         return self
 
 
+class Evaluation(_Strict):
+    """Before/after evaluation on held-out data, side-by-side samples, optional benchmark tasks."""
+
+    max_rows: int = Field(256, ge=1, le=100_000, description="cap on held-out rows evaluated")
+    every_steps: int | None = Field(None, ge=1, le=10_000_000, description="also evaluate every N steps")
+    samples: int = Field(3, ge=0, le=32, description="held-out prompts answered by the base and the tuned model")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="length bound of each sample answer (greedy)")
+    tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run after training")
+    task_limit: int = Field(100, ge=1, le=100_000, description="samples per benchmark task")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        for task in v:
+            if not TASK.match(task):
+                raise ValueError(f"'{task}' is not a task name (lowercase letters, digits, '_', '-', '.')")
+        if len(set(v)) != len(v):
+            raise ValueError("a task is listed twice")
+        return v
+
+
 class Tracking(_Strict):
     """Trackio experiment tracking."""
 
@@ -322,6 +369,8 @@ class Recipe(_Strict):
                                "auto: the estimate with headroom")
     output: Output = Field(Output(), description="where the trained model goes")
     gguf: Gguf = Field(Gguf(), description="GGUF conversion after training")
+    evaluation: Evaluation = Field(Evaluation(), description="before/after evaluation on held-out data, samples, "
+                                   "benchmark tasks")
     tracking: Tracking = Field(Tracking(), description="Trackio experiment tracking")
     budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="most this recipe may cost in USD; the "
                                      "plan fails above it (capped by max_budget_usd in recipes/_defaults.yaml)")

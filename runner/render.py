@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
 from runner.plan import Plan, billed
 from runner.report import DatasetReport
@@ -94,6 +95,14 @@ def setup_line(p: Plan) -> str | None:
             f"{', checkpointed' if s.gradient_checkpointing else ''})")
 
 
+def _eval_part(p: Plan) -> str:
+    """The evaluation share of the job's time, when there is one."""
+    if not p.eval_hours:
+        return ""
+    seconds = p.eval_hours * 3600
+    return f" incl. evaluation {seconds:.0f} s" if seconds < 90 else f" incl. evaluation {_duration(p.eval_hours)}"
+
+
 def plan_text(p: Plan) -> str:
     status = "OK" if p.ok else "BLOCKED"
     lines = [
@@ -106,7 +115,7 @@ def plan_text(p: Plan) -> str:
         *([f"  setup: {setup_line(p)}"] if p.setup else []),
         f"  tokens: {_count(p.tokens)}" + (f" (images: {p.image_tokens_per_row:g} per row)"
                                             if p.image_tokens_per_row else "")
-        + f"; time: {_duration(p.hours)}; timeout: {p.timeout_seconds // 60} min",
+        + f"; time: {_duration(p.hours)}{_eval_part(p)}; timeout: {p.timeout_seconds // 60} min",
         f"  cost: ${p.cost_usd:.2f} (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}); "
         f"worst case ${p.max_cost_usd:.2f}; budget " + (f"${p.budget_usd:.2f}" if p.budget_usd else "none"),
         "  jobs: " + ("; ".join(f"{j.stage} on {j.flavor} (timeout {j.timeout_seconds // 60} min, worst case "
@@ -142,7 +151,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             *([f"| Setup | {md(setup_line(p) or '')} |"] if p.setup else []),
             f"| Data | {rows} rows, {_count(p.tokens)} training tokens"
             + (f" (images: {p.image_tokens_per_row:g} tokens per row)" if p.image_tokens_per_row else "") + " |",
-            f"| Time | ~{_duration(p.hours)} (timeout {p.timeout_seconds // 60} min) |",
+            f"| Time | ~{_duration(p.hours)}{_eval_part(p)} (timeout {p.timeout_seconds // 60} min) |",
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",
             f"| Budget | {budget}: {'within' if p.within_budget else '**refused**'} |",
@@ -243,6 +252,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     worst = record.cost_usd.get("max")
     out.append(f"| Cost | estimated ${est or 0:.2f}" + (f", worst case ${worst:.2f}" if worst is not None else "")
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
+    if record.evaluation:
+        out += evaluation_markdown(record.evaluation)
     if record.failure:
         f = record.failure
         verb = "Canceled" if record.state == "canceled" else "Failed"
@@ -253,6 +264,23 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                 "", "<details><summary>Log tail</summary>", "", "```",
                 *[line.replace("```", "'''") for line in f.log_tail[-20:]], "```", "</details>"]
     return "\n".join(out) + "\n"
+
+
+def evaluation_markdown(ev: Evaluation) -> list[str]:
+    """The compact before -> after table of the outcome comment (samples stay in the card)."""
+    out = ["", f"**Evaluation** on {ev.rows} held-out rows ({md(ev.held_out)})", "",
+           "| metric | base | tuned | change |", "|---|---|---|---|"]
+    for m in ev.metrics[:6]:
+        change = "" if m.delta is None else f"{m.delta:+.4g}"
+        out.append(f"| {md(m.label)} | {_num(m.before)} | {_num(m.after)} | {change} |")
+    out += [f"| {md(b.task)} {md(b.metric)} | | {b.value:.4g} | |" for b in ev.benchmarks]
+    if ev.benchmark_error:
+        out.append(f"| benchmarks | | failed: {md(ev.benchmark_error)} | |")
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _link(url: str) -> str:

@@ -125,7 +125,30 @@ def assert_recorded(repo: Path, name: str, method: str, *, adapter: bool) -> dic
     assert "## GGUF" in card.text and f"{name}-Q4_K_M.gguf" in card.text
     assert run["run_id"] in card.text and run["commit"] in card.text
     assert (repo / "models" / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_evaluation(run, card)
     return run
+
+
+def check_evaluation(run: dict, card) -> dict[str, tuple[float, float]]:
+    """The record holds before/after numbers; the card shows them, the samples, and model-index results."""
+    ev = run["evaluation"]
+    assert ev == run["train_summary"]["evaluation"] and ev["rows"] > 0
+    numbers = {m["name"]: (m["before"], m["after"]) for m in ev["metrics"]}
+    assert numbers and all(math.isfinite(v) for pair in numbers.values() for v in pair)
+    assert len(ev["samples"]) == min(3, ev["rows"])
+    assert all(s["prompt"] and isinstance(s["base"], str) and isinstance(s["tuned"], str) for s in ev["samples"])
+    assert "## Evaluation" in card.text and "| metric | base | tuned | change |" in card.text
+    assert "### Samples" in card.text and ev["samples"][0]["prompt"].strip() in card.text
+    indexed = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert indexed == {k: pytest.approx(after, abs=1e-5) for k, (_, after) in numbers.items()}
+    return numbers
+
+
+def status_line(repo: Path, name: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "runner", "status", name], cwd=repo, env=env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_sft_full_is_the_main_command(workspace: Path) -> None:
@@ -140,19 +163,42 @@ def test_sft_full_is_the_main_command(workspace: Path) -> None:
     logged = trackio_losses(workspace, "tiny-sft")
     history = [e["loss"] for e in run["train_summary"]["log_history"] if "loss" in e]
     assert logged and logged == pytest.approx(history)
+    # Held out by default (2% of the rows, at least the 3 samples' worth), never trained on; the tuned model
+    # fits them better than the base did.
+    ev = run["evaluation"]
+    assert ev["rows"] == 3 and "never trained on" in ev["held_out"]
+    before, after = next((m["before"], m["after"]) for m in ev["metrics"] if m["name"] == "eval_loss")
+    assert after < before
+    assert all(s["prompt"].startswith("<|im_start|>system") and s["prompt"].endswith("<|im_start|>assistant\n")
+               for s in ev["samples"])  # chat template applied
+    assert f"eval loss {before:.4g} -> {after:.4g}" in status_line(workspace, "tiny-sft")
 
 
-def test_sft_lora(workspace: Path) -> None:
-    path = variant(workspace, "tiny-sft", "tiny-sft-lora", replace=("  lora: false", "  lora: true\n  r: 8"))
+def test_sft_lora_with_an_eval_split(workspace: Path) -> None:
+    # A local file has one split; slices of it make the training and the evaluation split.
+    path = variant(workspace, "tiny-sft", "tiny-sft-lora", replace=(
+        "  path: examples/data/sft.jsonl\n",
+        "  path: examples/data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
+    text = (workspace / path).read_text().replace("  lora: false", "  lora: true\n  r: 8")
+    (workspace / path).write_text(text)
     proc = runner(workspace, path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_recorded(workspace, "tiny-sft-lora", "sft", adapter=True)
+    run = assert_recorded(workspace, "tiny-sft-lora", "sft", adapter=True)
+    assert run["evaluation"]["rows"] == 10 and run["evaluation"]["held_out"] == "split train[90%:]"
+    card = (workspace / "models" / "tiny-sft-lora" / "README.md").read_text()
+    assert "On 10 held-out rows (split train[90%:])" in card and "| eval loss |" in card
 
 
 def test_dpo(workspace: Path) -> None:
     proc = runner(workspace, "recipes/tiny-dpo.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_recorded(workspace, "tiny-dpo", "dpo", adapter=True)
+    run = assert_recorded(workspace, "tiny-dpo", "dpo", adapter=True)
+    numbers = {m["name"]: (m["before"], m["after"]) for m in run["evaluation"]["metrics"]}
+    assert list(numbers)[:2] == ["eval_rewards/margins", "eval_rewards/accuracies"]
+    # Before the first step the policy is its own reference: no margin, no pair ranked right.
+    assert numbers["eval_rewards/margins"][0] == 0 and numbers["eval_rewards/accuracies"][0] == 0
+    assert "| reward margin |" in (workspace / "models" / "tiny-dpo" / "README.md").read_text()
+    assert "reward margin 0 -> " in status_line(workspace, "tiny-dpo")
 
 
 def test_grpo_with_builtin_and_repo_local_rewards(workspace: Path) -> None:
@@ -161,15 +207,24 @@ def test_grpo_with_builtin_and_repo_local_rewards(workspace: Path) -> None:
     run = assert_recorded(workspace, "tiny-grpo", "grpo", adapter=False)
     keys = {k for e in run["train_summary"]["log_history"] for k in e}
     assert any("contains_answer" in k for k in keys) and any("concise" in k for k in keys)
+    # The mean reward per reward function on held-out prompts, before and after.
+    names = [m["name"] for m in run["evaluation"]["metrics"]]
+    assert names == ["eval_reward", "eval_rewards/concise/mean", "eval_rewards/contains_answer/mean"]
+    card = (workspace / "models" / "tiny-grpo" / "README.md").read_text()
+    assert "| reward concise |" in card and "| reward contains_answer |" in card
 
 
 def test_two_process_data_parallel_sft(workspace: Path) -> None:
-    path = variant(workspace, "tiny-sft", "tiny-sft-ddp", replace=("max_steps: 30", "max_steps: 6"))
+    path = variant(workspace, "tiny-sft", "tiny-sft-ddp", replace=("max_steps: 30", "max_steps: 6"),
+                   extra="  every_steps: 3\n")
     proc = runner(workspace, path, "--processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = last_run(workspace, "tiny-sft-ddp")
     assert run["state"] == "recorded"
     assert run["train_summary"]["world_size"] == 2
+    # Evaluated every 3 steps as well as before and after, across both processes.
+    assert [e["step"] for e in run["train_summary"]["log_history"] if "eval_loss" in e] == [3, 6]
+    assert all(m["before"] is not None and m["after"] is not None for m in run["evaluation"]["metrics"])
 
 
 def test_crash_in_training_ends_in_a_failed_record(workspace: Path) -> None:

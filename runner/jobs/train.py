@@ -16,6 +16,7 @@
 #     "huggingface_hub>=2.4,<2.5",
 #     "liger-kernel>=0.6",
 #     "kernels>=0.10",
+#     "lm-eval[ifeval]>=0.4.8,<0.5",
 # ]
 # [tool.uv]
 # # The resolution is pinned to a date: a job resolves the same versions whenever it runs.
@@ -39,13 +40,17 @@ This file must not import the `runner` package: it runs on machines that do not 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import json
 import math
 import os
 import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,19 +128,21 @@ def check_config(config: dict[str, Any]) -> None:
 # --- data --------------------------------------------------------------------------------------
 
 
-def load_data(spec: dict[str, Any]):
+def load_data(spec: dict[str, Any], split: str | None = None):
+    """The dataset's `split` (default: the training split), columns mapped. A local file has one
+    split, `train`; a slice of it (`train[:95%]`, `train[95%:]`) selects rows."""
     from datasets import load_dataset
 
     source = spec["source"]
     suffix = Path(source).suffix.lower()
+    split = split or spec.get("split") or "train"
     try:
         if suffix in LOCAL_SUFFIXES and Path(source).exists():
-            data = load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
+            data = load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split=split)
         else:
-            data = load_dataset(source, spec.get("config"), split=spec.get("split") or "train",
-                                revision=spec.get("revision"))
-    except FileNotFoundError as e:
-        raise JobError(f"dataset {source}: {e}") from None
+            data = load_dataset(source, spec.get("config"), split=split, revision=spec.get("revision"))
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(f"dataset {source} split {split}: {e}") from None
     columns = spec.get("columns") or {}
     missing = [c for c in columns if c not in data.column_names]
     if missing:
@@ -198,7 +205,7 @@ def _conversational(*values: Any, names: list[str]) -> dict[str, Any]:
 
 
 def vision_trainer(config: dict[str, Any], data, args: dict[str, Any], model_kwargs: dict[str, Any], peft,
-                   callbacks: list):
+                   callbacks: list, held=None):
     """DPOTrainer over a vision-language model with its processor (images become pixel values per batch)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig, DPOTrainer
@@ -216,7 +223,7 @@ def vision_trainer(config: dict[str, Any], data, args: dict[str, Any], model_kwa
     extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
     dpo_args = DPOConfig(**args, max_length=t["max_length"], **extra)
     return DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=processor,
-                      peft_config=peft, callbacks=callbacks)
+                      peft_config=peft, eval_dataset=held, callbacks=callbacks)
 
 
 def _is_sharegpt(value: Any) -> bool:
@@ -447,15 +454,15 @@ def peft_config(lora: dict[str, Any] | None):
                       target_modules=lora["target_modules"], task_type="CAUSAL_LM")
 
 
-def build_trainer(config: dict[str, Any], data):
+def build_trainer(config: dict[str, Any], data, held=None):
     from transformers import PrinterCallback
 
-    trainer = _trainer(config, data)
+    trainer = _trainer(config, data, held)
     trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts
     return trainer
 
 
-def _trainer(config: dict[str, Any], data):
+def _trainer(config: dict[str, Any], data, held=None):
     import torch
 
     gpu = torch.cuda.is_available()
@@ -464,11 +471,12 @@ def _trainer(config: dict[str, Any], data):
     setup = training_setup(config, runtime_device())
     log("setup: " + json.dumps(setup.as_dict()))
     args = {**common_args(config, gpu), **setup_args(config, setup)}
+    args |= eval_args(config, held, args["per_device_train_batch_size"])
     model_kwargs = model_init_kwargs(setup)
     peft = peft_config(config.get("lora"))
     callbacks = [progress_callback()]
     if is_vision(data):
-        return vision_trainer(config, data, args, model_kwargs, peft, callbacks)
+        return vision_trainer(config, data, args, model_kwargs, peft, callbacks, held)
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -478,21 +486,21 @@ def _trainer(config: dict[str, Any], data):
         sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=setup.packing,
                              padding_free=setup.padding_free, model_init_kwargs=model_kwargs)
         return SFTTrainer(model=config["base_model"], args=sft_args, train_dataset=data, peft_config=peft,
-                          callbacks=callbacks)
+                          eval_dataset=held, callbacks=callbacks)
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
         dpo_args = DPOConfig(**args, max_length=t["max_length"], model_init_kwargs=model_kwargs, **extra)
         return DPOTrainer(model=config["base_model"], args=dpo_args, train_dataset=data, peft_config=peft,
-                          callbacks=callbacks)
+                          eval_dataset=held, callbacks=callbacks)
     from trl import GRPOConfig, GRPOTrainer
 
     grpo_args = GRPOConfig(**args, num_generations=t.get("num_generations") or 8,
                            max_completion_length=t.get("max_completion_length") or 256,
                            model_init_kwargs=model_kwargs, log_completions=False)
     return GRPOTrainer(model=config["base_model"], args=grpo_args, train_dataset=data, peft_config=peft,
-                       reward_funcs=reward_functions(config["rewards"]), callbacks=callbacks)
+                       reward_funcs=reward_functions(config["rewards"]), eval_dataset=held, callbacks=callbacks)
 
 
 def peak_memory_bytes() -> int:
@@ -527,11 +535,17 @@ def resume_checkpoint(config: dict[str, Any]) -> str | None:
 def train(config: dict[str, Any]) -> dict[str, Any] | None:
     data = load_data(config["dataset"])
     check_rows("vision-dpo" if is_vision(data) else config["method"], data)
+    if eval_settings(config)["tasks"]:
+        check_tasks(eval_settings(config)["tasks"])  # before paying for training
+    data, held, held_from = split_held_out(config, data)
     log(f"loaded {len(data)} rows; training {config['method'].upper()} on {config['base_model']}")
-    trainer = build_trainer(config, data)
+    trainer = build_trainer(config, data, held)
+    ev = Evaluator(config, trainer, held, held_from)
+    ev.before()
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     wall = time.monotonic() - start
+    ev.after()
     trainer.save_model(config["output_dir"])
     if not trainer.is_world_process_zero():
         return None
@@ -561,7 +575,328 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
         "setup": training_setup(config, runtime_device()).as_dict(),
         "peak_memory_bytes": peak_memory_bytes(),
         "pushed": pushed,
+        "evaluation": ev.summary(),
     }
+
+
+# --- evaluation --------------------------------------------------------------------------------
+# Held-out data (an eval split, else a seeded fraction of the training split, capped in rows), the
+# trainer's own metrics on it before the first step and after the last, greedy answers of the base
+# and the tuned model to a few held-out prompts, and optional lm-evaluation-harness tasks.
+
+EVAL_DEFAULTS: dict[str, Any] = {"max_rows": 256, "every_steps": None, "samples": 3, "max_new_tokens": 128,
+                                 "tasks": [], "task_limit": 100}
+# The metrics that speak for each method, first one first (GRPO adds one per reward function).
+HEADLINE = {"sft": ["eval_loss", "eval_mean_token_accuracy"],
+            "dpo": ["eval_rewards/margins", "eval_rewards/accuracies", "eval_loss"],
+            "grpo": ["eval_reward"]}
+
+
+def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return EVAL_DEFAULTS | (config.get("evaluation") or {})
+
+
+def held_out_rows(rows: int, fraction: float, cap: int, samples: int) -> int:
+    """Rows held out of the training split: the fraction, at least enough for the samples (never more
+    than a tenth of the data for their sake), at most the cap, never every row. Same rule as the planner."""
+    if fraction <= 0 or rows < 2:
+        return 0
+    n = max(math.ceil(fraction * rows), min(samples, rows // 10))
+    return max(0, min(n, cap, rows - 1))
+
+
+def split_held_out(config: dict[str, Any], data):
+    """(training rows, held-out rows or None, where they came from). Deterministic by the recipe's seed."""
+    spec = config["dataset"]
+    settings = eval_settings(config)
+    seed = config["training"].get("seed", 42)
+    if spec.get("eval_split"):
+        held = load_data(spec, split=spec["eval_split"])
+        check_rows("vision-dpo" if is_vision(held) else config["method"], held)
+        if len(held) > settings["max_rows"]:
+            held = held.shuffle(seed=seed).select(range(settings["max_rows"]))
+        return data, held, f"split {spec['eval_split']}"
+    fraction = float(spec.get("eval_fraction") or 0.0)
+    n = held_out_rows(len(data), fraction, settings["max_rows"], settings["samples"])
+    if n == 0:
+        return data, None, ""
+    parts = data.train_test_split(test_size=n, seed=seed, shuffle=True)
+    where = f"{fraction:g} of {spec.get('split') or 'train'} held out by seed {seed}, never trained on"
+    return parts["train"], parts["test"], where
+
+
+def eval_args(config: dict[str, Any], held, micro_batch: int) -> dict[str, Any]:
+    """The trainer's evaluation arguments: every N steps when the recipe asks, else only when we call it;
+    batches of the training micro-batch, which is known to fit."""
+    if held is None:
+        return {"eval_strategy": "no"}
+    t = config["training"]
+    every = eval_settings(config)["every_steps"]
+    # GRPO evaluates whole groups: each process's eval batch holds all completions of a prompt.
+    batch = t.get("num_generations") or 8 if config["method"] == "grpo" else micro_batch
+    args: dict[str, Any] = {"eval_strategy": "steps" if every else "no", "per_device_eval_batch_size": batch}
+    if every:
+        args["eval_steps"] = every
+    return args
+
+
+def prompt_of(row: dict[str, Any]) -> tuple[Any, str | None] | None:
+    """(prompt, reference answer) of a held-out row: a message list for conversations, else text."""
+    if "messages" in row:
+        messages = row["messages"]
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if not last:
+            return None
+        return messages[:last], messages[last].get("content")
+    if "prompt" in row:
+        prompt = row["prompt"]
+        reference = next((row[k] for k in ("completion", "chosen", "answer") if row.get(k) is not None), None)
+        return prompt, None if reference is None else _text(reference)
+    if isinstance(row.get("chosen"), list) and len(row["chosen"]) > 1:  # DPO with the prompt inside
+        return row["chosen"][:-1], _text(row["chosen"][-1:])
+    if isinstance(row.get("text"), str) and len(row["text"]) > 1:
+        half = len(row["text"]) // 2
+        return row["text"][:half], row["text"][half:]
+    return None
+
+
+def render_prompt(tokenizer, prompt: Any) -> str:
+    """A prompt as the trainer shows it to the model: conversations through the chat template."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return str(prompt)
+
+
+def generate(model, tokenizer, texts: list[str], max_new_tokens: int, *, chat: bool) -> list[str]:
+    """Greedy answers, batched with left padding, at most `max_new_tokens` each."""
+    import torch
+    from transformers import GenerationConfig
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    try:
+        # A rendered chat template carries its own special tokens; plain text gets the tokenizer's.
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
+    finally:
+        tokenizer.padding_side = side
+    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(**batch, generation_config=config)
+    finally:
+        model.train(training)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+@contextlib.contextmanager
+def small_model_threads(model):
+    """One CPU thread for a small model's inference: its matrices are too small to split, and threads
+    that wait on each other cost more than they compute (10x slower on a busy 2-core machine)."""
+    import torch
+
+    if torch.cuda.is_available() or sum(p.numel() for p in model.parameters()) >= SMALL_MODEL_PARAMS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Evaluator:
+    """Measures the model on the held-out rows before the first step and after the last."""
+
+    def __init__(self, config: dict[str, Any], trainer, held, held_from: str) -> None:
+        self.config, self.trainer, self.held, self.held_from = config, trainer, held, held_from
+        self.settings = eval_settings(config)
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.answers: dict[str, list[str]] = {}
+        self.prompts: list[tuple[str, str | None]] = []
+        self.seconds = 0.0
+        self.chat, self.tokenizer = False, None
+        if held is not None and self.settings["samples"] and config.get("strategy") != "fsdp" \
+                and not is_vision(held):
+            # FSDP shards the weights across processes: no one process can generate alone. Vision
+            # prompts need their images, which text generation here does not feed.
+            found = [p for p in (prompt_of(row) for row in held.select(range(min(len(held), 64)))) if p]
+            self.chat = bool(found) and isinstance(found[0][0], list)
+            tokenizer = trainer.processing_class
+            tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+            self.tokenizer = tokenizer
+            self.prompts = [(render_prompt(tokenizer, p), ref) for p, ref in found[: self.settings["samples"]]]
+
+    def before(self) -> None:
+        if self.config.get("strategy") == "fsdp":
+            # The trainer would shard the model for evaluation and then again for training; it is not
+            # made for that order. Sharded runs report the tuned model only.
+            log("eval before training: skipped (FSDP)")
+            return
+        self._measure("before")
+
+    def after(self) -> None:
+        self._measure("after")
+
+    def _measure(self, when: str) -> None:
+        if self.held is None:
+            return
+        start = time.monotonic()
+        self._reporting_ready()
+        with small_model_threads(self.trainer.model):
+            raw = self._just_evaluated() if when == "after" else None
+            raw = raw or self.trainer.evaluate()  # every process takes part; the trainer gathers
+            if self.prompts and self.trainer.is_world_process_zero():
+                self.answers[when] = generate(self.trainer.model, self.tokenizer, [p for p, _ in self.prompts],
+                                              self.settings["max_new_tokens"], chat=self.chat)
+        self.metrics[when] = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.seconds += time.monotonic() - start
+        shown = " ".join(f"{k}={v:.4g}" for k, v in self.metrics[when].items() if k in self._headline())
+        log(f"eval {when} training: {shown}")
+
+    def _just_evaluated(self) -> dict[str, Any] | None:
+        """The trainer's own evaluation at the last step (every_steps divides the steps): no need for another."""
+        state = self.trainer.state
+        last = next((e for e in reversed(state.log_history) if any(k.startswith("eval_") for k in e)), None)
+        return last if last and last.get("step") == state.global_step else None
+
+    def _reporting_ready(self) -> None:
+        """Start the trackers outside train(): they start lazily on the first log, but GRPO's profiler
+        logs to Trackio directly before that (and after train() has finished the run)."""
+        t = self.trainer
+        for callback in t.callback_handler.callbacks:
+            if hasattr(callback, "setup") and getattr(callback, "_initialized", True) is False:
+                callback.setup(t.args, t.state, t.model)
+
+    def _headline(self) -> list[str]:
+        names = list(HEADLINE[self.config["method"]])
+        seen = set(self.metrics.get("before", {})) | set(self.metrics.get("after", {}))
+        names += sorted(k for k in seen if k.startswith("eval_rewards/") and k.endswith("/mean"))
+        return [n for n in names if n in seen]
+
+    def summary(self) -> dict[str, Any] | None:
+        if self.held is None:
+            return None
+        before, after = self.metrics.get("before", {}), self.metrics.get("after", {})
+        head = self._headline()
+        samples = [{"prompt": p, "reference": ref, "base": b, "tuned": a} for (p, ref), b, a in
+                   zip(self.prompts, self.answers.get("before", []), self.answers.get("after", []))]
+        return {"held_out": self.held_from, "rows": len(self.held),
+                "metrics": [{"name": k, "before": before.get(k), "after": after.get(k)} for k in head],
+                "samples": samples, "benchmarks": [], "benchmark_error": None, "seconds": round(self.seconds, 3)}
+
+
+@functools.cache
+def task_manager():
+    """lm-eval's index of its tasks (built from the YAML files it ships: offline, ~20 s of CPU), built once."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as e:
+        raise JobError(f"evaluation.tasks needs lm-eval (pip install 'lm-eval[ifeval]'): {e}") from None
+    return TaskManager()
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Every benchmark task must be one the harness knows: fail now, not after training."""
+    known = set(task_manager().all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise JobError(f"evaluation.tasks: lm-eval has no task {unknown[0]!r}")
+
+
+def harness_kwargs(config: dict[str, Any], *, adapter: bool, chat: bool) -> dict[str, Any]:
+    """The lm-eval `simple_evaluate` call for the tuned model saved in output_dir."""
+    import torch
+
+    settings = eval_settings(config)
+    model_args: dict[str, Any] = {"pretrained": config["base_model"], "peft": config["output_dir"]} if adapter else \
+        {"pretrained": config["output_dir"]}
+    model_args["dtype"] = "auto"
+    return {
+        "model": "hf",
+        "model_args": model_args,
+        "tasks": list(settings["tasks"]),
+        "limit": settings["task_limit"],
+        "batch_size": 16,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "apply_chat_template": chat,
+        "random_seed": config["training"].get("seed", 42),
+        "log_samples": False,
+        "bootstrap_iters": 1000,  # standard errors: 1,000 resamples are plenty for a few hundred samples
+    }
+
+
+def benchmark_scores(results: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """lm-eval's results -> a score per task and metric ('exact_match,strict-match' -> 'exact_match (strict-match)')."""
+    out = []
+    configs = results.get("configs") or {}
+    for task, values in (results.get("results") or {}).items():
+        for key, value in values.items():
+            if "_stderr" in key or key == "alias" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            metric, _, flt = key.partition(",")
+            stderr = values.get(f"{metric}_stderr,{flt}" if flt else f"{metric}_stderr")
+            out.append({"task": task, "metric": f"{metric} ({flt})" if flt and flt != "none" else metric,
+                        "value": float(value), "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                        "limit": limit, "dataset": (configs.get(task) or {}).get("dataset_path")})
+    return out
+
+
+# What torchrun tells its processes; the harness runs as one plain process, outside their group.
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RUNNER_NPROC")
+
+
+def run_benchmarks(config: dict[str, Any], evaluation: dict[str, Any], *, adapter: bool) -> None:
+    """Run the recipe's tasks on the saved tuned model in a fresh process (alone on the device, and
+    outside the trainer's process group); a harness failure is recorded, the trained model is kept."""
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "benchmarks.json"
+        env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC")}
+        env.update(RUNNER_JOB_CONFIG=json.dumps(config), RUNNER_BENCHMARKS_OUT=str(out),
+                   RUNNER_BENCHMARKS_ADAPTER="1" if adapter else "")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, check=False)
+        result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {
+            "benchmarks": [], "benchmark_error": f"the benchmark process exited with code {proc.returncode}"}
+    evaluation.update(result)
+    evaluation["seconds"] = round(evaluation.get("seconds", 0.0) + time.monotonic() - start, 3)
+    if evaluation["benchmark_error"]:
+        log(f"benchmark tasks failed: {evaluation['benchmark_error']}")
+    for b in evaluation["benchmarks"]:
+        log(f"benchmark {b['task']} {b['metric']}={b['value']:.4g}")
+
+
+def benchmarks_main(out: Path) -> int:
+    """The benchmark process: the harness on the tuned model, its scores (or its failure) to `out`."""
+    config = json.loads(os.environ["RUNNER_JOB_CONFIG"])
+    result: dict[str, Any] = {"benchmarks": [], "benchmark_error": None}
+    try:
+        import lm_eval
+
+        kwargs = harness_kwargs(config, adapter=bool(os.environ.get("RUNNER_BENCHMARKS_ADAPTER")),
+                                chat=_has_template(config))
+        results = lm_eval.simple_evaluate(**kwargs, task_manager=task_manager())
+        result["benchmarks"] = benchmark_scores(results or {}, eval_settings(config)["task_limit"])
+    except Exception as e:  # noqa: BLE001 - whatever the harness raises, the run keeps its model
+        result["benchmark_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    out.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+def _has_template(config: dict[str, Any]) -> bool:
+    """Whether the saved model has a chat template: then the harness prompts it as a chat model."""
+    path = Path(config["output_dir"])
+    settings = path / "tokenizer_config.json"
+    return (path / "chat_template.jinja").exists() or (
+        settings.exists() and "chat_template" in json.loads(settings.read_text(encoding="utf-8")))
 
 
 def relaunch_data_parallel(argv: list[str] | None) -> None:
@@ -574,6 +909,8 @@ def relaunch_data_parallel(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("RUNNER_BENCHMARKS_OUT"):
+        return benchmarks_main(Path(os.environ["RUNNER_BENCHMARKS_OUT"]))
     args = parse_args(argv)
     try:
         if args.explain:
@@ -588,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", flush=True)
         return 1
     if summary is not None:
+        if summary["evaluation"] and eval_settings(config)["tasks"]:
+            # After the trainer (and its copy of the model) is gone: the harness loads the saved model.
+            run_benchmarks(config, summary["evaluation"], adapter=summary["adapter"])
         path = Path(config["summary_path"])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
