@@ -321,6 +321,9 @@ def _reconcile_step(root: Path, record, token: str | None, prices):
     from runner import gather, pipeline, recipe
 
     echo = _progress_printer()
+    rel = Path(record.recipe)
+    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
+        raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
     backend = _backend(record.backend, root, _repo(record))
     source = pipeline.snapshot(root, record.commit) if record.push else None
     if record.push and source is None:
@@ -346,7 +349,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     token = None if hub.offline() else hub.token()
     prices = None
     for group in ledger.all_runs(root):
-        for record in [r for r in group.runs if not r.terminal]:
+        for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
                 prices = prices or gather.prices(token)
                 step = _reconcile_step(root, record, token, prices)
@@ -354,7 +357,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             except pipeline.RunBusy:
                 print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
                 continue
-            except UserError as e:
+            except (UserError, KeyError, ValueError, OSError) as e:  # one bad record never stops the others
                 print(f"{group.name}: run {record.run_id} not advanced: {str(e).splitlines()[0]}", file=sys.stderr)
                 problems += 1
                 continue
@@ -378,7 +381,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for r in ledger.read(root, name).runs:
             est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
             hours = sum((j.running_seconds or 0.0) for j in r.jobs.values()) / 3600
-            ratio = actual / est if r.push and est and actual is not None and r.terminal else None
+            ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
             if ratio is not None:
                 ratios.append(ratio)
             rows.append({"recipe": name, "run_id": r.run_id, "state": r.state, "backend": r.backend,
@@ -525,13 +528,16 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
     if pr is None:
         print(f"no open pull request has head {head} (a newer push will post its own plan)")
         return 0
-    github.fetch_commit(Path.cwd(), head)
-    tree = pipeline.snapshot(Path.cwd(), head)
-    if tree is None:
-        raise UserError(f"commit {head[:12]} is not in this checkout; fetch the pull request's head first")
-    paths = _changed(pr.base.sha, head, tree=tree)
-    plans, problems = _plan_tree(paths, tree)
-    body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
+    try:
+        github.fetch_commit(Path.cwd(), head)
+        tree = pipeline.snapshot(Path.cwd(), head)
+        if tree is None:
+            raise UserError(f"the files of commit {head[:12]} cannot be read as data (missing, or links out of the tree)")
+        paths = _changed(pr.base.sha, head, tree=tree)
+        plans, problems = _plan_tree(paths, tree)
+        body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
+    except UserError as e:  # never leave an older plan standing for a newer head
+        body = render.plan_markdown([], [f"plan unavailable for {head[:12]}: {str(e).splitlines()[0]}"], commit=head)
     action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER, body)
     print(f"{action} plan comment {comment_id} on #{pr.number}")
     return 0
@@ -711,6 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
+    p.add_argument("--backend", choices=["local", "hf"], default=None,
+                   help="only runs on this backend (the reconcile workflow: hf)")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("history", help="estimated vs actual cost of every recorded run, and the median error")
@@ -725,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_changed)
 
-    p = sub.add_parser("comment-plan", help="in a workflow_run job: post the plan artifact as the PR's sticky comment")
+    p = sub.add_parser("comment-plan", help="in a workflow_run job: plan the PR's head in trusted code and post it as the sticky comment")
     p.set_defaults(func=cmd_comment_plan)
 
     p = sub.add_parser("pr-check", help="in a pull request: validate and plan the changed recipes into DIR")

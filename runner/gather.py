@@ -86,8 +86,10 @@ def past_runs(root: Path) -> list[PastRun]:
             if not (r.push and r.state == "recorded" and train and train.running_seconds and planned and actual
                     and estimate):
                 continue
+            # The estimate before any calibration, so the planner's own scaling is not learned back.
+            scaled = ((r.plan.get("calibration") or {}).get("applied")) or 1.0
             out.append(PastRun(method=str(r.plan.get("method")), accelerator=families.get(train.flavor or ""),
-                               estimated_hours=float(planned.get("hours") or 0.0),
+                               estimated_hours=float(planned.get("hours") or 0.0) / float(scaled),
                                actual_hours=train.running_seconds / 3600, estimated_usd=estimate, actual_usd=actual))
     return out
 

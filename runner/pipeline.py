@@ -299,6 +299,8 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
     # the runner that started it (or is on another branch): take it over, with the config it runs
     # with, rather than pay twice. A version whose job failed is not resubmitted by a re-trigger:
     # retrying is a deliberate act (`runner run --retry`), which is a new attempt.
+    if stage == "train" and record.attempt > 1:
+        _check_retry(step, record)
     found = step.backend.find(_identity(step.loaded.recipe.name, record.version, stage, record.attempt),
                               include_failed=True)
     if found and found.stage in ("ERROR", "CANCELED", "DELETED"):
@@ -322,6 +324,17 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
                                 timeout_seconds=spec.timeout_seconds,
                                 usd_per_hour=planned.usd_per_hour if planned and record.push else 0.0)
     step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
+
+
+def _check_retry(step: Step, record: RunRecord) -> None:
+    """Attempt N trains only after attempt N-1 of this version failed: an edited record cannot buy another run."""
+    newest = step.backend.find(_identity(step.loaded.recipe.name, record.version, "train"), include_failed=True)
+    if newest and newest.labels.get("attempt", "1") == str(record.attempt):
+        return  # this attempt's own job: adopted below
+    if newest is None or newest.stage not in ("ERROR", "CANCELED", "DELETED") or \
+            newest.labels.get("attempt", "1") != str(record.attempt - 1):
+        raise SpendRefused(f"run {record.run_id} ({record.recipe}): attempt {record.attempt} needs attempt "
+                           f"{record.attempt - 1} of this version to have failed on the backend; not submitting")
 
 
 def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatus | None:
@@ -562,8 +575,12 @@ def snapshot(root: Path, commit: str | None) -> Path | None:
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-        tar.extractall(tmp, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+            tar.extractall(tmp, filter="data")  # refuses links out of the tree and absolute paths
+    except (tarfile.TarError, OSError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
     tmp.rename(target)
     return target
 

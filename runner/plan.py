@@ -52,6 +52,9 @@ FINISH_MINUTES = 3  # the reconcile that converts/records and commits back
 
 
 CALIBRATION_MIN_RUNS = 3  # comparable finished runs before past errors scale the estimate
+CALIBRATION_BOUNDS = (0.5, 3.0)  # the scale applied, whatever past records say
+IMATRIX_TOKENS = 32_768  # the GGUF job's calibration text (64 chunks of 512 tokens at most)
+GGUF_CPU_FLOPS = 1e11  # what the conversion job's CPUs sustain for the imatrix forward pass
 
 
 class PastRun(BaseModel):
@@ -83,6 +86,8 @@ def calibration(history: Sequence[PastRun], method: str, accelerator: str | None
     same = [h for h in usable if h.method == method and h.accelerator == accelerator]
     factor = statistics.median(h.actual_hours / h.estimated_hours for h in same) \
         if len(same) >= CALIBRATION_MIN_RUNS else None
+    if factor is not None:  # records are editable data: they may nudge an estimate, never rule it
+        factor = min(max(factor, CALIBRATION_BOUNDS[0]), CALIBRATION_BOUNDS[1])
     return Calibration(runs=len(usable), cost_ratio=round(statistics.median(h.actual_usd / h.estimated_usd
                                                                              for h in usable), 3),
                        time_ratio=round(statistics.median(h.actual_hours / h.estimated_hours for h in usable), 3),
@@ -308,8 +313,13 @@ def gguf_flavor(facts: ModelFacts, flavors: Sequence[HardwareFlavor]) -> Hardwar
     return min(fitting, key=lambda f: (f.is_gpu, f.usd_per_hour), default=None)
 
 
-def gguf_hours(facts: ModelFacts) -> float:
-    return (5 + 1.5 * facts.params / 1e9) / 60
+def gguf_hours(facts: ModelFacts, quantizations: int = 1, imatrix: bool = False) -> float:
+    """Download, f16 conversion and one quantization with its smoke test, more per quantization, plus the imatrix."""
+    billions = facts.params / 1e9
+    minutes = 5 + 1.5 * billions + 0.75 * billions * max(quantizations - 1, 0)
+    if imatrix:
+        minutes += 2 * facts.params * IMATRIX_TOKENS / GGUF_CPU_FLOPS / 60
+    return minutes / 60
 
 
 def planned_job(stage: Literal["train", "gguf"], flavor: HardwareFlavor, hours: float, timeout: int) -> PlannedJob:
@@ -627,7 +637,7 @@ def plan(
             problems.append(f"no flavor has the {gguf_memory_gb(facts):.0f} GB of RAM needed to convert this model "
                             "to GGUF; set `gguf.enabled: false` to train without the conversion")
         else:
-            g_hours = gguf_hours(facts)
+            g_hours = gguf_hours(facts, len(r.gguf.quantizations), r.gguf.imatrix)
             jobs.append(planned_job("gguf", converter, g_hours, recommended_timeout(g_hours)))
 
     output_repo = loaded.output_repo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import re
 import types
 import typing
@@ -513,7 +514,7 @@ def find_root(recipe_path: Path) -> Path:
 def defaults_file(recipe_path: Path, root: Path) -> Path:
     """The repo defaults a recipe inherits: recipes/_defaults.yaml for any recipe under recipes/, at any depth."""
     recipes = root / "recipes"
-    here = recipe_path.resolve().parent
+    here = Path(os.path.abspath(recipe_path)).parent
     return recipes / DEFAULTS_FILE if here == recipes or recipes in here.parents else here / DEFAULTS_FILE
 
 
@@ -529,10 +530,13 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
     path = Path(path)
     root = (root or find_root(path)).resolve()
     display = _display(path, root)
-    if path.is_symlink() and not path.resolve().is_relative_to(root):
-        # Never read (or echo) a file outside the repository through a recipe-shaped link.
-        raise RecipeInvalid([Problem(display, 1, 1, "", "is a symlink to a file outside the repository; a recipe "
-                                                        "must be a regular file in the repository")])
+    recipes = root / "recipes"
+    unresolved = Path(os.path.abspath(path))
+    if (path.is_symlink() and not path.resolve().is_relative_to(root)) or \
+            (unresolved.is_relative_to(recipes) and not path.resolve().is_relative_to(recipes)):
+        # Never read (or echo) a file through a recipe-shaped link, nor let one pick other repo defaults.
+        raise RecipeInvalid([Problem(display, 1, 1, "", "is a symlink to a file outside recipes/; a recipe must be "
+                                                        "a regular file under recipes/")])
     if path.name == DEFAULTS_FILE:
         raise RecipeInvalid([Problem(display, 1, 1, "", f"{DEFAULTS_FILE} holds repo defaults, not a recipe")])
     if path.name == SCHEMA_FILE:

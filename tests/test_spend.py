@@ -129,8 +129,17 @@ def test_a_recipe_symlinked_out_of_the_repo_is_refused_without_its_contents(repo
     secret.write_text("name: x\nbase_model: TOP-SECRET-VALUE\n")
     (repo / "recipes" / "link.yaml").symlink_to(secret)
     result = cli("validate", "recipes/link.yaml", cwd=repo)
-    assert result.code == 1 and "symlink to a file outside the repository" in result.err
+    assert result.code == 1 and "symlink to a file outside recipes/" in result.err
     assert "TOP-SECRET-VALUE" not in result.out + result.err
+
+
+def test_a_recipe_symlinked_to_another_folder_cannot_pick_other_defaults(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("max_budget_usd: 10\n")
+    (repo / "docs").mkdir()
+    (repo / "docs" / "big.yaml").write_text(HUB_MODEL.format(name="big", model="./models/tiny") + "budget_usd: 5000\n")
+    (repo / "recipes" / "big.yaml").symlink_to(repo / "docs" / "big.yaml")
+    result = cli("validate", "recipes/big.yaml", cwd=repo)
+    assert result.code == 1 and "symlink to a file outside recipes/" in result.err
 
 
 def test_deeply_nested_yaml_is_one_located_error_and_others_are_still_reported(repo: Path, cli) -> None:
@@ -196,7 +205,7 @@ def _tamper(ws: Path, change) -> None:
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("what", ["flavor", "repo", "config", "version"])
+@pytest.mark.parametrize("what", ["flavor", "repo", "config", "version", "attempt"])
 def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, capsys, what) -> None:
     _planned_record(workspace, monkeypatch)
 
@@ -209,6 +218,8 @@ def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, ca
             run["configs"]["train"]["hub_repo"] = "victim/model"
         elif what == "config":
             run["configs"]["train"]["training"]["max_steps"] = 10_000_000
+        elif what == "attempt":  # a "retry" nobody asked for: no failed attempt 1 exists
+            run["attempt"] = 2
         else:
             run["version"] = "0" * 16
 

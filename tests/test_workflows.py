@@ -354,7 +354,9 @@ def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_p
     merge = git(project, "rev-parse", "HEAD")
     github.add_pull(7, head, merged_as=merge)
     summary = {"method": "sft", "steps": 30, "tokens_seen": 9000, "final_metrics": {"final_loss": 1.1},
-               "log_history": [{"step": 1, "loss": 3.0}, {"step": 30, "loss": 1.1}], "adapter": False}
+               "log_history": [{"step": 1, "loss": 3.0}, {"step": 30, "loss": 1.1}], "adapter": False,
+               "evaluation": {"held_out": "2% of train", "rows": 5,
+                              "metrics": [{"name": "eval_loss", "before": 3.2, "after": 1.1}]}}
     progress = [f"progress step={i}/30 loss={3.0 - i / 15:.2f}" for i in (1, 10, 20, 30)]
     hub.state.job_scripts += [JobScript(summary=summary, logs=["starting", *progress, "done"]),
                               JobScript(summary={"files": []})]
@@ -377,6 +379,7 @@ def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_p
     assert outcome["versions"][0] == live[0] and "training" in live[0]
     assert len(live) >= 3 and any("| Step | 20 / 30" in v and "| Latest loss | 1.67" in v for v in live)
     assert "Cost so far" in live[-1] and outcome["versions"][-1] == outcome["body"]
+    assert "| eval loss | 3.2 | 1.1 | -2.1 |" in outcome["body"]  # the outcome's before -> after table
 
     # The same event again (a re-run): no new job, the same outcome comment.
     out = act(project, "push", "train.yml", push_event(before, merge), github=github, hub=hub, python=step_python)
