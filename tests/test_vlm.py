@@ -307,7 +307,8 @@ def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None
     from llama_cpp import Llama
 
     text = Llama(model_path=files["model"]["path"], n_ctx=64, verbose=False)("A red", max_tokens=2)
-    assert isinstance(text["choices"][0]["text"], str)
+    assert isinstance(text["choices"][0]["text"], str) and text["usage"]["prompt_tokens"] > 0
+    assert text["choices"][0]["finish_reason"] in ("length", "stop")  # it read the prompt and ran to an end
 
     from huggingface_hub import ModelCard
 
