@@ -68,7 +68,7 @@ def planned(tasks: list[str] | None, fraction: float | None, hardware: str) -> d
     from runner.formats import MethodVerdict
     from runner.hardware import BUILTIN_FLAVORS
     from runner.modelfacts import ModelFacts
-    from runner.report import DatasetReport
+    from runner.dataset import DatasetReport
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

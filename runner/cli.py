@@ -12,29 +12,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import __version__
+from runner import __version__, actions
 from runner.errors import RecipeInvalid, UserError
-
-
-def _recipe_files(args: Sequence[str]) -> list[Path]:
-    """Expand directories to their recipe files (not the repo defaults)."""
-    from runner.recipe import DEFAULTS_FILE
-
-    out: list[Path] = []
-    for a in args:
-        p = Path(a)
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*.y*ml") if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE)
-        else:
-            out.append(p)
-    return out
 
 
 def _load_all(paths: Sequence[str], located: list | None = None):
     from runner import recipe
 
     loaded, problems = [], []
-    for path in _recipe_files(paths):
+    for path in recipe.recipe_files(paths):
         try:
             loaded.append(recipe.load(path))
         except RecipeInvalid as e:
@@ -42,16 +28,6 @@ def _load_all(paths: Sequence[str], located: list | None = None):
             if located is not None:
                 located += e.problems
     return loaded, problems
-
-
-def _annotation(p) -> str:
-    """A GitHub Actions error annotation at the problem's file, line and column."""
-    def escape(text: str, prop: bool = False) -> str:
-        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-        return text.replace(":", "%3A").replace(",", "%2C") if prop else text
-
-    message = f"{p.field}: {p.message}" if p.field else p.message
-    return f"::error file={escape(p.file, True)},line={p.line},col={p.col},title=invalid recipe::{escape(message)}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -70,7 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if args.github:
         for p in located:
-            print(_annotation(p))
+            print(actions.annotation(p))
     for item in loaded:
         print(f"ok: {item.display}")
     return 1 if problems else 0
@@ -99,12 +75,13 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from runner import hub, render, report
+    from runner import hub, render
+    from runner.dataset import from_sample, load_sample
 
     token = None if hub.offline() else _token_if_hub(args.dataset)
-    sample = report.load_sample(args.dataset, split=args.split, config=args.config, revision=args.revision,
+    sample = load_sample(args.dataset, split=args.split, config=args.config, revision=args.revision,
                                 root=Path.cwd(), token=token)
-    result = report.from_sample(sample)
+    result = from_sample(sample)
     if args.json:
         print(json.dumps(result.public(), ensure_ascii=False))
     else:
@@ -121,25 +98,11 @@ def _token_if_hub(dataset: str) -> str | None:
     return None if looks_local_dataset(dataset) or Path(dataset).is_file() else hub.token()
 
 
-def _plan_all(loaded: list, token: str | None, problems: list[str]) -> list:
-    """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead."""
-    from runner import gather
-
-    price_table = gather.prices(token) if loaded else None
-    plans = []
-    for item in loaded:
-        try:
-            plans.append(gather.plan_recipe(item, token=token, price_table=price_table))
-        except UserError as e:
-            problems.append(str(e))
-    return plans
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner import hub, render
+    from runner import hub, planning, render
 
     loaded, problems = _load_all(args.recipes)
-    plans = _plan_all(loaded, None if hub.offline() else hub.token(), problems)
+    plans = planning.plan_all(loaded, None if hub.offline() else hub.token(), problems)
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
     if args.json:
@@ -181,17 +144,17 @@ def _backend(name: str, root: Path, repo: str | None = None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import gather, hub, pipeline, recipe
+    from runner import hub, planning, recipe, runs
 
     loaded = recipe.load(args.recipe)
     token = None if hub.offline() else hub.token()
-    plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
+    plan = planning.plan_recipe(loaded, token=token, price_table=planning.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
     if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
         from runner.backends.hf import job_request
 
-        specs = pipeline.preview(loaded, plan, push=args.backend != "local")
+        specs = runs.preview(loaded, plan, push=args.backend != "local")
         jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}),
                  "flavor": s.flavor, "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config}
                 for s in specs]
@@ -200,21 +163,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=None if args.json else 2))
         return 0
     backend = _backend(args.backend, loaded.root, loaded.output_repo)
-    pipeline.check_spend(plan, backend, loaded.display)  # before any upload or job
+    runs.check_spend(plan, backend, loaded.display)  # before any upload or job
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
          f"(worst case ${plan.max_cost_usd:.2f})")
-    record = pipeline.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
+    record = runs.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
                             echo=echo)
     window = args.follow_for * 60 if args.follow_for is not None else None
-    step = pipeline.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window,
+    step = runs.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window,
                          update_every=args.comment_every)
     if args.live_comment:  # in the train workflow: one comment on the merged pull request, kept current
-        commenter = _run_commenter(loaded.recipe.name)
+        commenter = actions.run_commenter(loaded.recipe.name)
         step.on_update = lambda rec: echo(f"[comment] {commenter(rec)}")
-    record = pipeline.drive(record, step, wait=not args.detach)
+    record = runs.drive(record, step, wait=not args.detach)
     print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
                       "failure": record.failure.model_dump() if record.failure else None}))
     if not record.terminal:
@@ -225,9 +188,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _latest(target: str):
     """(recipe name, run, job stage) for a recipe given by file or name (its newest run), or for a job id."""
-    from runner import ledger
+    from runner import ledger, recipe
 
-    name = _recipe_name(target) if target.endswith((".yaml", ".yml")) else target
+    name = recipe.name_of(target) if target.endswith((".yaml", ".yml")) else target
     runs = ledger.read(Path.cwd(), name).runs if "/" not in name else []
     if runs:
         return name, runs[-1], None
@@ -291,7 +254,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from runner import pipeline, recipe
+    from runner import recipe, runs
 
     name, record, _ = _latest(args.recipe)
     if record.terminal:
@@ -302,10 +265,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if running:
         backend.cancel(_current_job(record)[1])
     # No plan: cancelling carries the run to its end and never submits the next job.
-    step = pipeline.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
+    step = runs.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
     try:
-        record = pipeline.cancel(record, step) if not running else pipeline.drive(record, step, wait=True)
-    except pipeline.RunBusy:  # a runner is following this run: it records the cancellation itself
+        record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
+    except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
         print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
         return 0
     print(f"{name}: run {record.run_id} {record.state}")
@@ -318,14 +281,14 @@ def _reconcile_step(root: Path, record, token: str | None, prices):
     What a reconcile may submit (a GGUF job, or a training job whose record is `planned`) is derived
     from that recipe and gated again, never read from the record; without a plan it submits nothing.
     """
-    from runner import gather, pipeline, recipe
+    from runner import planning, recipe, runs
 
     echo = _progress_printer()
     rel = Path(record.recipe)
     if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
         raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
     backend = _backend(record.backend, root, _repo(record))
-    source = pipeline.snapshot(root, record.commit) if record.push else None
+    source = runs.snapshot(root, record.commit) if record.push else None
     if record.push and source is None:
         echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
              "following its jobs only (fetch the full history to let it submit)")
@@ -334,15 +297,15 @@ def _reconcile_step(root: Path, record, token: str | None, prices):
     plan = None
     if source is not None or not record.push:
         try:
-            plan = gather.plan_recipe(loaded, token=token, price_table=prices)
+            plan = planning.plan_recipe(loaded, token=token, price_table=prices)
         except UserError as e:
             echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
-    return pipeline.Step(loaded, backend, echo, plan=plan, root=root)
+    return runs.Step(loaded, backend, echo, plan=plan, root=root)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Carry every unfinished run forward as far as it can go without waiting."""
-    from runner import gather, hub, ledger, pipeline
+    from runner import hub, ledger, planning, runs
 
     root = Path.cwd()
     problems = 0
@@ -351,10 +314,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for group in ledger.all_runs(root):
         for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
-                prices = prices or gather.prices(token)
+                prices = prices or planning.prices(token)
                 step = _reconcile_step(root, record, token, prices)
-                record = pipeline.drive(record, step, wait=args.wait)
-            except pipeline.RunBusy:
+                record = runs.drive(record, step, wait=args.wait)
+            except runs.RunBusy:
                 print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
                 continue
             except (UserError, KeyError, ValueError, OSError) as e:  # one bad record never stops the others
@@ -371,10 +334,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
 
-    from runner import ledger
+    from runner import ledger, recipe
 
     root = Path.cwd()
-    names = [_recipe_name(a) for a in args.recipes] if args.recipes else [g.name for g in ledger.all_runs(root)]
+    names = [recipe.name_of(a) for a in args.recipes] if args.recipes else [g.name for g in ledger.all_runs(root)]
     ratios: list[float] = []
     rows = []
     for name in names:
@@ -409,214 +372,6 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("median actual/estimate: no finished Hugging Face Jobs run to compare yet")
     else:
         print(f"median actual/estimate: {median:.2f} over {len(ratios)} run(s)")
-    return 0
-
-
-def _changed(base: str | None, head: str, only: str | None = None, tree: Path | None = None) -> list[str]:
-    """Recipe files whose training a push or pull request changed: the recipe itself, a file it ships
-    (local data, a reward function, a local base model), or the repo defaults (then every recipe).
-    Every recipe when there is no "before" (a new branch). `tree` holds the files at `head` (default: here)."""
-    import subprocess
-
-    from runner import jobspec, recipe
-    from runner.recipe import DEFAULTS_FILE
-
-    root = Path.cwd()
-    tree = tree or root
-    everything = [p.relative_to(tree).as_posix() for p in _recipe_files([str(tree / "recipes")])] \
-        if (tree / "recipes").is_dir() else []
-    if only:
-        wanted = (tree / only).resolve()
-        match = [p for p in everything if (tree / p).resolve() == wanted]
-        if not match:
-            raise UserError(f"{only}: not a recipe file under recipes/")
-        return match
-    if not base or set(base) == {"0"}:
-        return everything
-    # base...head: what head changed since it forked from base, not what base gained meanwhile.
-    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", f"{base}...{head}"],
-                         capture_output=True, text=True, cwd=root)
-    if out.returncode != 0:
-        raise UserError(f"git diff {base} {head} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")
-    names = {n for n in out.stdout.split("\0") if n}
-    if any(n.startswith("recipes/") and Path(n).name == DEFAULTS_FILE for n in names):
-        return everything
-    changed = []
-    for path in everything:
-        shipped: set[str] = set()
-        try:
-            shipped = set(jobspec.shipped_files(recipe.load(tree / path, root=tree)))
-        except (UserError, ValueError, OSError):
-            pass  # an invalid recipe counts as changed only through its own file; the plan reports it
-        if path in names or shipped & names:
-            changed.append(path)
-    return changed
-
-
-def cmd_changed(args: argparse.Namespace) -> int:
-    paths = _changed(args.base, args.head, args.only)
-    print(json.dumps(paths) if args.json else "\n".join(paths))
-    return 0
-
-
-def _plan_tree(paths: list[str], tree: Path, located: list | None = None) -> tuple[list, list[str]]:
-    """Validate and plan recipe files read from `tree` as data, with the built-in prices and no token."""
-    from runner import recipe
-
-    loaded, problems = [], []
-    for path in paths:
-        try:
-            loaded.append(recipe.load(tree / path, root=tree))
-        except RecipeInvalid as e:
-            problems += [str(p) for p in e.problems]
-            if located is not None:
-                located += e.problems
-    return _plan_all(loaded, None, problems), problems
-
-
-def cmd_pr_check(args: argparse.Namespace) -> int:
-    """The pull-request check in one step: validate and plan what changed; annotations, summary, artifact."""
-    from runner import render
-
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = _changed(args.base, args.head)
-    located: list = []
-    plans, problems = _plan_tree(paths, Path.cwd(), located)
-    for p in located:
-        print(_annotation(p))
-    body = render.plan_markdown(plans, problems) if paths else render.no_recipe_markdown()
-    ok = not problems and all(p.ok for p in plans)
-    (out_dir / "plan.md").write_text(body, encoding="utf-8")
-    (out_dir / "plan.json").write_text(json.dumps({"ok": ok, "recipes": paths, "errors": problems,
-                                                   "plans": [p.model_dump(mode="json") for p in plans]}),
-                                       encoding="utf-8")
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(body + "\n")
-    for line in problems:
-        print(line, file=sys.stderr)
-    print(f"{len(paths)} recipe(s) checked: " + ("ok" if ok else "not ready to merge (see the plan)"))
-    return 0 if ok else 1
-
-
-def _recipe_name(arg: str) -> str:
-    """A recipe given by file (its `name`) or by name."""
-    from runner import recipe
-
-    return recipe.load(arg).recipe.name if arg.endswith((".yaml", ".yml")) and Path(arg).is_file() else arg
-
-
-def cmd_comment_plan(args: argparse.Namespace) -> int:
-    """From a workflow_run event: plan the pull request's head in trusted code and post it as the sticky comment.
-
-    The plan workflow ran the pull request's own code (a fork controls it), so its artifact could say
-    anything. Here the default branch's runner reads the head commit's files as data (git archive,
-    never executed), plans them with built-in prices and no token, and renders the text itself.
-    """
-    from runner import github, pipeline, render
-    from runner.render import COMMENT_MARKER
-
-    run = github.event().get("workflow_run") or {}
-    head = str(run.get("head_sha") or "")
-    if not run.get("id") or not head:
-        raise UserError("not a workflow_run event: no workflow_run.id / head_sha in the payload")
-    repo = github.repository()
-    hinted = [int(p["number"]) for p in run.get("pull_requests") or [] if str(p.get("number", "")).isdigit()]
-    pr = github.pull_for_sha(repo, head, hinted)
-    if pr is None:
-        print(f"no open pull request has head {head} (a newer push will post its own plan)")
-        return 0
-    try:
-        github.fetch_commit(Path.cwd(), head)
-        tree = pipeline.snapshot(Path.cwd(), head)
-        if tree is None:
-            raise UserError(f"the files of commit {head[:12]} cannot be read as data (missing, or links out of the tree)")
-        paths = _changed(pr.base.sha, head, tree=tree)
-        plans, problems = _plan_tree(paths, tree)
-        body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
-    except UserError as e:  # never leave an older plan standing for a newer head
-        body = render.plan_markdown([], [f"plan unavailable for {head[:12]}: {str(e).splitlines()[0]}"], commit=head)
-    action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER, body)
-    print(f"{action} plan comment {comment_id} on #{pr.number}")
-    return 0
-
-
-def cmd_commit_back(args: argparse.Namespace) -> int:
-    """Commit run records and model cards to the branch through the API (or a PR where it is protected)."""
-    from runner import github, ledger
-
-    root = Path.cwd()
-    files: dict[str, bytes] = {}
-    for name in map(_recipe_name, args.recipe or []):
-        args.paths += [f"runs/{name}.json", f"models/{name}"]
-    for arg in args.paths:
-        p = root / arg
-        for f in sorted(p.rglob("*")) if p.is_dir() else [p] if p.is_file() else []:
-            if f.is_file():
-                files[f.relative_to(root).as_posix()] = f.read_bytes()
-    files = {path: data for path, data in files.items() if path in _changed_in_worktree(root, list(files))}
-    if not files:
-        print("nothing to commit back")
-        return 0
-    branch = args.branch or os.environ.get("GITHUB_REF_NAME", "").strip() or "main"
-    merge = {path: ledger.merge_runs for path in files if path.startswith("runs/") and path.endswith(".json")}
-    result = github.commit_files(github.repository(), branch, files, args.message, merge)
-    print(f"{len(files)} file(s) to {branch}: {result}")
-    return 0
-
-
-def _changed_in_worktree(root: Path, paths: list[str]) -> set[str]:
-    """Of `paths`, those this job wrote: changed since the checked-out commit, or new. Sending only these
-    keeps an older checkout from overwriting what another job committed meanwhile."""
-    import subprocess
-
-    out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths], cwd=root,
-                         capture_output=True, text=True)
-    if out.returncode != 0:  # not a git checkout: everything is new
-        return set(paths)
-    return {entry[3:] for entry in out.stdout.split("\0") if len(entry) > 3}
-
-
-def _blob_url() -> str:
-    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
-    return f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/blob/{os.environ.get('GITHUB_REF_NAME', 'main')}"
-
-
-def _run_commenter(name: str, sha: str | None = None):
-    """Post (or update) a run's one live comment on the pull request that merged its commit."""
-    from runner import github, render
-
-    repo = github.repository()
-    pulls: dict[str, object] = {}
-
-    def post(record) -> str:
-        commit = sha or record.commit or os.environ.get("GITHUB_SHA", "")
-        if commit not in pulls:
-            pulls[commit] = github.merged_pull(repo, commit) if commit else None
-        pr = pulls[commit]
-        if pr is None:
-            return f"{name}: no merged pull request produced {commit[:12] or 'this commit'}; nothing to comment"
-        try:
-            action, _ = github.upsert_comment(repo, pr.number, render.run_marker(name, record),
-                                              render.run_markdown(name, record, _blob_url()))
-        except Exception as e:  # noqa: BLE001 - GitHub trouble must not stop a run; say it in one line
-            raise UserError(f"commenting on #{pr.number} failed: {str(e).splitlines()[0] if str(e) else e}") from None
-        return f"{action} the comment of run {record.run_id} ({name}) on #{pr.number}"
-
-    return post
-
-
-def cmd_notify(args: argparse.Namespace) -> int:
-    """Update each recipe's latest run comment (its progress, or its outcome) on the pull request that merged it."""
-    from runner import ledger
-
-    names = list(map(_recipe_name, args.recipes)) or [g.name for g in ledger.all_runs(Path.cwd()) if g.runs]
-    for name in names:
-        runs = ledger.read(Path.cwd(), name).runs
-        if runs:
-            print(_run_commenter(name, args.sha)(runs[-1]))
     return 0
 
 
@@ -726,33 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("changed", help="recipe files changed between two commits (for workflows)")
-    p.add_argument("--base", default=None, help="the commit before (default or all zeros: every recipe)")
-    p.add_argument("--head", default="HEAD")
-    p.add_argument("--only", default=None, metavar="RECIPE", help="just this recipe file, checked to be one")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_changed)
-
-    p = sub.add_parser("comment-plan", help="in a workflow_run job: plan the PR's head in trusted code and post it as the sticky comment")
-    p.set_defaults(func=cmd_comment_plan)
-
-    p = sub.add_parser("pr-check", help="in a pull request: validate and plan the changed recipes into DIR")
-    p.add_argument("--base", required=True)
-    p.add_argument("--head", default="HEAD")
-    p.add_argument("--out", default="plan", metavar="DIR", help="where plan.md and plan.json go")
-    p.set_defaults(func=cmd_pr_check)
-
-    p = sub.add_parser("commit-back", help="in a workflow: commit files to the branch (a PR if it is protected)")
-    p.add_argument("paths", nargs="*", metavar="PATH")
-    p.add_argument("--recipe", action="append", metavar="RECIPE", help="this recipe's run record and model card")
-    p.add_argument("--branch", default=None, help="default: GITHUB_REF_NAME")
-    p.add_argument("--message", default="recipes-runner: record training results")
-    p.set_defaults(func=cmd_commit_back)
-
-    p = sub.add_parser("notify", help="in a workflow: comment each recipe's outcome on the merged pull request")
-    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every recipe with a recorded run")
-    p.add_argument("--sha", default=None, help="the merge commit (default: the commit each run started from)")
-    p.set_defaults(func=cmd_notify)
+    actions.add_commands(sub)
     return parser
 
 

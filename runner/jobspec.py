@@ -8,10 +8,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from runner.plan import Plan
-from runner.recipe import LoadedRecipe
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # the local job launcher imports JobSpec: keep the planner out of its start-up
+    from runner.plan import Plan
+    from runner.recipe import LoadedRecipe
+
+
+JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+
+
+def script_path(name: str) -> Path:
+    return JOBS_DIR / f"{name}.py"
+
+
+# Modules the job scripts import as siblings (standard library only): a remote job ships them too.
+JOB_MODULES: tuple[str, ...] = ("train_policy.py",)
+
+
+def script_files(name: str) -> dict[str, Path]:
+    """The files a job needs beside each other: the script and the sibling modules it imports."""
+    return {f"{name}.py": script_path(name), **{m: JOBS_DIR / m for m in JOB_MODULES}}
+
+
+class JobSpec(BaseModel):
+    """A job to run: one of the scripts in runner/jobs with its JSON config."""
+
+    script: Literal["train", "gguf"]
+    config: dict[str, Any]
+    flavor: str | None = None
+    timeout_seconds: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    processes: int = 1  # data-parallel processes (torchrun) for the training job
+    # Remote engines ship the script and these repo-local inputs (repo-relative path -> local file)
+    # to `bundle_repo` under `bundle_dir`, and mount that folder into the job.
+    bundle_repo: str | None = None
+    bundle_dir: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
 
 
 BUNDLE_DIR = "runner"  # folder of the model repo that holds each run's job bundle: runner/<run_id>/

@@ -29,7 +29,7 @@ from runner.images import ImageInfo, images_in
 from runner.jobs import train_policy as policy
 from runner.modelfacts import ASSUMED_IMAGE, ModelFacts, VisionFacts
 from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
-from runner.report import DatasetReport
+from runner.dataset import DatasetReport
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 4  # chat-template markup around each turn

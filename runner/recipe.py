@@ -16,6 +16,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -762,3 +763,20 @@ def _problems(error: ValidationError, docs: list[yamlsafe.Located]) -> list[Prob
             message = e["msg"].removeprefix("Value error, ")
             out.append(doc.problem(loc, message))
     return out
+
+
+def recipe_files(args: Sequence[str]) -> list[Path]:
+    """Expand directories to their recipe files (not the repo defaults)."""
+    out: list[Path] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*.y*ml") if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE)
+        else:
+            out.append(p)
+    return out
+
+
+def name_of(arg: str) -> str:
+    """A recipe given by file (its `name`) or by name."""
+    return load(arg).recipe.name if arg.endswith((".yaml", ".yml")) and Path(arg).is_file() else arg

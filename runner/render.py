@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
 from runner.plan import Plan, billed
-from runner.report import DatasetReport
+from runner.dataset import DatasetReport
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
 MAX_COMMENT_CHARS = 65_000  # GitHub's limit is 65,536

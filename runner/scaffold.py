@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from runner import gather, recipe, report, yamlsafe
+from runner import planning, recipe, yamlsafe
+from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import RecipeInvalid, UserError
 from runner.plan import Plan
 
@@ -51,12 +52,12 @@ def new_recipe(root: Path, name: str, *, model: str, dataset: str, method: str =
     base_model = _model_ref(root, model)
     data_ref = _dataset_ref(root, dataset)
     try:
-        sample = report.load_sample(data_ref, root=root, token=token)
+        sample = load_sample(data_ref, root=root, token=token)
     except UserError as e:
         raise UserError(f"--dataset {dataset}: cannot be read: {e}") from None
 
     notes: list[str] = []
-    columns = _columns(report.from_sample(sample), method, dataset, notes)
+    columns = _columns(from_sample(sample), method, dataset, notes)
     doc: dict[str, Any] = {"name": name, "base_model": base_model, "method": method,
                            "dataset": {"path": data_ref} | ({"columns": columns} if columns else {}),
                            "training": {"epochs": _number(epochs if epochs is not None else 1)}}
@@ -132,7 +133,7 @@ def _number(value: float) -> float | int:
 # --- what the data needs -------------------------------------------------------------------------
 
 
-def _columns(data: report.DatasetReport, method: str, dataset: str, notes: list[str]) -> dict[str, str] | None:
+def _columns(data: DatasetReport, method: str, dataset: str, notes: list[str]) -> dict[str, str] | None:
     verdict = data.methods[method]
     if verdict.status == "ready":
         return None
@@ -186,7 +187,7 @@ def _plan(doc: dict[str, Any], header: list[str], target: Path, token: str | Non
         with tmp.open("x", encoding="utf-8") as f:
             f.write(_text(doc, header))
         loaded = recipe.load(tmp)
-        plan = gather.plan_recipe(loaded, token=token, price_table=gather.prices(token))
+        plan = planning.plan_recipe(loaded, token=token, price_table=planning.prices(token))
     except RecipeInvalid as e:
         raise UserError(f"{shown} not written, the recipe would be invalid: "
                         + "; ".join(_argument_problem(p) for p in e.problems)) from None

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, write_jsonl, write_recipe
 from hubstub import HubStub, JobScript
 
-from runner import gather, ledger, pipeline, recipe
+from runner import ledger, planning, recipe, runs
 from runner.backends.hf import HfBackend
 from runner.cli import main
 from runner.plan import billed
@@ -193,9 +193,9 @@ def _planned_record(ws: Path, monkeypatch) -> ledger.RunRecord:
     """A run in state `planned`, as the train workflow leaves it when it dies right after saving."""
     monkeypatch.chdir(ws)
     loaded = recipe.load(ws / "recipes" / "tiny-sft.yaml")
-    plan = gather.plan_recipe(loaded, token=None, price_table=gather.prices(None))
+    plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
     backend = HfBackend(None, "alice", TOKEN)
-    return pipeline.start(loaded, plan, backend)
+    return runs.start(loaded, plan, backend)
 
 
 def _tamper(ws: Path, change) -> None:
@@ -331,21 +331,21 @@ def test_hf_run_without_a_budget_spends_nothing(hub, workspace, monkeypatch, cap
 
 def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli) -> None:
     base = _git(workspace, "rev-parse", "HEAD")
-    before = {n: pipeline.recipe_version(recipe.load(workspace / "recipes" / f"{n}.yaml"))
+    before = {n: runs.recipe_version(recipe.load(workspace / "recipes" / f"{n}.yaml"))
               for n in ("tiny-sft", "tiny-grpo")}
     reward = workspace / "rewards" / "arith.py"
     reward.write_text(reward.read_text() + "\n# tuned\n")
     _git(workspace, "commit", "-qam", "reward")
     result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
     assert json.loads(result.out) == ["recipes/tiny-grpo.yaml"]
-    after = pipeline.recipe_version(recipe.load(workspace / "recipes" / "tiny-grpo.yaml"))
+    after = runs.recipe_version(recipe.load(workspace / "recipes" / "tiny-grpo.yaml"))
     assert after != before["tiny-grpo"]
     data = workspace / "examples" / "data" / "sft.jsonl"
     write_jsonl(data, [json.loads(line) for line in data.read_text().splitlines()][:50])
     _git(workspace, "commit", "-qam", "data")
     result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
     assert set(json.loads(result.out)) == {"recipes/tiny-grpo.yaml", "recipes/tiny-sft.yaml"}
-    assert pipeline.recipe_version(recipe.load(workspace / "recipes" / "tiny-sft.yaml")) != before["tiny-sft"]
+    assert runs.recipe_version(recipe.load(workspace / "recipes" / "tiny-sft.yaml")) != before["tiny-sft"]
     # A change to a run record alone trains nothing.
     (workspace / "runs").mkdir()
     (workspace / "runs" / "tiny-sft.json").write_text('{"name": "tiny-sft", "runs": []}\n')

@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, write_jsonl, write_recipe
 
 from runner import hardware, modelfacts
-from runner.backends.local import JOB_MODULES
-from runner.gather import plan_recipe, prices
+from runner.jobspec import JOB_MODULES
+from runner.planning import plan_recipe, prices
 from runner.jobs import train_policy as policy
 from runner.jobspec import Places, train_config
 from runner.recipe import load

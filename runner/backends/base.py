@@ -5,26 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+
+from runner.jobspec import JobSpec
 
 Stage = Literal["SCHEDULING", "RUNNING", "COMPLETED", "ERROR", "CANCELED", "DELETED"]
 FINISHED: frozenset[str] = frozenset({"COMPLETED", "ERROR", "CANCELED", "DELETED"})
-
-
-class JobSpec(BaseModel):
-    """A job to run: one of the scripts in runner/jobs with its JSON config."""
-
-    script: Literal["train", "gguf"]
-    config: dict[str, Any]
-    flavor: str | None = None
-    timeout_seconds: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    processes: int = 1  # data-parallel processes (torchrun) for the training job
-    # Remote engines ship the script and these repo-local inputs (repo-relative path -> local file)
-    # to `bundle_repo` under `bundle_dir`, and mount that folder into the job.
-    bundle_repo: str | None = None
-    bundle_dir: str | None = None
-    files: dict[str, str] = Field(default_factory=dict)
 
 
 class FoundJob(BaseModel):

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runner.backends.base import FoundJob, JobSpec, JobStatus
-from runner.backends.local import script_files
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
+from runner.jobspec import script_files
 
 # Pinned by digest: a tag can move under a job that holds the Hub token.
 IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -49,7 +49,11 @@ def _transient(e: BaseException) -> bool:
 
 
 def _not_found(e: BaseException) -> bool:
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     return isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError))
 

@@ -19,23 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import FoundJob, JobSpec, JobStatus
+from runner.backends.base import FoundJob, JobStatus
+from runner.jobspec import JobSpec, script_path
 from runner.ledger import atomic_write
-
-JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
-
-
-def script_path(name: str) -> Path:
-    return JOBS_DIR / f"{name}.py"
-
-
-# Modules the job scripts import as siblings (standard library only): a remote job ships them too.
-JOB_MODULES: tuple[str, ...] = ("train_policy.py",)
-
-
-def script_files(name: str) -> dict[str, Path]:
-    """The files a job needs beside each other: the script and the sibling modules it imports."""
-    return {f"{name}.py": script_path(name), **{m: JOBS_DIR / m for m in JOB_MODULES}}
 
 
 class LocalBackend:

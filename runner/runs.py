@@ -23,11 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import card, evaluation, failures, ledger, outputs
-from runner.backends.base import Backend, JobSpec, JobStatus
+from runner.backends.base import Backend, JobStatus
 from runner.backends.hf import MOUNT
-from runner.backends.local import JOB_MODULES, script_path
 from runner.errors import UserError
-from runner.jobspec import Places, bundle_dir, gguf_config, hf_places, shipped_files, train_config
+from runner.jobspec import (
+    JOB_MODULES,
+    JobSpec,
+    Places,
+    bundle_dir,
+    gguf_config,
+    hf_places,
+    script_path,
+    shipped_files,
+    train_config,
+)
 from runner.ledger import Failure, JobRef, Progress, RunRecord
 from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hardware, hub, ledger, modelfacts, report
+from runner import hardware, hub, ledger, modelfacts
+from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import UserError
 from runner.formats import METHODS, MethodVerdict
 from runner.hardware import HardwareFlavor
 from runner.modelfacts import ModelFacts
 from runner.plan import PastRun, Plan, plan
 from runner.recipe import LoadedRecipe
-from runner.report import DatasetReport
 
 HUB_TIMEOUT = 10.0
 
@@ -65,13 +65,13 @@ def model_facts(loaded: LoadedRecipe, token: str | None) -> tuple[ModelFacts, li
 def dataset_report(loaded: LoadedRecipe, token: str | None) -> DatasetReport:
     d = loaded.recipe.dataset
     try:
-        sample = report.load_sample(d.path, split=d.split, config=d.config, revision=d.revision, root=loaded.root,
+        sample = load_sample(d.path, split=d.split, config=d.config, revision=d.revision, root=loaded.root,
                                     token=token)
     except UserError as e:
         verdict = MethodVerdict(status="unknown", reason=f"dataset could not be read: {e}")
         return DatasetReport(dataset=d.path, config=d.config, split=d.split, rows=None, rows_exact=False, columns=[],
                              methods={m: verdict for m in METHODS}, sample_size=0, source="none")
-    return report.from_sample(sample, d.columns)
+    return from_sample(sample, d.columns)
 
 
 def past_runs(root: Path) -> list[PastRun]:
@@ -109,3 +109,15 @@ def plan_recipe(loaded: LoadedRecipe, *, token: str | None, price_table: Prices)
 def _why(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}"[:160] if text else type(e).__name__
+
+
+def plan_all(loaded: list, token: str | None, problems: list[str]) -> list:
+    """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead."""
+    price_table = prices(token) if loaded else None
+    plans = []
+    for item in loaded:
+        try:
+            plans.append(plan_recipe(item, token=token, price_table=price_table))
+        except UserError as e:
+            problems.append(str(e))
+    return plans
