@@ -37,7 +37,7 @@ def run_case(quants: list[str], imatrix: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = {"model_dir": str(ROOT / "examples" / "tiny-model"), "base_model": None, "name": "tiny",
                   "quantizations": quants, "imatrix": imatrix,
-                  "dataset": {"source": str(ROOT / "examples" / "data" / "sft.jsonl"), "columns": None},
+                  "dataset_name": str(ROOT / "examples" / "data" / "sft.jsonl"),
                   "model_id": "bench/tiny", "output_dir": f"{tmp}/out", "hub_repo": None,
                   "summary_path": f"{tmp}/summary.json"}
         Path(tmp, "config.json").write_text(json.dumps(config))

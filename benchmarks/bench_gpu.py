@@ -77,18 +77,16 @@ def our_config(tmp: Path, args: argparse.Namespace) -> dict:
     """The job config `runner run` would write for this recipe (model facts as the plan knows them)."""
     from runner.modelfacts import KNOWN_PARAMS
 
-    return {
-        "run_id": "bench-gpu", "method": "sft", "base_model": MODEL,
-        "dataset": {"source": args.dataset, "split": "train", "columns": None},
-        "training": {"epochs": 1, "max_steps": args.steps, "learning_rate": 2e-5, "lr_scheduler": "cosine",
-                     "warmup_ratio": 0.0, "batch_size": args.batch, "grad_accum": args.grad_accum,
-                     "max_length": args.max_length, "sequence_tokens": args.max_length, "packing": "auto",
-                     "gradient_checkpointing": "auto", "strategy": "auto", "pin_batch": False, "seed": 42},
-        "model": {"params": KNOWN_PARAMS[MODEL], "active_params": None, "hidden_size": 1024, "num_layers": 28,
-                  "vocab_size": 151_936, "architecture": "Qwen3ForCausalLM"},
-        "lora": None, "rewards": [], "output_dir": str(tmp / "ours"), "hub_repo": None, "private": True,
-        "tracking": {"project": "bench-gpu"}, "summary_path": str(tmp / "ours.json"),
-    }
+    from runner.jobspec import SFTJobConfig
+
+    return SFTJobConfig(
+        run_id="bench-gpu", model_name_or_path=MODEL, dataset_name=args.dataset, num_train_epochs=1,
+        max_steps=args.steps, learning_rate=2e-5, per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=args.grad_accum, max_length=args.max_length, sequence_tokens=args.max_length,
+        model_params=KNOWN_PARAMS[MODEL], model_hidden_size=1024, model_num_layers=28, model_vocab_size=151_936,
+        model_architecture="Qwen3ForCausalLM", output_dir=str(tmp / "ours"), project="bench-gpu",
+        summary_path=str(tmp / "ours.json"),
+    ).model_dump(mode="json")
 
 
 def run_ours(tmp: Path, args: argparse.Namespace) -> dict:

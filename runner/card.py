@@ -141,7 +141,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
         lines += evaluation_section(record.evaluation, r.base_model,
-                                    (record.configs.get("train") or {}).get("evaluation") or {})
+                                    record.configs.train.evaluation.model_dump() if record.configs.train else {})
     files = gguf.get("files") or []
     if gguf.get("skipped"):
         lines += ["", "## GGUF", "", f"Not converted: {gguf['skipped']}."]

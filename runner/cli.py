@@ -155,8 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from runner.backends.hf import job_request
 
         specs = runs.preview(loaded, plan, push=args.backend != "local")
-        jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}),
-                 "flavor": s.flavor, "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config}
+        jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}), "flavor": s.flavor,
+                 "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config.model_dump(mode="json")}
                 for s in specs]
         out = {"recipe": loaded.display, "backend": args.backend, "jobs": jobs, "cost_usd": plan.cost_usd,
                "max_cost_usd": plan.max_cost_usd, "budget_usd": plan.budget_usd}
@@ -203,7 +203,7 @@ def _latest(target: str):
 
 
 def _repo(record) -> str | None:
-    return (record.configs.get("train") or {}).get("hub_repo")
+    return record.configs.train.repo if record.configs.train else None
 
 
 def _current_job(record, stage: str | None = None) -> tuple[str, str]:

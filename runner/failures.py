@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from runner.hardware import BUILTIN_FLAVORS, HardwareFlavor
+from runner.jobspec import JobConfig, TrainJobConfig
 
 Kind = Literal["timeout", "oom", "data", "canceled", "infrastructure", "missing_output"]
 
@@ -68,18 +69,17 @@ def _next_flavor(current: HardwareFlavor | None) -> HardwareFlavor | None:
     return min(bigger, key=lambda f: (f.usd_per_hour, f.memory_gb), default=None)
 
 
-def _oom_advice(config: dict[str, Any], flavor: HardwareFlavor | None) -> str:
+def _oom_advice(config: TrainJobConfig, flavor: HardwareFlavor | None) -> str:
     """The smallest change first: batch size, then checkpointing, LoRA, and only then a bigger flavor."""
-    t = config.get("training") or {}
-    batch = int(t.get("batch_size") or 1)
-    accum = int(t.get("grad_accum") or 1)
+    batch = config.per_device_train_batch_size
+    accum = config.gradient_accumulation_steps
     if batch > 1:
         half = batch // 2
         return (f"set training.batch_size: {half} with training.grad_accum: {accum * batch // half} "
                 "(the same effective batch)")
-    if not t.get("gradient_checkpointing"):
+    if not config.gradient_checkpointing_mode:
         return "set training.gradient_checkpointing: true"
-    if not config.get("lora"):
+    if not config.use_peft:
         return "set adapter.lora: true (train a LoRA adapter instead of every weight)"
     bigger = _next_flavor(flavor)
     if bigger:
@@ -88,7 +88,7 @@ def _oom_advice(config: dict[str, Any], flavor: HardwareFlavor | None) -> str:
 
 
 def diagnose(stage: str, job_stage: str, message: str | None, tail: list[str], *, recipe: str,
-             flavor: str | None, config: dict[str, Any], timeout_seconds: int | None,
+             flavor: str | None, config: JobConfig | None, timeout_seconds: int | None,
              checkpoint: str | None) -> Diagnosis:
     """Classify a job that ended other than COMPLETED; `checkpoint` says where one was saved, if any."""
     message = (message or "").strip()
@@ -119,11 +119,11 @@ def diagnose(stage: str, job_stage: str, message: str | None, tail: list[str], *
         known = _flavor(flavor)
         on = (f"{known.name} ({known.memory_gb:.0f} GB per {'GPU' if known.is_gpu else 'machine'})"
               if known else (flavor or "this machine"))
-        t = config.get("training") or {}
-        batch = f" at batch_size {t['batch_size']}" if t.get("batch_size") else ""
+        train = config if isinstance(config, TrainJobConfig) else None
+        batch = f" at batch_size {train.per_device_train_batch_size}" if train else ""
         reason = f"the {job} ran out of memory on {on}{batch}"
-        if stage == "train":
-            reason += f"; smallest change: {_oom_advice(config, known)} in {recipe}"
+        if train is not None:
+            reason += f"; smallest change: {_oom_advice(train, known)} in {recipe}"
         return Diagnosis(kind="oom", reason=reason, step=step, total_steps=total)
 
     errors = [line.strip() for line in tail if line.strip().startswith(("error:", "gguf: error:"))]

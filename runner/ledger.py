@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
+from runner.jobspec import JobConfigs
 
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
@@ -91,9 +92,9 @@ class RunRecord(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
     failure: Failure | None = None
     progress: Progress | None = None
-    # What any later process needs to carry the run on: the job configs (JSON the job scripts read,
-    # no secrets), the data-parallel width, and whether outputs go to the Hub.
-    configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # What any later process needs to carry the run on, fixed when it started: the job configs (the
+    # JSON the job scripts read, no secrets), the data-parallel width, and whether outputs go to the Hub.
+    configs: JobConfigs = Field(default_factory=JobConfigs)
     processes: int = 1
     push: bool = False
     attempt: int = 1  # a deliberate retry (`runner run --retry`) is attempt 2, 3, ...

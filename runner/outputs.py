@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from runner.jobspec import GgufJobConfig, JobConfig, TrainJobConfig
+
 
 class Lister(Protocol):
     def files(self, place: str, revision: str | None = None) -> set[str] | None: ...
@@ -20,18 +22,18 @@ class Lister(Protocol):
 NOT_THE_MODEL = ("last-checkpoint/", "checkpoint-", "runner/")
 
 
-def _summary_place(config: dict[str, Any]) -> str:
-    target = config.get("summary_upload")
-    return f"{target['path']} in {target['repo']}" if target else str(config["summary_path"])
+def _summary_place(config: JobConfig) -> str:
+    if config.summary_repo:
+        return f"{config.summary_repo_path} in {config.summary_repo}"
+    return config.summary_path
 
 
-def model_place(config: dict[str, Any], summary: dict[str, Any]) -> tuple[str, str | None]:
+def model_place(config: TrainJobConfig, summary: dict[str, Any]) -> tuple[str, str | None]:
     """Where the trained model should be: (Hub repo or local directory, commit or None)."""
     pushed = summary.get("pushed") or {}
-    repo = config.get("hub_repo")
-    if repo:
-        return str(pushed.get("repo") or repo), pushed.get("commit")
-    return str(config["output_dir"]), None
+    if config.repo:
+        return str(pushed.get("repo") or config.repo), pushed.get("commit")
+    return config.output_dir, None
 
 
 def _model_files(files: set[str], adapter: bool) -> tuple[bool, str]:
@@ -44,7 +46,7 @@ def _model_files(files: set[str], adapter: bool) -> tuple[bool, str]:
     return "config.json" in top and bool(weights), "config.json and the weights (*.safetensors)"
 
 
-def missing_model(lister: Lister, config: dict[str, Any], summary: dict[str, Any] | None) -> str | None:
+def missing_model(lister: Lister, config: TrainJobConfig, summary: dict[str, Any] | None) -> str | None:
     """What the training job failed to leave behind, or None when its summary and model are there."""
     if summary is None:
         return f"it wrote no summary (expected {_summary_place(config)})"
@@ -57,18 +59,18 @@ def missing_model(lister: Lister, config: dict[str, Any], summary: dict[str, Any
     return None if ok else f"no trained model is in {place}{at} (expected {expected})"
 
 
-def promised_ggufs(config: dict[str, Any]) -> list[str]:
+def promised_ggufs(config: GgufJobConfig) -> list[str]:
     """The file names the GGUF job was asked for: <name>-<QUANT>.gguf."""
-    return [f"{config['name']}-{q.upper()}.gguf" for q in config["quantizations"]]
+    return [f"{config.name}-{q.upper()}.gguf" for q in config.quantizations]
 
 
-def missing_ggufs(lister: Lister, config: dict[str, Any], summary: dict[str, Any] | None) -> str | None:
+def missing_ggufs(lister: Lister, config: GgufJobConfig, summary: dict[str, Any] | None) -> str | None:
     """What the GGUF job failed to leave behind, or None when its summary and every promised file are there."""
     if summary is None:
         return f"it wrote no summary (expected {_summary_place(config)})"
     if summary.get("skipped"):  # an architecture llama.cpp cannot convert: the job says why, and promises nothing
         return None
-    place = str(config.get("hub_repo") or config["output_dir"])
+    place = config.repo or config.output_dir
     files = lister.files(place) or set()
     missing = [name for name in promised_ggufs(config) if name not in files]
     if missing:

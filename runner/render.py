@@ -200,7 +200,7 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
     out = [f"### :hourglass: {md(name)}: {record.state}", "", "| | |", "|---|---|",
            f"| Run | `{record.run_id}` on the {record.backend} backend, attempt {record.attempt} |"]
     if job:
-        namespace = ((record.configs.get("train") or {}).get("hub_repo") or "/").split("/")[0]
+        namespace = ((record.configs.train.repo if record.configs.train else None) or "/").split("/")[0]
         where = _link(f"https://huggingface.co/jobs/{namespace}/{job.id}") if record.push and namespace else f"`{job.id}`"
         out.append(f"| {stage.upper()} job | {where} ({md(job.stage)}) |")
         elapsed = _elapsed(job.submitted_at, now)
@@ -218,9 +218,9 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
     so_far = sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
                  for j in record.jobs.values() if j.running_seconds is not None) if record.push else 0.0
     out.append(f"| Cost so far | ${so_far:.2f} of an estimated ${est or 0:.2f} |")
-    tracking = (record.configs.get("train") or {}).get("tracking") or {}
-    if tracking.get("space_id"):
-        out.append(f"| Trackio | {_link('https://huggingface.co/spaces/' + tracking['space_id'])} |")
+    space = record.configs.train.trackio_space_id if record.configs.train else None
+    if space:
+        out.append(f"| Trackio | {_link('https://huggingface.co/spaces/' + space)} |")
     if record.links.get("model"):
         out.append(f"| Model | {_link(record.links['model'])} |")
     out += ["", "<sub>Updated as the run moves (each `train` follow and each `reconcile`); "
@@ -232,8 +232,7 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     """The comment on a merged pull request: what training produced, where, and for how much."""
     mark = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}.get(record.state, ":hourglass:")
     links = record.links
-    tracking = (record.configs.get("train") or {}).get("tracking") or {}
-    space = tracking.get("space_id")
+    space = record.configs.train.trackio_space_id if record.configs.train else None
     est, actual = record.cost_usd.get("estimated"), record.cost_usd.get("actual")
     out = [f"### {mark} {md(name)}: {record.state}", "", "| | |", "|---|---|",
            f"| Run | `{record.run_id}` on the {record.backend} backend |"]
@@ -242,7 +241,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     if links.get("gguf"):
         out.append(f"| GGUF | {_link(links['gguf'])} |")
     out.append("| Trackio | " + (_link(f"https://huggingface.co/spaces/{space}") if space else
-                                 f"project `{md(tracking.get('project', name))}` (local logs; set tracking.space for a dashboard)")
+                                 f"project `{md(record.configs.train.project if record.configs.train else name)}` (local logs; "
+                                 "set tracking.space for a dashboard)")
                + " |")
     if record.state == "recorded":
         out.append(f"| Loss curve | {_link(f'{blob_url}/models/{name}/loss.png')} |")

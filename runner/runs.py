@@ -28,6 +28,8 @@ from runner.backends.hf import MOUNT
 from runner.errors import UserError
 from runner.jobspec import (
     JOB_MODULES,
+    JobConfig,
+    JobConfigs,
     JobSpec,
     Places,
     bundle_dir,
@@ -200,7 +202,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
                            "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry` "
                            "(the train workflow's manual run has a `retry` box)")
     attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
-    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior else backend.checkpoint_saved(lost.config)
+    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
                  retry_of=prior.run_id if prior else None, resume=resume)
@@ -229,7 +231,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     )
     record.history.append({"state": "planned", "at": record.created_at})
     step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir)
-    record.configs["train"] = _derived_config(step, record, "train")
+    _fix_configs(step, record)
     places = _places(backend, loaded, run_id, hub_dir)
     record.links["model"] = f"https://huggingface.co/{loaded.output_repo}" if push else str(places.model_dir)
     ledger.save(step.home, record, r.name)
@@ -241,7 +243,14 @@ def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
                                                                      "commit": (record.commit or "none")[:12]}
 
 
-def _derived_config(step: Step, record: RunRecord, stage: str) -> dict:
+def _fix_configs(step: Step, record: RunRecord) -> None:
+    """Fix every job's config at the start: later steps read these, whatever the recipe file says by then."""
+    record.configs = JobConfigs(train=_derived_config(step, record, "train"))
+    if step.loaded.recipe.gguf.enabled:
+        record.configs = JobConfigs(train=record.configs.train, gguf=_derived_config(step, record, "gguf"))
+
+
+def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
     """The job's config as the runner's code derives it from the recipe and its plan (never from the record)."""
     loaded, plan = step.loaded, step.plan
     assert plan is not None
@@ -249,8 +258,7 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> dict:
         places = _places(step.backend, loaded, record.run_id, step.hub_dir)
         return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume)
     places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
-    adapter = bool((record.train_summary or {}).get("adapter"))
-    return gguf_config(loaded, places, record.run_id, adapter=adapter, push=record.push)
+    return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push)
 
 
 def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
@@ -269,13 +277,17 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     if record.version != version:
         raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
                            f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
-    if record.push and (record.configs.get("train") or {}).get("hub_repo") != loaded.output_repo:
+    train = record.configs.train
+    if record.push and (train.repo if train else None) != loaded.output_repo:
         raise SpendRefused(f"{where}: the record's output repo differs from the recipe's ({loaded.output_repo}); "
                            f"not submitting the {stage} job")
+    if stage == "gguf" and record.configs.gguf is None:
+        raise SpendRefused(f"{where}: the run fixed no GGUF job when it started; not submitting one")
     expected = _derived_config(step, record, stage)
-    if stage in record.configs and record.configs[stage] != expected:
-        keys = sorted(k for k in set(expected) | set(record.configs[stage])
-                      if expected.get(k) != record.configs[stage].get(k))
+    fixed = getattr(record.configs, stage)
+    if fixed is not None and fixed != expected:
+        theirs, ours = fixed.model_dump(), expected.model_dump()
+        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise SpendRefused(f"{where}: the record's {stage} job config differs from the recipe's "
                            f"({', '.join(keys)}); not submitting")
     planned = plan.job(stage)
@@ -288,7 +300,7 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
             raise SpendRefused(f"{where}: the record plans {stage} on {recorded.get('flavor')} for "
                                f"{recorded.get('timeout_seconds')} s, the recipe's plan on {planned.flavor} for "
                                f"{planned.timeout_seconds} s; not submitting")
-    record.configs[stage] = expected
+    setattr(record.configs, stage, expected)
     bundle = {}
     if record.push:
         bundle = {"bundle_repo": loaded.output_repo, "bundle_dir": bundle_dir(record.run_id),
@@ -320,7 +332,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         ledger.save(step.home, record, step.loaded.recipe.name)
         raise SpendRefused(f"{step.loaded.display}: {reason}")
     if found and found.config:
-        record.configs[stage] = found.config
+        setattr(record.configs, stage, found.config)
         job_id = found.id
         step.echo(f"[{stage}] adopting job {job_id} ({found.stage}): it trains this same recipe version")
     else:
@@ -427,8 +439,8 @@ def actual_cost(record: RunRecord) -> float | None:
 
 def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
     tail = list(deque(step.backend.logs(record.jobs[stage].id), maxlen=LOG_TAIL))
-    config = record.configs.get(stage) or {}
-    checkpoint = stage == "train" and step.backend.checkpoint_saved(config)
+    config = getattr(record.configs, stage)
+    checkpoint = stage == "train" and config is not None and step.backend.checkpoint_saved(config)
     job = record.jobs[stage]  # what the job was submitted with, not what the recipe says now
     found = failures.diagnose(
         stage, status.stage, status.message, tail, recipe=record.recipe, flavor=job.flavor, config=config,
@@ -439,9 +451,9 @@ def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
     step.echo(f"[{stage}] {record.state}: {found.reason}")
 
 
-def _checkpoint_place(config: dict) -> str:
-    repo = config.get("hub_repo")  # TRL's hub_strategy="checkpoint" pushes to last-checkpoint/
-    return f"{repo}/last-checkpoint/" if repo else str(config.get("output_dir"))
+def _checkpoint_place(config: JobConfig) -> str:
+    # TRL's hub_strategy="checkpoint" pushes to last-checkpoint/
+    return f"{config.repo}/last-checkpoint/" if config.repo else config.output_dir
 
 
 def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
@@ -458,8 +470,8 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
     r = loaded.recipe
     state = record.state
     if state == "planned":
-        if not record.push:
-            Path(record.configs["train"]["summary_path"]).parent.mkdir(parents=True, exist_ok=True)
+        if not record.push and record.configs.train:
+            Path(record.configs.train.summary_path).parent.mkdir(parents=True, exist_ok=True)
         _submit(step, record, "train")
         record.move("training")
     elif state in ("training", "converting"):
@@ -474,7 +486,7 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         else:
             _converted(step, record)
     elif state == "trained":
-        if not r.gguf.enabled:
+        if record.configs.gguf is None:  # what the run fixed at its start, not what the recipe says now
             _record(step, record)
         else:
             _submit(step, record, "gguf")
@@ -489,8 +501,9 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
 
 
 def _trained(step: Step, record: RunRecord) -> None:
-    summary = step.backend.summary(record.configs["train"])
-    problem = outputs.missing_model(step.backend, record.configs["train"], summary)
+    config = _config(record, "train")
+    summary = step.backend.summary(config)
+    problem = outputs.missing_model(step.backend, config, summary)
     if problem or summary is None:
         return _missing(step, record, "train", problem or "it wrote no summary")
     record.train_summary = summary
@@ -501,22 +514,31 @@ def _trained(step: Step, record: RunRecord) -> None:
 
 
 def _converted(step: Step, record: RunRecord) -> None:
-    summary = step.backend.summary(record.configs["gguf"])
-    problem = outputs.missing_ggufs(step.backend, record.configs["gguf"], summary)
+    config = _config(record, "gguf")
+    summary = step.backend.summary(config)
+    problem = outputs.missing_ggufs(step.backend, config, summary)
     if problem:
         return _missing(step, record, "gguf", problem)
     record.gguf_summary = summary
     if (summary or {}).get("skipped"):
         step.echo(f"[gguf] not converted: {summary['skipped']}")
-    repo = record.configs["gguf"].get("hub_repo")
-    record.links["gguf"] = f"https://huggingface.co/{repo}" if repo else record.configs["gguf"]["output_dir"]
+    record.links["gguf"] = f"https://huggingface.co/{config.repo}" if config.repo else config.output_dir
     record.move("converted")
 
 
+def _config(record: RunRecord, stage: str) -> JobConfig:
+    """The config the run fixed for `stage`; a record without one cannot be carried on."""
+    config = getattr(record.configs, stage)
+    if config is None:
+        raise UserError(f"run {record.run_id} ({record.recipe}): the record has no {stage} job config")
+    return config
+
+
 def _local_gguf_places(record: RunRecord) -> Places:
-    model_dir = Path(record.configs["train"]["output_dir"])
+    train = _config(record, "train")
+    model_dir = Path(train.output_dir)
     return Places(model_dir=model_dir, gguf_dir=model_dir.with_name(model_dir.name + "-GGUF"),
-                  work_dir=Path(record.configs["train"]["summary_path"]).parent)
+                  work_dir=Path(train.summary_path).parent)
 
 
 def _record(step: Step, record: RunRecord) -> None:
@@ -534,7 +556,7 @@ def _record(step: Step, record: RunRecord) -> None:
     text = card.build(loaded, record, has_plot=png is not None)
     ledger.atomic_write(card_dir / "README.md", text)
     # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights).
-    step.backend.publish(record.configs["train"], {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
+    step.backend.publish(_config(record, "train"), {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
                          f"recipes-runner: model card for run {record.run_id}")
     record.links["card"] = str((card_dir / "README.md").relative_to(step.home))
     record.seconds["record"] = round(time.monotonic() - start, 2)
@@ -556,10 +578,9 @@ def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
                        plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}), push=push,
                        processes=max(plan.devices, 1) if push else 1)
     step = Step(loaded, engine, plan=plan)  # type: ignore[arg-type]
-    record.configs["train"] = _derived_config(step, record, "train")
+    _fix_configs(step, record)
     specs = [authorize(step, record, "train")]
-    if loaded.recipe.gguf.enabled:
-        record.train_summary = {"adapter": plan.lora}
+    if record.configs.gguf is not None:
         specs.append(authorize(step, record, "gguf"))
     return specs
 

@@ -79,7 +79,7 @@ class JobScript:
     `outlive_timeout` keeps it running until its timeout ends it (as the Hub does, with ERROR);
     on completion it pushes what the job script would (`push`; False plays a job that exits 0
     having written nothing): the model or adapter for a training config, the promised
-    .gguf files for a GGUF config; then `summary`, where the config asks (summary_upload),
+    .gguf files for a GGUF config; then `summary`, where the config asks (summary_repo/_path),
     with `pushed` (repo and commit) added as runner/jobs/train.py reports it.
     """
 
@@ -257,7 +257,7 @@ class HubStub:
         for line in script.logs:
             self._log(job, line)
         if script.checkpoint:
-            repo = _config(job).get("hub_repo")
+            repo = _repo(_config(job))
             if repo:
                 self.commit(repo, {"last-checkpoint/trainer_state.json": b"{}", "last-checkpoint/config.json": b"{}"})
         end = None if script.outlive_timeout else time.monotonic() + script.running
@@ -269,20 +269,19 @@ class HubStub:
         if script.end == "COMPLETED":
             config = _config(job)
             pushed = self._push_outputs(config) if script.push else None
-            target = config.get("summary_upload")
-            if script.summary is not None and target:
+            if script.summary is not None and config.get("summary_repo"):
                 summary = {**script.summary, **({"pushed": pushed} if pushed else {})}
-                self.commit(target["repo"], {target["path"]: json.dumps(summary).encode()})
+                self.commit(config["summary_repo"], {config["summary_repo_path"]: json.dumps(summary).encode()})
         self._finish(job, script.end, script.message)
 
     def _push_outputs(self, config: dict[str, Any]) -> dict[str, str] | None:
         """What runner/jobs/train.py or gguf.py uploads to the config's hub_repo; the commit it made."""
-        repo = config.get("hub_repo")
+        repo = _repo(config)
         if not repo:
             return None
         if "quantizations" in config:  # a GGUF job
             files = {f"{config['name']}-{q.upper()}.gguf": b"GGUF" + bytes(60) for q in config["quantizations"]}
-        elif config.get("lora"):
+        elif config.get("use_peft"):
             files = {"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(64)}
         else:
             files = {"config.json": b"{}", "model.safetensors": bytes(64)}
@@ -352,6 +351,11 @@ def _config(job: Job) -> dict[str, Any]:
         return json.loads((job.spec.get("environment") or {}).get("RUNNER_JOB_CONFIG", "{}"))
     except ValueError:
         return {}
+
+
+def _repo(config: dict[str, Any]) -> str | None:
+    """Where the job pushes: a training config's hub_model_id (when push_to_hub), a GGUF config's hub_repo."""
+    return config.get("hub_model_id") if config.get("push_to_hub") else config.get("hub_repo")
 
 
 def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:

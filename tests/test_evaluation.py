@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, write_jsonl, write_recipe
 
-from runner import card, plan, recipe, render
+from runner import card, jobspec, plan, planning, recipe, render
 from runner.evaluation import Evaluation, from_summary
 from runner.ledger import RunRecord
 
@@ -37,15 +37,19 @@ def rows(n: int) -> list[dict]:
                           {"role": "assistant", "content": f"{i + 1}."}]} for i in range(n)]
 
 
-def job_config(path: Path, **dataset) -> dict:
-    return {"method": "sft", "dataset": {"source": str(path), "split": "train", **dataset},
-            "training": {"seed": 7, "batch_size": 4}, "evaluation": {"max_rows": 20, "samples": 3}}
+def job_config(job, path: Path, seed: int = 7, **ours):
+    """A training job's config, parsed as the job parses it (runner/jobs/train.py parse_config)."""
+    return job.parse_config({"run_id": "t", "method": "sft", "model_name_or_path": "m", "dataset_name": str(path),
+                             "dataset_train_split": "train", "num_train_epochs": 1, "learning_rate": 1e-3,
+                             "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 64,
+                             "seed": seed, "output_dir": "out", "summary_path": "out/s.json",
+                             "evaluation": {"max_rows": 20, "samples": 3}, **ours})
 
 
 def test_held_out_rows_are_seeded_capped_and_never_trained_on(job, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", rows(400))
-    config = job_config(path, eval_fraction=0.02)
-    data = job.load_data(config["dataset"])
+    config = job_config(job, path, eval_fraction=0.02)
+    data = job.load_data(config.job)
     train, held, where = job.split_held_out(config, data)
     assert len(held) == 8 and len(train) == 392  # 2% of 400
     questions = lambda d: [r["messages"][0]["content"] for r in d]  # noqa: E731
@@ -53,13 +57,13 @@ def test_held_out_rows_are_seeded_capped_and_never_trained_on(job, tmp_path: Pat
     assert set(questions(held)) | set(questions(train)) == set(questions(data))
     again = job.split_held_out(config, data)[1]
     assert questions(again) == questions(held)  # same seed, same rows
-    other = job.split_held_out({**config, "training": {"seed": 8, "batch_size": 4}}, data)[1]
+    other = job.split_held_out(job_config(job, path, seed=8, eval_fraction=0.02), data)[1]
     assert questions(other) != questions(held)
     assert "never trained on" in where
 
-    config["dataset"]["eval_fraction"] = 0.3  # 120 rows, capped at max_rows
+    config = job_config(job, path, eval_fraction=0.3)  # 120 rows, capped at max_rows
     assert len(job.split_held_out(config, data)[1]) == 20
-    config["dataset"]["eval_fraction"] = 0.0  # off
+    config = job_config(job, path, eval_fraction=0.0)  # off
     train, held, _ = job.split_held_out(config, data)
     assert held is None and len(train) == 400
 
@@ -76,12 +80,12 @@ def test_planner_and_job_hold_out_the_same_number_of_rows(job) -> None:
 
 def test_eval_split_of_a_local_file_is_a_slice_of_it(job, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", rows(50))
-    config = job_config(path, split="train[:80%]", eval_split="train[80%:]")
-    data = job.load_data(config["dataset"])
+    config = job_config(job, path, dataset_train_split="train[:80%]", dataset_test_split="train[80%:]")
+    data = job.load_data(config.job)
     train, held, where = job.split_held_out(config, data)
     assert len(train) == 40 and len(held) == 10 and where == "split train[80%:]"
     assert held[0]["messages"][0]["content"] == "What is 40 + 1?"
-    config["dataset"]["eval_split"] = "validation"
+    config = job_config(job, path, dataset_train_split="train[:80%]", dataset_test_split="validation")
     with pytest.raises(job.JobError, match="split validation"):
         job.split_held_out(config, data)
 
@@ -150,8 +154,8 @@ def test_plan_prices_evaluation_in_the_training_job(repo: Path, cli) -> None:
 def test_benchmark_harness_wiring(job, tmp_path: Path) -> None:
     header = JOB.read_text().split("# ///", 2)[1]
     assert re.search(r'"lm-eval\[ifeval\][^"]*"', header), "lm-eval must be a PEP 723 dependency of train.py"
-    config = {"base_model": "Qwen/Qwen3-0.6B", "output_dir": str(tmp_path / "model"), "training": {"seed": 3},
-              "evaluation": {"tasks": ["gsm8k", "ifeval"], "task_limit": 25}}
+    config = job_config(job, tmp_path / "d.jsonl", seed=3, model_name_or_path="Qwen/Qwen3-0.6B",
+                        output_dir=str(tmp_path / "model"), evaluation={"tasks": ["gsm8k", "ifeval"], "task_limit": 25})
     full = job.harness_kwargs(config, adapter=False, chat=True)
     assert full["model"] == "hf" and full["model_args"]["pretrained"] == str(tmp_path / "model")
     assert "peft" not in full["model_args"]
@@ -202,9 +206,12 @@ def test_card_comment_and_status_show_before_and_after(tmp_path: Path, cli) -> N
     write_jsonl(tmp_path / "data" / "d.jsonl", rows(10))
     path = write_recipe(tmp_path, "ev", "base_model: Qwen/Qwen3-0.6B\nmethod: sft\ndataset: data/d.jsonl\n")
     loaded = recipe.load(path)
+    plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
+    train = jobspec.train_config(loaded, plan, "r1", jobspec.Places(tmp_path / "m", tmp_path / "g", tmp_path),
+                                 push=False).model_copy(update={"evaluation": recipe.Evaluation(max_new_tokens=64)})
     record = RunRecord(run_id="r1", recipe="recipes/ev.yaml", recipe_sha256="0" * 64, commit=None, backend="local",
                        state="recorded", train_summary=summary, evaluation=ev, cost_usd={"estimated": 0.01},
-                       configs={"train": {"evaluation": {"max_new_tokens": 64}}})
+                       configs=jobspec.JobConfigs(train=train))
     text = card.build(loaded, record, has_plot=False)
     (tmp_path / "README.md").write_text(text)
     loaded_card = ModelCard.load(tmp_path / "README.md")
@@ -236,8 +243,9 @@ def test_benchmark_harness_runs_alone_and_its_failure_is_recorded(job, tmp_path:
     # As if inside a torchrun process: the harness process must not join that group (nor relaunch one).
     for var, value in {"WORLD_SIZE": "2", "RANK": "0", "RUNNER_NPROC": "2", "HF_HUB_OFFLINE": "1"}.items():
         monkeypatch.setenv(var, value)
-    config = {"base_model": str(ROOT / "examples" / "tiny-model"), "output_dir": str(ROOT / "examples" / "tiny-model"),
-              "training": {"seed": 1}, "evaluation": {"tasks": ["gsm8k"], "task_limit": 2}}
+    tiny = str(ROOT / "examples" / "tiny-model")
+    config = job_config(job, tmp_path / "d.jsonl", seed=1, model_name_or_path=tiny, output_dir=tiny,
+                        evaluation={"tasks": ["gsm8k"], "task_limit": 2})
     evaluation = {"seconds": 1.0, "benchmarks": [], "benchmark_error": None}
     job.run_benchmarks(config, evaluation, adapter=False)
     assert evaluation["benchmarks"] == []

@@ -36,7 +36,7 @@ def gguf_job(config: dict, tmp: Path, env: dict[str, str] | None = None) -> subp
 
 def config_for(tmp: Path, quantizations: list[str], *, imatrix: bool = False, model: Path = TINY, **extra) -> dict:
     return {"model_dir": str(model), "base_model": None, "name": "tiny", "quantizations": quantizations,
-            "imatrix": imatrix, "dataset": {"source": str(DATA), "columns": None}, "model_id": "alice/tiny",
+            "imatrix": imatrix, "dataset_name": str(DATA), "dataset_columns": None, "model_id": "alice/tiny",
             "output_dir": str(tmp / "out"), "hub_repo": None, "private": True,
             "summary_path": str(tmp / "summary.json"), **extra}
 

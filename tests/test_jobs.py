@@ -155,19 +155,19 @@ def test_gguf_missing_model_dir_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: c["training"].update(learning_rate=0), "error: training.learning_rate must be in (0, 1], got 0"),
-    (lambda c: c["dataset"].update(columns={"question": "prompt"}),
+    (lambda c: c.update(learning_rate=0), "error: learning_rate must be in (0, 1], got 0"),
+    (lambda c: c.update(epochs=1), "error: job config: Some keys are not used by the HfArgumentParser: ['epochs']"),
+    (lambda c: c.update(dataset_columns={"question": "prompt"}),
      "error: dataset column 'question' named in the column mapping does not exist (columns: messages)"),
-    (lambda c: c["dataset"].update(columns={"messages": "conversation"}),
+    (lambda c: c.update(dataset_columns={"messages": "conversation"}),
      "error: SFT needs columns messages or text or prompt+completion after the column mapping (columns: conversation)"),
 ])
 def test_train_user_errors_are_one_line(tiny: Path, tmp_path: Path, change, message: str) -> None:
-    config = {"run_id": "t", "method": "sft", "base_model": str(tiny),
-              "dataset": {"source": str(ROOT / "examples" / "data" / "sft.jsonl"), "columns": None},
-              "training": {"epochs": 1, "max_steps": 1, "learning_rate": 1e-3, "batch_size": 2, "grad_accum": 1,
-                           "max_length": 64},
-              "lora": None, "rewards": [], "output_dir": str(tmp_path / "m"), "tracking": {"project": "t"},
-              "summary_path": str(tmp_path / "s.json")}
+    config = {"run_id": "t", "method": "sft", "model_name_or_path": str(tiny),
+              "dataset_name": str(ROOT / "examples" / "data" / "sft.jsonl"),
+              "num_train_epochs": 1, "max_steps": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 2,
+              "gradient_accumulation_steps": 1, "max_length": 64, "output_dir": str(tmp_path / "m"),
+              "project": "t", "summary_path": str(tmp_path / "s.json")}
     change(config)
     proc = run_job("train", config, tmp_path)
     assert proc.returncode == 1

@@ -16,6 +16,7 @@ from hubstub import HubStub, JobScript
 from test_hf_backend import GGUF_SUMMARY, SUMMARY, TOKEN, created, hub, record, run, scripted, workspace  # noqa: F401
 
 from runner import failures, outputs
+from runner.jobspec import GgufJobConfig, SFTJobConfig
 from runner.backends.local import LocalBackend
 
 HF = ("--backend", "hf")
@@ -82,10 +83,17 @@ def test_missing_gguf_file_fails_the_conversion_and_no_card_is_pushed(hub, works
     _nothing_published(hub, workspace)
 
 
+def _train_config(**fields) -> SFTJobConfig:
+    """A local training job's config with the fields a test cares about."""
+    return SFTJobConfig(**{"run_id": "r", "dataset_name": "d.jsonl", "model_name_or_path": "m", "num_train_epochs": 1,
+                           "learning_rate": 1e-3, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                           "max_length": 64, "output_dir": "out", "summary_path": "out/s.json", **fields})
+
+
 def test_local_outputs_are_checked_on_disk(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "jobs")
     model = tmp_path / "hub" / "local" / "m"
-    config = {"output_dir": str(model), "summary_path": str(tmp_path / "s.json"), "hub_repo": None}
+    config = _train_config(output_dir=str(model), summary_path=str(tmp_path / "s.json"))
     assert outputs.missing_model(backend, config, None) == f"it wrote no summary (expected {tmp_path}/s.json)"
     assert "does not exist" in outputs.missing_model(backend, config, {"adapter": False})
     model.mkdir(parents=True)
@@ -94,8 +102,8 @@ def test_local_outputs_are_checked_on_disk(tmp_path: Path) -> None:
     (model / "model.safetensors").write_bytes(b"x")
     assert outputs.missing_model(backend, config, {"adapter": False}) is None
     assert "adapter_config.json" in outputs.missing_model(backend, config, {"adapter": True})
-    gguf = {"name": "m", "quantizations": ["q4_k_m", "Q8_0"], "output_dir": str(tmp_path / "g"),
-            "summary_path": "x", "hub_repo": None}
+    gguf = GgufJobConfig(name="m", model_dir=str(model), quantizations=["q4_k_m", "Q8_0"], dataset_name="d.jsonl",
+                         model_id="m", output_dir=str(tmp_path / "g"), summary_path="x")
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "m-Q4_K_M.gguf").write_bytes(b"GGUF")
     assert outputs.missing_ggufs(backend, gguf, {"files": []}) == f"m-Q8_0.gguf is missing from {tmp_path}/g"
@@ -238,13 +246,14 @@ def test_reconcile_saves_the_stage_and_exits_nonzero_when_the_run_failed(hub, wo
 def test_diagnosis_without_a_flavor_or_progress() -> None:
     """The local backend: no flavor, no Hub message; a GGUF job's timeout is not the recipe's to change."""
     oom = failures.diagnose("train", "ERROR", "job script exited with code -9", ["Killed", "MemoryError"],
-                            recipe="recipes/x.yaml", flavor=None, config={"training": {"batch_size": 1,
-                            "gradient_checkpointing": False}, "lora": None}, timeout_seconds=600, checkpoint=None)
+                            recipe="recipes/x.yaml", flavor=None,
+                            config=_train_config(per_device_train_batch_size=1, gradient_checkpointing_mode=False),
+                            timeout_seconds=600, checkpoint=None)
     assert oom.kind == "oom" and "on this machine at batch_size 1" in oom.reason
     assert "training.gradient_checkpointing: true" in oom.reason
     late = failures.diagnose("gguf", "ERROR", "timed out after 3600 s", [], recipe="recipes/x.yaml", flavor="cpu-upgrade",
-                             config={}, timeout_seconds=3600, checkpoint=None)
+                             config=None, timeout_seconds=3600, checkpoint=None)
     assert late.kind == "timeout" and "1h (3600 s) limit" in late.reason and "recipes/x.yaml" not in late.reason
     crash = failures.diagnose("train", "ERROR", "exit code 1", ["Traceback", "ValueError: boom"],
-                              recipe="recipes/x.yaml", flavor=None, config={}, timeout_seconds=None, checkpoint=None)
+                              recipe="recipes/x.yaml", flavor=None, config=None, timeout_seconds=None, checkpoint=None)
     assert crash.kind == "infrastructure" and crash.reason == "the training job ended ERROR: exit code 1"

@@ -215,9 +215,9 @@ def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, ca
             train_job.update(flavor="h200x8", timeout_seconds=7 * 86400)
             run["plan"].update(flavor="h200x8", timeout_seconds=7 * 86400)
         elif what == "repo":
-            run["configs"]["train"]["hub_repo"] = "victim/model"
+            run["configs"]["train"]["hub_model_id"] = "victim/model"
         elif what == "config":
-            run["configs"]["train"]["training"]["max_steps"] = 10_000_000
+            run["configs"]["train"]["max_steps"] = 10_000_000
         elif what == "attempt":  # a "retry" nobody asked for: no failed attempt 1 exists
             run["attempt"] = 2
         else:

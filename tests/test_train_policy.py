@@ -180,14 +180,15 @@ def test_runtime_gpu_names_map_to_the_same_policy() -> None:
 # --- the job script: --explain and its dependencies ----------------------------------------------
 
 
-def _config(tmp_path: Path, **training) -> Path:
+def _config(tmp_path: Path, **fields) -> Path:
+    """A training job config as the runner writes it (runner/jobspec.py TrainJobConfig's keys)."""
     config = {
-        "method": "sft", "base_model": "Qwen/Qwen3-0.6B", "dataset": {"source": "trl-lib/Capybara"},
-        "training": {"epochs": 1, "learning_rate": 2e-5, "batch_size": 4, "grad_accum": 4, "max_length": 2048,
-                     "sequence_tokens": 900, **training},
-        "model": {"params": QWEN_06B.params, "hidden_size": 1024, "num_layers": 28, "vocab_size": 151_936,
-                  "architecture": "Qwen3ForCausalLM"},
-        "lora": None, "rewards": [], "output_dir": "out", "summary_path": "out/summary.json",
+        "run_id": "r", "method": "sft", "model_name_or_path": "Qwen/Qwen3-0.6B", "dataset_name": "trl-lib/Capybara",
+        "num_train_epochs": 1, "learning_rate": 2e-5, "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 4, "max_length": 2048, "sequence_tokens": 900,
+        "model_params": QWEN_06B.params, "model_hidden_size": 1024, "model_num_layers": 28,
+        "model_vocab_size": 151_936, "model_architecture": "Qwen3ForCausalLM",
+        "output_dir": "out", "summary_path": "out/summary.json", **fields,
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
@@ -230,7 +231,7 @@ def test_explain_prints_one_json_object_per_device_without_torch(tmp_path: Path)
 
 
 def test_explain_cli_and_a_bad_device(tmp_path: Path) -> None:
-    config = _config(tmp_path, pin_batch=True, packing=False, gradient_checkpointing=True)
+    config = _config(tmp_path, pin_batch=True, packing_mode=False, gradient_checkpointing_mode=True)
     ok = subprocess.run([sys.executable, str(JOBS / "train.py"), "--config", str(config), "--explain", "--device",
                          "a100x4"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -325,7 +326,7 @@ def test_qwen3_sft_plan_has_a_valid_precision_path_and_the_job_resolves_the_same
     # The job script, given the config the runner writes, resolves the very setup the plan priced.
     config = train_config(loaded, plan, "r1", Places(tmp_path / "m", tmp_path / "g", tmp_path), push=False)
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    path.write_text(config.model_dump_json())
     out = subprocess.run([sys.executable, str(JOBS / "train.py"), "--config", str(path), "--explain", "--device",
                           flavor.device.name], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -399,30 +400,28 @@ def test_gpu_setups_build_valid_trl_configs(tmp_path: Path) -> None:
     """Every family's setup turns into TRL configs the installed TRL/transformers accept (argument names, FSDP)."""
     import importlib.util
 
-    from trl import DPOConfig, GRPOConfig, SFTConfig
+    import dataclasses
 
     spec = importlib.util.spec_from_file_location("train_job", JOBS / "train.py")
     assert spec and spec.loader
     train = importlib.util.module_from_spec(spec)
+    sys.modules["train_job"] = train  # its dataclasses resolve their module through sys.modules
     spec.loader.exec_module(train)
-    config = json.loads(_config(tmp_path, num_generations=4).read_text())
-    config["output_dir"] = str(tmp_path / "out")
+    base = json.loads(_config(tmp_path).read_text()) | {"output_dir": str(tmp_path / "out")}
+    per_method = {"sft": {}, "dpo": {},
+                  "grpo": {"max_length": None, "num_generations": 4, "max_completion_length": 64,
+                           "rewards": [{"name": "concise"}]}}
     for dev in ("t4", "l4", "a100", "a100x4", "h200x8"):
         for method, strategy in (("sft", "auto"), ("sft", "fsdp"), ("dpo", "auto"), ("grpo", "auto")):
             if method == "grpo" and dev.count("x"):
                 continue  # GRPO's group check reads the real process count, which is 1 here
-            config.update(method=method)
-            config["training"]["strategy"] = strategy
-            setup = train.training_setup(config, policy.device(dev))
-            args = {**train.common_args(config, True), **train.setup_args(config, setup)}
-            args.update(use_cpu=True, bf16=False, fp16=False)  # no CUDA here: the rest is what a GPU job passes
+            raw = {k: v for k, v in (base | per_method[method]).items() if v is not None}
+            config = train.parse_config(raw | {"method": method, "strategy": strategy})
+            setup = train.training_setup(config.raw, policy.device(dev))
+            # No CUDA here: precision off, the rest is what a GPU job passes.
+            c = train.trl_args(config, dataclasses.replace(setup, bf16=False, fp16=False), gpu=False)
             if method == "sft":
-                c = SFTConfig(**args, max_length=2048, packing=setup.packing, padding_free=setup.padding_free)
                 assert c.packing is setup.packing and (not c.packing or c.packing_strategy == "bfd")
-            elif method == "dpo":
-                c = DPOConfig(**args, max_length=2048)
-            else:
-                c = GRPOConfig(**args, num_generations=4, max_completion_length=64)
             assert (c.per_device_train_batch_size, c.gradient_accumulation_steps) == (
                 setup.per_device_train_batch_size, setup.gradient_accumulation_steps)
             assert bool(c.fsdp) is setup.fsdp

@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from runner.jobspec import JobSpec
+from runner.jobspec import JobConfig, JobSpec
 
 Stage = Literal["SCHEDULING", "RUNNING", "COMPLETED", "ERROR", "CANCELED", "DELETED"]
 FINISHED: frozenset[str] = frozenset({"COMPLETED", "ERROR", "CANCELED", "DELETED"})
@@ -18,7 +18,7 @@ class FoundJob(BaseModel):
 
     id: str
     labels: dict[str, str]
-    config: dict[str, Any]
+    config: JobConfig | None  # None: the job's config could not be read (then it is not adopted)
     stage: Stage
 
 
@@ -56,11 +56,11 @@ class Backend(Protocol):
 
     def cancel(self, job_id: str) -> None: ...
 
-    def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:
+    def summary(self, config: JobConfig) -> dict[str, Any] | None:
         """The JSON summary a finished job wrote (None if it wrote none)."""
 
-    def checkpoint_saved(self, config: dict[str, Any]) -> bool:
+    def checkpoint_saved(self, config: JobConfig) -> bool:
         """Whether a training job left a checkpoint a rerun could resume from."""
 
-    def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
+    def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         """Put files (the model card, the loss plot) beside the trained model."""

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from runner.backends.base import FoundJob, JobSpec, JobStatus
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
-from runner.jobspec import script_files
+from runner.jobspec import JobConfig, script_files
 
 # Pinned by digest: a tag can move under a job that holds the Hub token.
 IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -205,19 +205,15 @@ class HfBackend:
         for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
             if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
                     (include_failed or job.status.stage not in ("ERROR", "CANCELED", "DELETED")):
-                try:
-                    config = json.loads((job.environment or {}).get("RUNNER_JOB_CONFIG") or "{}")
-                except ValueError:
-                    config = {}
-                return FoundJob(id=job.id, labels=job.labels or {}, config=config, stage=job.status.stage)
+                return FoundJob(id=job.id, labels=job.labels or {}, config=read_config((job.environment or {}).get("RUNNER_JOB_CONFIG")),
+                                stage=job.status.stage)
         return None
 
-    def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:
-        target = config.get("summary_upload")
-        if not target:
+    def summary(self, config: JobConfig) -> dict[str, Any] | None:
+        if not config.summary_repo or not config.summary_repo_path:
             return None
         try:
-            path = self.api.hf_hub_download(repo_id=target["repo"], filename=target["path"])
+            path = self.api.hf_hub_download(repo_id=config.summary_repo, filename=config.summary_repo_path)
         except Exception as e:  # noqa: BLE001
             if _not_found(e):
                 return None
@@ -236,8 +232,8 @@ class HfBackend:
                 return None
             raise UserError(f"Hugging Face Hub: listing {place} failed: {_short(e)}") from None
 
-    def checkpoint_saved(self, config: dict[str, Any]) -> bool:
-        repo = config.get("hub_repo")
+    def checkpoint_saved(self, config: JobConfig) -> bool:
+        repo = config.repo
         if not repo:
             return False
         try:
@@ -246,10 +242,10 @@ class HfBackend:
             return False
         return any(f.startswith(CHECKPOINT_DIR) for f in files or ())
 
-    def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
+    def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         from huggingface_hub import CommitOperationAdd
 
-        repo = config.get("hub_repo")
+        repo = config.repo
         if not repo:
             return
         ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
@@ -264,7 +260,7 @@ class HfBackend:
 
         assert spec.bundle_repo and spec.bundle_dir
         self._call("create repo", self.api.create_repo, repo_id=spec.bundle_repo,
-                   private=bool(spec.config.get("private", True)), exist_ok=True)
+                   private=spec.config.private, exist_ok=True)
         files = {**{n: str(path) for n, path in script_files(spec.script).items()}, **spec.files}
         ops = [CommitOperationAdd(path_in_repo=f"{spec.bundle_dir}/{rel}", path_or_fileobj=local)
                for rel, local in files.items()]
@@ -276,8 +272,18 @@ class HfBackend:
 def job_request(spec: JobSpec) -> dict[str, Any]:
     """What a job runs: image, command and environment (no secrets), the same for a dry run and a submission."""
     return {"image": IMAGE, "command": ["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
-            "env": {"RUNNER_JOB_CONFIG": json.dumps(spec.config), "RUNNER_NPROC": str(spec.processes),
+            "env": {"RUNNER_JOB_CONFIG": spec.config.model_dump_json(), "RUNNER_NPROC": str(spec.processes),
                     "PYTHONUNBUFFERED": "1"}}
+
+
+def read_config(text: str | None) -> JobConfig | None:
+    """A job's config from its environment; None when it is missing or not one this runner writes."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(JobConfig).validate_json(text or "")
+    except ValidationError:
+        return None
 
 
 def _status(info: Any) -> JobStatus:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import FoundJob, JobStatus
-from runner.jobspec import JobSpec, script_path
+from runner.jobspec import JobConfig, JobSpec, script_path
 from runner.ledger import atomic_write
 
 
@@ -41,7 +41,7 @@ class LocalBackend:
         job_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         job_dir = self.state_dir / job_id
         job_dir.mkdir(parents=True)
-        atomic_write(job_dir / "config.json", json.dumps(spec.config, indent=2))
+        atomic_write(job_dir / "config.json", spec.config.model_dump_json(indent=2))
         atomic_write(job_dir / "spec.json", spec.model_dump_json(indent=2))
         self._write_status(job_dir, "SCHEDULING")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -110,18 +110,18 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
 
-    def summary(self, config: dict[str, Any]) -> dict[str, Any] | None:
+    def summary(self, config: JobConfig) -> dict[str, Any] | None:
         try:
-            return json.loads(Path(config["summary_path"]).read_text(encoding="utf-8"))
+            return json.loads(Path(config.summary_path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
-    def checkpoint_saved(self, config: dict[str, Any]) -> bool:
-        return any(Path(config["output_dir"]).glob("checkpoint-*"))
+    def checkpoint_saved(self, config: JobConfig) -> bool:
+        return any(Path(config.output_dir).glob("checkpoint-*"))
 
-    def publish(self, config: dict[str, Any], files: dict[str, bytes], message: str) -> None:
+    def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
-            atomic_write(Path(config["output_dir"]) / name, data)
+            atomic_write(Path(config.output_dir) / name, data)
 
     def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels or not self.state_dir.exists():

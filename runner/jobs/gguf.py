@@ -29,13 +29,16 @@ Python locally. It reads one JSON document (`--config FILE`, else env RUNNER_JOB
     quantizations   e.g. ["Q4_K_M", "Q5_K_M", "Q8_0"]; F16, BF16 and llama.cpp's quantization types,
                     all from one f16 conversion
     imatrix         quantize with an importance matrix computed from the training data (IQ types need it)
-    dataset         the training data ({source, config, split, revision, columns, eval_split}): the
-                    calibration text, and the conversation the chat-template check renders
+    dataset_name    the training data (with dataset_config, dataset_train_split, dataset_test_split,
+                    dataset_revision, dataset_columns): the calibration text, and the conversation
+                    the chat-template check renders
     model_id        the fine-tuned model's Hub id: the GGUF card's base_model
     output_dir      where the files go, with the GGUF card (README.md) and an Ollama Modelfile
     hub_repo        null, or a Hub repo id to upload them to, in one commit (HF_TOKEN from the environment)
     private         create the Hub repo private
-    summary_path    a JSON summary of what was written
+    summary_path    a JSON summary of what was written (uploaded to summary_repo at summary_repo_path)
+
+GgufArguments below is the contract (runner/jobspec.py GgufJobConfig is the other side); an unknown key fails.
 
 A vision-language model becomes two files per llama.cpp's convention: the text model
 (quantized as asked) and its vision projector `<name>-mmproj-F16.gguf` (kept at F16, as
@@ -91,20 +94,55 @@ def log(message: str) -> None:
     print(f"gguf: {message}", flush=True)
 
 
-def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+@dataclass
+class GgufArguments:
+    """The job config (see the module docstring)."""
+
+    model_dir: str
+    name: str
+    quantizations: list[str]
+    output_dir: str
+    summary_path: str
+    model_repo: str | None = None
+    base_model: str | None = None
+    imatrix: bool = False
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    dataset_train_split: str = "train"
+    dataset_test_split: str | None = None
+    dataset_revision: str | None = None
+    dataset_columns: dict | None = None
+    model_id: str | None = None
+    hub_repo: str | None = None
+    private: bool = True
+    summary_repo: str | None = None
+    summary_repo_path: str | None = None
+
+
+def load_config(argv: list[str] | None = None) -> GgufArguments:
     parser = argparse.ArgumentParser(description="Convert a model to GGUF.")
     parser.add_argument("--config", type=Path, help="JSON config (default: env RUNNER_JOB_CONFIG)")
     args = parser.parse_args(argv)
     try:
         text = args.config.read_text(encoding="utf-8") if args.config else os.environ["RUNNER_JOB_CONFIG"]
-        config = json.loads(text)
+        raw = json.loads(text)
     except KeyError:
         raise JobError("no --config given and RUNNER_JOB_CONFIG is not set") from None
     except (OSError, ValueError) as e:
         raise JobError(f"cannot read the job config: {e}") from None
-    for key in ("model_dir", "name", "quantizations", "output_dir", "summary_path"):
-        if key not in config:
-            raise JobError(f"job config is missing '{key}'")
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> GgufArguments:
+    """The runner's JSON as GgufArguments; an unknown or missing key fails loudly."""
+    from transformers import HfArgumentParser
+
+    if not isinstance(raw, dict):
+        raise JobError("the job config must be a JSON object")
+    try:
+        (config,) = HfArgumentParser(GgufArguments).parse_dict(raw, allow_extra_keys=False)
+    except (TypeError, ValueError) as e:
+        raise JobError(f"job config: {str(e).splitlines()[0]}") from None
     return config
 
 
@@ -230,11 +268,11 @@ def quiet_stdout():
 # --- training data: calibration text and the conversation the template check renders ----------------
 
 
-def load_rows(spec: dict[str, Any], limit: int, split: str | None = None) -> list[dict[str, Any]]:
+def load_rows(spec: GgufArguments, limit: int, split: str | None = None) -> list[dict[str, Any]]:
     """Up to `limit` rows of the training data (or of `split`), columns renamed as for training."""
     from datasets import load_dataset
 
-    source = spec["source"]
+    source = spec.dataset_name or ""
     suffix = Path(source).suffix.lower()
     try:
         if suffix in LOCAL_SUFFIXES and Path(source).exists():
@@ -242,12 +280,12 @@ def load_rows(spec: dict[str, Any], limit: int, split: str | None = None) -> lis
                 return []  # a local file has one split
             data = load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train", streaming=True)
         else:
-            data = load_dataset(source, spec.get("config"), split=split or spec.get("split") or "train",
-                                revision=spec.get("revision"), streaming=True)
+            data = load_dataset(source, spec.dataset_config, split=split or spec.dataset_train_split or "train",
+                                revision=spec.dataset_revision, streaming=True)
         rows = list(islice(iter(data), limit))
     except (FileNotFoundError, ValueError) as e:
         raise JobError(f"cannot read the training data {source}: {str(e).splitlines()[0]}") from None
-    columns = spec.get("columns") or {}
+    columns = spec.dataset_columns or {}
     return [{columns.get(k, k): v for k, v in row.items()} for row in rows]
 
 
@@ -286,9 +324,9 @@ def calibration_text(rows: list[dict[str, Any]], tokenizer: Any) -> str:
     return "\n".join(parts)
 
 
-def held_out_conversation(spec: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def held_out_conversation(spec: GgufArguments, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One conversation with a user turn: from the eval split when there is one, else the last training row."""
-    candidates = load_rows(spec, 50, spec["eval_split"]) if spec.get("eval_split") else []
+    candidates = load_rows(spec, 50, spec.dataset_test_split) if spec.dataset_name and spec.dataset_test_split else []
     for row in candidates + rows[::-1]:
         msgs = conversation(row)
         if any(m["role"] == "user" for m in msgs):
@@ -696,18 +734,18 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} TiB"
 
 
-def gguf_card(config: dict[str, Any], files: list[dict[str, Any]], imatrix: dict[str, Any] | None,
+def gguf_card(config: GgufArguments, files: list[dict[str, Any]], imatrix: dict[str, Any] | None,
               template: dict[str, Any], modelfile_quant: str) -> str:
     """The GGUF repo's README: metadata linking the fine-tuned model, the files, how to run them."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    model_id = config.get("model_id") or config["name"]
-    repo = config.get("hub_repo") or f"{model_id}-GGUF"
+    model_id = config.model_id or config.name
+    repo = config.hub_repo or f"{model_id}-GGUF"
     tags = ["gguf", "llama.cpp", "recipes-runner"] + (["imatrix"] if imatrix else [])
     data = ModelCardData(base_model=model_id, base_model_relation="quantized", tags=tags,
                          pipeline_tag="text-generation")
     default = next((f["quantization"] for f in files if f["quantization"] == "Q4_K_M"), files[0]["quantization"])
-    lines = [f"# {config['name']} GGUF", "",
+    lines = [f"# {config.name} GGUF", "",
              f"GGUF files of [`{model_id}`](https://huggingface.co/{model_id}), converted once to f16 with "
              "llama.cpp's converter and quantized with llama.cpp"
              + (f", using an importance matrix from {imatrix['tokens']} tokens ({imatrix['chunks']} chunks) of the "
@@ -724,7 +762,7 @@ def gguf_card(config: dict[str, Any], files: list[dict[str, Any]], imatrix: dict
               f"llama-cli -hf {repo}:{default}", "```", "", "LM Studio:", "", "```bash", f"lms get {repo}@{default}",
               "```", "", "Ollama:", "", "```bash", f"ollama run hf.co/{repo}:{default}", "```", "",
               f"or, with the files downloaded, from the `Modelfile` here ({modelfile_quant}; its `FROM` line names "
-              "the file):", "", "```bash", f"ollama create {config['name']} -f Modelfile", "```", ""]
+              "the file):", "", "```bash", f"ollama create {config.name} -f Modelfile", "```", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
@@ -752,13 +790,13 @@ def download(repo: str, dest: Path) -> None:
         raise JobError(f"cannot download the trained model from {repo}: {str(e).splitlines()[0]}") from None
 
 
-def upload_summary(summary_path: Path, target: dict[str, str] | None) -> None:
+def upload_summary(summary_path: Path, repo: str | None, path_in_repo: str | None) -> None:
     """Put the summary where the runner reads it when the job ran remotely."""
-    if not target:
+    if not repo or not path_in_repo:
         return
     from huggingface_hub import HfApi
 
-    HfApi().upload_file(path_or_fileobj=str(summary_path), path_in_repo=target["path"], repo_id=target["repo"],
+    HfApi().upload_file(path_or_fileobj=str(summary_path), path_in_repo=path_in_repo, repo_id=repo,
                         commit_message="recipes-runner: GGUF summary")
 
 
@@ -768,26 +806,26 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    model_dir = Path(config["model_dir"])
-    quants = [q.upper() for q in config["quantizations"]]
-    use_imatrix = bool(config.get("imatrix"))
+def run(config: GgufArguments) -> dict[str, Any]:
+    model_dir = Path(config.model_dir)
+    quants = [q.upper() for q in config.quantizations]
+    use_imatrix = bool(config.imatrix)
     needs = [q for q in quants if q.startswith(NEEDS_IMATRIX)]
     if needs and not use_imatrix:
         raise JobError(f"{', '.join(needs)} need{'s' if len(needs) == 1 else ''} an importance matrix: "
                        "set gguf.imatrix: true")
-    if use_imatrix and not config.get("dataset"):
-        raise JobError("an importance matrix needs the training data: the job config has no 'dataset'")
-    if config.get("model_repo"):
-        download(config["model_repo"], model_dir)
+    if use_imatrix and not config.dataset_name:
+        raise JobError("an importance matrix needs the training data: the job config has no 'dataset_name'")
+    if config.model_repo:
+        download(config.model_repo, model_dir)
     if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
         raise JobError(f"model_dir {model_dir} holds no model (no config.json or adapter_config.json)")
-    out_dir = Path(config["output_dir"])
+    out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = config["name"]
+    name = config.name
     seconds: dict[str, float] = {}
     merged = (model_dir / "adapter_config.json").exists()
-    base = adapter_base(model_dir, config.get("base_model")) if merged else config.get("base_model")
+    base = adapter_base(model_dir, config.base_model) if merged else config.base_model
     arch = model_config(model_dir, base)
     vision = is_vision(arch)
     if vision:
@@ -808,10 +846,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             log("merging the LoRA adapter into the base model")
             source = work / "merged"
             merge_adapter(model_dir, base, source, vision=vision)
-        elif config.get("base_model"):
+        elif config.base_model:
             source = work / "model"
             shutil.copytree(model_dir, source)
-            copy_tokenizer_extras(Path(config["base_model"]), source)
+            copy_tokenizer_extras(Path(config.base_model), source)
         seconds["merge"] = round(time.monotonic() - start, 3)
 
         start = time.monotonic()
@@ -836,9 +874,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
         start = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        spec = config.get("dataset")
-        rows = load_rows(spec, CALIBRATION_ROWS if use_imatrix else 50) if spec else []
-        messages = held_out_conversation(spec or {}, rows)
+        rows = load_rows(config, CALIBRATION_ROWS if use_imatrix else 50) if config.dataset_name else []
+        messages = held_out_conversation(config, rows)
         # A vision model's template renders image parts, which this text-only check cannot compare.
         template = {"checked": False, "reason": "a vision model's template is not checked"} if vision else \
             check_chat_template(tokenizer, f16, messages)
@@ -849,7 +886,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         imatrix = None
         if use_imatrix:
             start = time.monotonic()
-            dataset = Path(spec["source"]).name if Path(spec["source"]).exists() else spec["source"]
+            source = config.dataset_name or ""
+            dataset = Path(source).name if Path(source).exists() else source
             log(f"computing the importance matrix on {len(rows)} rows of {dataset}")
             imatrix = compute_imatrix(f16, calibration_text(rows, tokenizer), threads)
             path = out_dir / f"{name}-imatrix.gguf"
@@ -909,13 +947,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     write_atomic(extras[1], gguf_card(config, files, imatrix_info, template, chosen["quantization"]))
 
     commit = None
-    if config.get("hub_repo"):
+    if config.hub_repo:
         start = time.monotonic()
-        commit = publish(written + extras, config["hub_repo"], bool(config.get("private", True)))
+        commit = publish(written + extras, config.hub_repo, bool(config.private))
         seconds["publish"] = round(time.monotonic() - start, 3)
     return {"files": files, "merged_adapter": merged, "imatrix": imatrix_info, "chat_template": template,
             "modelfile": str(extras[0]), "ollama_template": ollama is not None, "card": str(extras[1]),
-            "seconds": seconds, "hub_repo": config.get("hub_repo"), "commit": commit, "vision": vision}
+            "seconds": seconds, "hub_repo": config.hub_repo, "commit": commit, "vision": vision}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -925,13 +963,13 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as e:
         print(f"error: {e}", flush=True)
         return 1
-    path = Path(config["summary_path"])
+    path = Path(config.summary_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     os.replace(tmp, path)
-    upload_summary(path, config.get("summary_upload"))
-    log(f"done: {len(summary['files'])} file(s) in {config['output_dir']}")
+    upload_summary(path, config.summary_repo, config.summary_repo_path)
+    log(f"done: {len(summary['files'])} file(s) in {config.output_dir}")
     return 0
 
 

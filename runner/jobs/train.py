@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -53,7 +54,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -101,61 +104,183 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    args = args or parse_args(argv)
+@dataclass
+class JobArguments:
+    """What the runner sends besides TRL's own fields (runner/jobspec.py TrainJobConfig is the other side)."""
+
+    run_id: str
+    method: str
+    dataset_name: str
+    summary_path: str
+    dataset_config: str | None = None
+    dataset_train_split: str = "train"
+    dataset_test_split: str | None = None
+    dataset_revision: str | None = None
+    dataset_columns: dict | None = None
+    eval_fraction: float = 0.0
+    evaluation: dict | None = None
+    rewards: list[dict] = field(default_factory=list)
+    pin_batch: bool = False
+    packing_mode: str | None = "auto"  # "auto", True or False
+    gradient_checkpointing_mode: str | None = "auto"
+    strategy: str = "auto"
+    sequence_tokens: float | None = None
+    model_params: int | None = None
+    model_active_params: int | None = None
+    model_hidden_size: int | None = None
+    model_num_layers: int | None = None
+    model_vocab_size: int | None = None
+    model_architecture: str | None = None
+    summary_repo: str | None = None
+    summary_repo_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The job config, read: ours, TRL's ModelConfig, and the TRL method config's fields as sent.
+
+    `args` shows TRL's fields (what the runner sent, TRL's defaults elsewhere) without building TRL's
+    config yet: TrainingArguments sets up the process group when built, so it is built once, with the
+    device's setup, by trl_args().
+    """
+
+    job: JobArguments
+    model: Any  # trl.ModelConfig
+    args: SimpleNamespace
+    trl: dict[str, Any]  # the TRL method config's fields the runner sent
+    raw: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return self.job.method
+
+    @property
+    def base_model(self) -> str:
+        return self.model.model_name_or_path
+
+    @property
+    def output_dir(self) -> str:
+        return self.args.output_dir
+
+    @property
+    def hub_repo(self) -> str | None:
+        return self.args.hub_model_id if self.args.push_to_hub else None
+
+
+def config_class(method: str):
+    """TRL's config dataclass for `method`."""
+    import trl
+
+    classes = {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}
+    if method not in classes:
+        raise JobError(f"unknown method {method!r}")
+    return classes[method]
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _defaults(cls) -> dict[str, Any]:
+    out = {}
+    for name, f in _fields(cls).items():
+        if f.default is not dataclasses.MISSING:
+            out[name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[name] = f.default_factory()
+    return out
+
+
+def parser(method: str):
+    """The HfArgumentParser over what a `method` job reads: ours, TRL's method config, ModelConfig."""
+    from transformers import HfArgumentParser
+    from trl import ModelConfig
+
+    return HfArgumentParser((JobArguments, config_class(method), ModelConfig))
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """The runner's JSON, checked against the dataclasses the job reads with: an unknown key fails here, loudly."""
+    from trl import ModelConfig
+
+    if not isinstance(raw, dict):
+        raise JobError("the job config must be a JSON object")
+    cls = config_class(str(raw.get("method")))
+    known = set(_fields(JobArguments)) | set(_fields(cls)) | set(_fields(ModelConfig))
+    unknown = sorted(set(raw) - known)
+    if unknown:  # HfArgumentParser's own words, before anything is built
+        raise JobError(f"job config: Some keys are not used by the HfArgumentParser: {unknown}")
+    ours = {k: v for k, v in raw.items() if k in _fields(JobArguments) or k in _fields(ModelConfig)}
     try:
-        text = args.config.read_text(encoding="utf-8") if args.config else os.environ["RUNNER_JOB_CONFIG"]
-        config = json.loads(text)
-    except KeyError:
-        raise JobError("no --config given and RUNNER_JOB_CONFIG is not set") from None
-    except (OSError, ValueError) as e:
-        raise JobError(f"cannot read the job config: {e}") from None
+        from transformers import HfArgumentParser
+
+        job, model = HfArgumentParser((JobArguments, ModelConfig)).parse_dict(ours, allow_extra_keys=False)
+    except (TypeError, ValueError) as e:  # a required key missing, a value ModelConfig refuses
+        raise JobError(f"job config: {str(e).splitlines()[0]}") from None
+    trl = {k: v for k, v in raw.items() if k in _fields(cls) and k not in ours}
+    config = Config(job=job, model=model, args=SimpleNamespace(**(_defaults(cls) | trl)), trl=trl, raw=raw)
     check_config(config)
     return config
 
 
-def check_config(config: dict[str, Any]) -> None:
-    for key in ("method", "base_model", "dataset", "training", "output_dir", "summary_path"):
-        if key not in config:
-            raise JobError(f"job config is missing '{key}'")
-    if config["method"] not in ("sft", "dpo", "grpo"):
-        raise JobError(f"unknown method {config['method']!r}")
-    t = config["training"]
-    bounds = {"learning_rate": (0, 1), "epochs": (0, 1000), "batch_size": (0, 100_000), "grad_accum": (0, 100_000),
-              "max_length": (0, 10_000_000)}
+def read_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The job config's JSON, unparsed (--explain reads only what the policy needs, without importing torch)."""
+    try:
+        text = args.config.read_text(encoding="utf-8") if args.config else os.environ["RUNNER_JOB_CONFIG"]
+        return json.loads(text)
+    except KeyError:
+        raise JobError("no --config given and RUNNER_JOB_CONFIG is not set") from None
+    except (OSError, ValueError) as e:
+        raise JobError(f"cannot read the job config: {e}") from None
+
+
+def load_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> Config:
+    return parse_config(read_config(args or parse_args(argv)))
+
+
+def check_config(config: Config) -> None:
+    """What TRL accepts but cannot train: the same bounds as the recipe's (runner/recipe.py)."""
+    if not config.base_model:
+        raise JobError("job config: model_name_or_path is missing")
+    a = config.args
+    bounds = {"learning_rate": (0, 1), "num_train_epochs": (0, 100), "per_device_train_batch_size": (0, 4096),
+              "gradient_accumulation_steps": (0, 4096), "max_length": (0, 1_048_576)}
     for key, (low, high) in bounds.items():
-        value = t.get(key)
-        if not isinstance(value, (int, float)) or not (low < value <= high):
-            raise JobError(f"training.{key} must be in ({low}, {high}], got {value!r}")
-    if config["method"] == "grpo":
-        if not config.get("rewards"):
+        value = getattr(a, key, None)
+        if key == "max_length" and value is None:  # GRPO bounds its completions instead
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low < value <= high):
+            raise JobError(f"{key} must be in ({low}, {high}], got {value!r}")
+    if config.method == "grpo":
+        if not config.job.rewards:
             raise JobError("GRPO needs at least one reward function")
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        g = t.get("num_generations") or 8
-        if (t["batch_size"] * world * t["grad_accum"]) % g:
-            raise JobError(f"batch_size x processes x grad_accum ({t['batch_size']} x {world} x {t['grad_accum']}) "
-                           f"must be divisible by num_generations ({g})")
+        g = a.num_generations
+        b, acc = a.per_device_train_batch_size, a.gradient_accumulation_steps
+        if (b * world * acc) % g:
+            raise JobError(f"per_device_train_batch_size x processes x gradient_accumulation_steps "
+                           f"({b} x {world} x {acc}) must be divisible by num_generations ({g})")
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
-def load_data(spec: dict[str, Any], split: str | None = None):
+def load_data(job: JobArguments, split: str | None = None):
     """The dataset's `split` (default: the training split), columns mapped. A local file has one
     split, `train`; a slice of it (`train[:95%]`, `train[95%:]`) selects rows."""
     from datasets import load_dataset
 
-    source = spec["source"]
+    source = job.dataset_name
     suffix = Path(source).suffix.lower()
-    split = split or spec.get("split") or "train"
+    split = split or job.dataset_train_split or "train"
     try:
         if suffix in LOCAL_SUFFIXES and Path(source).exists():
             data = load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split=split)
         else:
-            data = load_dataset(source, spec.get("config"), split=split, revision=spec.get("revision"))
+            data = load_dataset(source, job.dataset_config, split=split, revision=job.dataset_revision)
     except (FileNotFoundError, ValueError) as e:
         raise JobError(f"dataset {source} split {split}: {e}") from None
-    columns = spec.get("columns") or {}
+    columns = job.dataset_columns or {}
     missing = [c for c in columns if c not in data.column_names]
     if missing:
         raise JobError(f"dataset column '{missing[0]}' named in the column mapping does not exist "
@@ -216,25 +341,20 @@ def _conversational(*values: Any, names: list[str]) -> dict[str, Any]:
             if isinstance(value, str)}
 
 
-def vision_trainer(config: dict[str, Any], data, args: dict[str, Any], model_kwargs: dict[str, Any], peft,
-                   callbacks: list, held=None):
+def vision_trainer(config: Config, data, args, model_kwargs: dict[str, Any], peft, callbacks: list, held=None):
     """DPOTrainer over a vision-language model with its processor (images become pixel values per batch)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    if config["method"] != "dpo":
-        raise JobError(f"the dataset has images; vision-language training supports method dpo, not "
-                       f"{config['method']}")
-    t = config["training"]
+    if config.method != "dpo":
+        raise JobError(f"the dataset has images; vision-language training supports method dpo, not {config.method}")
     try:
         # The slow (PIL) image processor: the fast one needs torchvision, which the job does not install.
-        processor = AutoProcessor.from_pretrained(config["base_model"], use_fast=False)
-        model = AutoModelForImageTextToText.from_pretrained(config["base_model"], **model_kwargs)
+        processor = AutoProcessor.from_pretrained(config.base_model, use_fast=False)
+        model = AutoModelForImageTextToText.from_pretrained(config.base_model, **model_kwargs)
     except ValueError as e:  # transformers' answer for a model that has no image-text-to-text class
-        raise JobError(f"{config['base_model']} is not a vision-language model ({str(e).splitlines()[0]})") from None
-    extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
-    dpo_args = DPOConfig(**args, max_length=t["max_length"], **extra)
-    return DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=processor,
+        raise JobError(f"{config.base_model} is not a vision-language model ({str(e).splitlines()[0]})") from None
+    return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=processor,
                       peft_config=peft, eval_dataset=held, callbacks=callbacks)
 
 
@@ -316,7 +436,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
 def reward_functions(specs: list[dict[str, str]]) -> list[Callable[..., list[float]]]:
     funcs = []
     for spec in specs:
-        if "name" in spec:
+        if spec.get("name"):
             if spec["name"] not in BUILTIN_REWARDS:
                 raise JobError(f"unknown built-in reward {spec['name']!r}")
             funcs.append(BUILTIN_REWARDS[spec["name"]])
@@ -353,43 +473,25 @@ def progress_callback():
     return Progress()
 
 
-def common_args(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
-    t = config["training"]
-    hub_repo = config.get("hub_repo")
-    tracking = config.get("tracking") or {}
-    steps = t.get("max_steps")
-    args: dict[str, Any] = {
-        "output_dir": config["output_dir"],
-        "num_train_epochs": t["epochs"],
-        "max_steps": steps or -1,
-        "learning_rate": t["learning_rate"],
-        "lr_scheduler_type": t.get("lr_scheduler", "cosine"),
-        # transformers 5 takes a ratio (< 1) or a step count in warmup_steps.
-        "warmup_steps": t.get("warmup_ratio", 0.0),
-        "seed": t.get("seed", 42),
+def common_args(config: Config, gpu: bool) -> dict[str, Any]:
+    """The TrainingArguments every run trains with, on top of what the runner sent."""
+    steps = config.args.max_steps
+    return {
         # On CPU, use_cpu is what lets accelerate join torchrun's processes (gloo); without it each trains alone.
         "use_cpu": not gpu,
-        "logging_steps": 1 if steps and steps <= 200 else 10,
+        "logging_steps": 1 if 0 < steps <= 200 else 10,
         "report_to": ["trackio"],
-        "project": tracking.get("project") or "recipes-runner",
-        "run_name": config.get("run_id"),
-        "trackio_space_id": tracking.get("space_id"),
         # Without a Space, stay local: no static dashboard sync at push time.
-        "trackio_static_space_id": None if tracking.get("space_id") else False,
-        "hub_private_repo": bool(config.get("private", True)),
+        "trackio_static_space_id": None if config.args.trackio_space_id else False,
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": not sys.stdout.isatty(),
         "dataloader_num_workers": 0,
         # Checkpoints every save_steps, on disk and (with a repo) on the Hub: what a retry resumes from.
         "save_strategy": "steps",
-        "save_steps": t.get("save_steps") or 100,
         "save_total_limit": 2,
-        "push_to_hub": bool(hub_repo),
-        "hub_model_id": hub_repo,
         # Every save goes to the Hub, so a job that times out leaves its last checkpoint behind.
-        "hub_strategy": "checkpoint" if hub_repo else "every_save",
+        "hub_strategy": "checkpoint" if config.hub_repo else "every_save",
     }
-    return args
 
 
 # --- the device and its setup (runner/jobs/train_policy.py decides; the plan prices the same) ---------------
@@ -410,12 +512,12 @@ def runtime_device() -> policy.Device:
     return dev
 
 
-def training_setup(config: dict[str, Any], dev: policy.Device) -> policy.Setup:
-    """The setup this job trains with on `dev` (pure: also what --explain prints)."""
-    return policy.resolve(policy.job_from_config(config), dev)
+def training_setup(raw: dict[str, Any], dev: policy.Device) -> policy.Setup:
+    """The setup this job trains with on `dev`, from the config's JSON (pure: also what --explain prints)."""
+    return policy.resolve(policy.job_from_config(raw), dev)
 
 
-def setup_args(config: dict[str, Any], setup: policy.Setup) -> dict[str, Any]:
+def setup_args(setup: policy.Setup) -> dict[str, Any]:
     """The TrainingArguments the setup decides: batch split, precision, kernels, checkpointing, FSDP."""
     args: dict[str, Any] = {
         "per_device_train_batch_size": setup.per_device_train_batch_size,
@@ -448,25 +550,16 @@ def model_init_kwargs(setup: policy.Setup) -> dict[str, Any]:
     return kwargs
 
 
-def explain(config: dict[str, Any], device: str | None) -> dict[str, Any]:
+def explain(raw: dict[str, Any], device: str | None) -> dict[str, Any]:
     """The resolved setup for `device` (or this machine) as a JSON-ready dict."""
     try:
         dev = policy.device(device) if device else runtime_device()
     except ValueError as e:
         raise JobError(str(e)) from None
-    return training_setup(config, dev).as_dict()
+    return training_setup(raw, dev).as_dict()
 
 
-def peft_config(lora: dict[str, Any] | None):
-    if not lora:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
-
-
-def build_trainer(config: dict[str, Any], data, held=None):
+def build_trainer(config: Config, data, held=None):
     from transformers import PrinterCallback
 
     trainer = _trainer(config, data, held)
@@ -474,45 +567,52 @@ def build_trainer(config: dict[str, Any], data, held=None):
     return trainer
 
 
-def _trainer(config: dict[str, Any], data, held=None):
-    import torch
-
-    gpu = torch.cuda.is_available()
-    t = config["training"]
-    method = config["method"]
-    setup = training_setup(config, runtime_device())
-    log("setup: " + json.dumps(setup.as_dict()))
-    args = {**common_args(config, gpu), **setup_args(config, setup)}
+def trl_args(config: Config, setup: policy.Setup, *, gpu: bool, held=None, model_init_kwargs=None):
+    """TRL's config as this job trains with it: what the runner sent, the job's own settings, the device's setup."""
+    args = {**config.trl, **common_args(config, gpu), **setup_args(setup)}
     args |= eval_args(config, held, args["per_device_train_batch_size"])
-    model_kwargs = model_init_kwargs(setup)
-    peft = peft_config(config.get("lora"))
-    callbacks = [progress_callback()]
-    if is_vision(data):
-        return vision_trainer(config, data, args, model_kwargs, peft, callbacks, held)
-    if method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
+    if model_init_kwargs is not None:
+        args["model_init_kwargs"] = model_init_kwargs
+    if config.method == "sft":
         # Packing (BFD, padding-free) is exact only with FlashAttention, which keeps packed sequences apart;
         # without it, batches of similar lengths cut padding while staying exact on any device.
-        extra = {"train_sampling_strategy": "group_by_length"} if setup.group_by_length else {}
-        sft_args = SFTConfig(**args, **extra, max_length=t["max_length"], packing=setup.packing,
-                             padding_free=setup.padding_free, model_init_kwargs=model_kwargs)
-        return SFTTrainer(model=config["base_model"], args=sft_args, train_dataset=data, peft_config=peft,
-                          eval_dataset=held, callbacks=callbacks)
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        if setup.group_by_length:
+            args["train_sampling_strategy"] = "group_by_length"
+        args |= {"packing": setup.packing, "padding_free": setup.padding_free}
+    if config.method == "grpo":
+        args["log_completions"] = False
+    try:  # the one place TRL's config is built, through the same parser, strict
+        return parser(config.method).parse_dict({**config.raw, **args}, allow_extra_keys=False)[1]
+    except (TypeError, ValueError) as e:
+        raise JobError(f"job config: {str(e).splitlines()[0]}") from None
 
-        extra = {"beta": t["beta"]} if t.get("beta") is not None else {}
-        dpo_args = DPOConfig(**args, max_length=t["max_length"], model_init_kwargs=model_kwargs, **extra)
-        return DPOTrainer(model=config["base_model"], args=dpo_args, train_dataset=data, peft_config=peft,
-                          eval_dataset=held, callbacks=callbacks)
-    from trl import GRPOConfig, GRPOTrainer
 
-    grpo_args = GRPOConfig(**args, num_generations=t.get("num_generations") or 8,
-                           max_completion_length=t.get("max_completion_length") or 256,
-                           model_init_kwargs=model_kwargs, log_completions=False)
-    return GRPOTrainer(model=config["base_model"], args=grpo_args, train_dataset=data, peft_config=peft,
-                       reward_funcs=reward_functions(config["rewards"]), eval_dataset=held, callbacks=callbacks)
+def _trainer(config: Config, data, held=None):
+    import torch
+    from trl import get_peft_config
+
+    setup = training_setup(config.raw, runtime_device())
+    log("setup: " + json.dumps(setup.as_dict()))
+    gpu = torch.cuda.is_available()
+    peft = get_peft_config(config.model)  # None unless use_peft
+    callbacks = [progress_callback()]
+    if is_vision(data):  # the processor loads the model itself (no model_init_kwargs)
+        return vision_trainer(config, data, trl_args(config, setup, gpu=gpu, held=held), model_init_kwargs(setup),
+                              peft, callbacks, held)
+    args = trl_args(config, setup, gpu=gpu, held=held, model_init_kwargs=model_init_kwargs(setup))
+    common = {"model": config.base_model, "args": args, "train_dataset": data, "peft_config": peft,
+              "eval_dataset": held, "callbacks": callbacks}
+    if config.method == "sft":
+        from trl import SFTTrainer
+
+        return SFTTrainer(**common)
+    if config.method == "dpo":
+        from trl import DPOTrainer
+
+        return DPOTrainer(**common)
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(**common, reward_funcs=reward_functions(config.job.rewards))
 
 
 def peak_memory_bytes() -> int:
@@ -523,20 +623,23 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def resume_checkpoint(config: dict[str, Any]) -> str | None:
-    """The checkpoint a retry resumes from: last-checkpoint/ on the Hub, else the newest one on disk."""
-    if not config.get("resume_from_checkpoint"):
+def resume_checkpoint(config: Config) -> str | None:
+    """The checkpoint a retry resumes from: `resume_from_checkpoint` in the Hub repo (TRL pushes
+    last-checkpoint/ there), else the newest checkpoint-* on disk."""
+    wanted = config.args.resume_from_checkpoint
+    if not wanted:
         return None
-    repo = config.get("hub_repo")
-    if repo:
+    if config.hub_repo:
         from huggingface_hub import snapshot_download
 
-        local = Path(config["summary_path"]).parent / "resume"
-        snapshot_download(repo_id=repo, allow_patterns=["last-checkpoint/*"], local_dir=str(local))
-        path = local / "last-checkpoint"
+        local = Path(config.job.summary_path).parent / "resume"
+        snapshot_download(repo_id=config.hub_repo, allow_patterns=[f"{wanted}/*"], local_dir=str(local))
+        path = local / wanted
     else:
-        found = sorted(Path(config["output_dir"]).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        path = found[-1] if found else Path()
+        from transformers.trainer_utils import get_last_checkpoint
+
+        found = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        path = Path(found) if found else Path()
     if not (path / "trainer_state.json").is_file():
         log("no checkpoint to resume from; training from the start")
         return None
@@ -544,13 +647,13 @@ def resume_checkpoint(config: dict[str, Any]) -> str | None:
     return str(path)
 
 
-def train(config: dict[str, Any]) -> dict[str, Any] | None:
-    data = load_data(config["dataset"])
-    check_rows("vision-dpo" if is_vision(data) else config["method"], data)
+def train(config: Config) -> dict[str, Any] | None:
+    data = load_data(config.job)
+    check_rows("vision-dpo" if is_vision(data) else config.method, data)
     if eval_settings(config)["tasks"]:
         check_tasks(eval_settings(config)["tasks"])  # before paying for training
     data, held, held_from = split_held_out(config, data)
-    log(f"loaded {len(data)} rows; training {config['method'].upper()} on {config['base_model']}")
+    log(f"loaded {len(data)} rows; training {config.method.upper()} on {config.base_model}")
     trainer = build_trainer(config, data, held)
     ev = Evaluator(config, trainer, held, held_from)
     ev.before()
@@ -558,14 +661,14 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     wall = time.monotonic() - start
     ev.after()
-    trainer.save_model(config["output_dir"])
+    trainer.save_model(config.output_dir)
     if not trainer.is_world_process_zero():
         return None
     pushed = None
-    if config.get("hub_repo"):
-        info = trainer.push_to_hub(commit_message=f"recipes-runner run {config.get('run_id')}")
+    if config.hub_repo:
+        info = trainer.push_to_hub(commit_message=f"recipes-runner run {config.job.run_id}")
         # Exactly where the model went: the runner checks it is there before it records the run.
-        pushed = {"repo": config["hub_repo"], "commit": getattr(info, "oid", None)}
+        pushed = {"repo": config.hub_repo, "commit": getattr(info, "oid", None)}
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     last = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     if "loss" in last:
@@ -573,7 +676,7 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     runtime = metrics.get("train_runtime", wall)
     return {
-        "method": config["method"],
+        "method": config.method,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "train_runtime_s": runtime,
@@ -581,10 +684,10 @@ def train(config: dict[str, Any]) -> dict[str, Any] | None:
         "tokens_per_second": tokens / runtime if runtime else 0.0,
         "final_metrics": metrics,
         "log_history": trainer.state.log_history,
-        "adapter": config.get("lora") is not None,
+        "adapter": bool(config.model.use_peft),
         "vision": is_vision(data),
         "world_size": trainer.args.world_size,
-        "setup": training_setup(config, runtime_device()).as_dict(),
+        "setup": training_setup(config.raw, runtime_device()).as_dict(),
         "peak_memory_bytes": peak_memory_bytes(),
         "pushed": pushed,
         "evaluation": ev.summary(),
@@ -604,8 +707,8 @@ HEADLINE = {"sft": ["eval_loss", "eval_mean_token_accuracy"],
             "grpo": ["eval_reward"]}
 
 
-def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return EVAL_DEFAULTS | (config.get("evaluation") or {})
+def eval_settings(config: Config) -> dict[str, Any]:
+    return EVAL_DEFAULTS | (config.job.evaluation or {})
 
 
 def held_out_rows(rows: int, fraction: float, cap: int, samples: int) -> int:
@@ -617,35 +720,34 @@ def held_out_rows(rows: int, fraction: float, cap: int, samples: int) -> int:
     return max(0, min(n, cap, rows - 1))
 
 
-def split_held_out(config: dict[str, Any], data):
+def split_held_out(config: Config, data):
     """(training rows, held-out rows or None, where they came from). Deterministic by the recipe's seed."""
-    spec = config["dataset"]
+    job = config.job
     settings = eval_settings(config)
-    seed = config["training"].get("seed", 42)
-    if spec.get("eval_split"):
-        held = load_data(spec, split=spec["eval_split"])
-        check_rows("vision-dpo" if is_vision(held) else config["method"], held)
+    seed = config.args.seed
+    if job.dataset_test_split:
+        held = load_data(job, split=job.dataset_test_split)
+        check_rows("vision-dpo" if is_vision(held) else config.method, held)
         if len(held) > settings["max_rows"]:
             held = held.shuffle(seed=seed).select(range(settings["max_rows"]))
-        return data, held, f"split {spec['eval_split']}"
-    fraction = float(spec.get("eval_fraction") or 0.0)
+        return data, held, f"split {job.dataset_test_split}"
+    fraction = float(job.eval_fraction or 0.0)
     n = held_out_rows(len(data), fraction, settings["max_rows"], settings["samples"])
     if n == 0:
         return data, None, ""
     parts = data.train_test_split(test_size=n, seed=seed, shuffle=True)
-    where = f"{fraction:g} of {spec.get('split') or 'train'} held out by seed {seed}, never trained on"
+    where = f"{fraction:g} of {job.dataset_train_split or 'train'} held out by seed {seed}, never trained on"
     return parts["train"], parts["test"], where
 
 
-def eval_args(config: dict[str, Any], held, micro_batch: int) -> dict[str, Any]:
+def eval_args(config: Config, held, micro_batch: int) -> dict[str, Any]:
     """The trainer's evaluation arguments: every N steps when the recipe asks, else only when we call it;
     batches of the training micro-batch, which is known to fit."""
     if held is None:
         return {"eval_strategy": "no"}
-    t = config["training"]
     every = eval_settings(config)["every_steps"]
     # GRPO evaluates whole groups: each process's eval batch holds all completions of a prompt.
-    batch = t.get("num_generations") or 8 if config["method"] == "grpo" else micro_batch
+    batch = config.args.num_generations if config.method == "grpo" else micro_batch
     args: dict[str, Any] = {"eval_strategy": "steps" if every else "no", "per_device_eval_batch_size": batch}
     if every:
         args["eval_steps"] = every
@@ -727,7 +829,7 @@ def small_model_threads(model):
 class Evaluator:
     """Measures the model on the held-out rows before the first step and after the last."""
 
-    def __init__(self, config: dict[str, Any], trainer, held, held_from: str) -> None:
+    def __init__(self, config: Config, trainer, held, held_from: str) -> None:
         self.config, self.trainer, self.held, self.held_from = config, trainer, held, held_from
         self.settings = eval_settings(config)
         self.metrics: dict[str, dict[str, float]] = {}
@@ -735,8 +837,8 @@ class Evaluator:
         self.prompts: list[tuple[str, str | None]] = []
         self.seconds = 0.0
         self.chat, self.tokenizer = False, None
-        if held is not None and self.settings["samples"] and config.get("strategy") != "fsdp" \
-                and not is_vision(held):
+        self.sharded = bool(trainer.args.fsdp)
+        if held is not None and self.settings["samples"] and not self.sharded and not is_vision(held):
             # FSDP shards the weights across processes: no one process can generate alone. Vision
             # prompts need their images, which text generation here does not feed.
             found = [p for p in (prompt_of(row) for row in held.select(range(min(len(held), 64)))) if p]
@@ -747,7 +849,7 @@ class Evaluator:
             self.prompts = [(render_prompt(tokenizer, p), ref) for p, ref in found[: self.settings["samples"]]]
 
     def before(self) -> None:
-        if self.config.get("strategy") == "fsdp":
+        if self.sharded:
             # The trainer would shard the model for evaluation and then again for training; it is not
             # made for that order. Sharded runs report the tuned model only.
             log("eval before training: skipped (FSDP)")
@@ -788,7 +890,7 @@ class Evaluator:
                 callback.setup(t.args, t.state, t.model)
 
     def _headline(self) -> list[str]:
-        names = list(HEADLINE[self.config["method"]])
+        names = list(HEADLINE[self.config.method])
         seen = set(self.metrics.get("before", {})) | set(self.metrics.get("after", {}))
         names += sorted(k for k in seen if k.startswith("eval_rewards/") and k.endswith("/mean"))
         return [n for n in names if n in seen]
@@ -823,13 +925,13 @@ def check_tasks(tasks: list[str]) -> None:
         raise JobError(f"evaluation.tasks: lm-eval has no task {unknown[0]!r}")
 
 
-def harness_kwargs(config: dict[str, Any], *, adapter: bool, chat: bool) -> dict[str, Any]:
+def harness_kwargs(config: Config, *, adapter: bool, chat: bool) -> dict[str, Any]:
     """The lm-eval `simple_evaluate` call for the tuned model saved in output_dir."""
     import torch
 
     settings = eval_settings(config)
-    model_args: dict[str, Any] = {"pretrained": config["base_model"], "peft": config["output_dir"]} if adapter else \
-        {"pretrained": config["output_dir"]}
+    model_args: dict[str, Any] = {"pretrained": config.base_model, "peft": config.output_dir} if adapter else \
+        {"pretrained": config.output_dir}
     model_args["dtype"] = "auto"
     return {
         "model": "hf",
@@ -839,7 +941,7 @@ def harness_kwargs(config: dict[str, Any], *, adapter: bool, chat: bool) -> dict
         "batch_size": 16,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "apply_chat_template": chat,
-        "random_seed": config["training"].get("seed", 42),
+        "random_seed": config.args.seed,
         "log_samples": False,
         "bootstrap_iters": 1000,  # standard errors: 1,000 resamples are plenty for a few hundred samples
     }
@@ -866,14 +968,14 @@ DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROU
                    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RUNNER_NPROC")
 
 
-def run_benchmarks(config: dict[str, Any], evaluation: dict[str, Any], *, adapter: bool) -> None:
+def run_benchmarks(config: Config, evaluation: dict[str, Any], *, adapter: bool) -> None:
     """Run the recipe's tasks on the saved tuned model in a fresh process (alone on the device, and
     outside the trainer's process group); a harness failure is recorded, the trained model is kept."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "benchmarks.json"
         env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC")}
-        env.update(RUNNER_JOB_CONFIG=json.dumps(config), RUNNER_BENCHMARKS_OUT=str(out),
+        env.update(RUNNER_JOB_CONFIG=json.dumps(config.raw), RUNNER_BENCHMARKS_OUT=str(out),
                    RUNNER_BENCHMARKS_ADAPTER="1" if adapter else "")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, check=False)
         result = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {
@@ -888,9 +990,9 @@ def run_benchmarks(config: dict[str, Any], evaluation: dict[str, Any], *, adapte
 
 def benchmarks_main(out: Path) -> int:
     """The benchmark process: the harness on the tuned model, its scores (or its failure) to `out`."""
-    config = json.loads(os.environ["RUNNER_JOB_CONFIG"])
     result: dict[str, Any] = {"benchmarks": [], "benchmark_error": None}
     try:
+        config = parse_config(json.loads(os.environ["RUNNER_JOB_CONFIG"]))
         import lm_eval
 
         kwargs = harness_kwargs(config, adapter=bool(os.environ.get("RUNNER_BENCHMARKS_ADAPTER")),
@@ -903,9 +1005,9 @@ def benchmarks_main(out: Path) -> int:
     return 0
 
 
-def _has_template(config: dict[str, Any]) -> bool:
+def _has_template(config: Config) -> bool:
     """Whether the saved model has a chat template: then the harness prompts it as a chat model."""
-    path = Path(config["output_dir"])
+    path = Path(config.output_dir)
     settings = path / "tokenizer_config.json"
     return (path / "chat_template.jinja").exists() or (
         settings.exists() and "chat_template" in json.loads(settings.read_text(encoding="utf-8")))
@@ -926,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.explain:
-            print(json.dumps(explain(load_config(args=args), args.device)), flush=True)
+            print(json.dumps(explain(read_config(args), args.device)), flush=True)
             return 0
         if args.device:
             raise JobError("--device only goes with --explain; training uses the device it finds")
@@ -940,18 +1042,17 @@ def main(argv: list[str] | None = None) -> int:
         if summary["evaluation"] and eval_settings(config)["tasks"]:
             # After the trainer (and its copy of the model) is gone: the harness loads the saved model.
             run_benchmarks(config, summary["evaluation"], adapter=summary["adapter"])
-        path = Path(config["summary_path"])
+        path = Path(config.job.summary_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, path)
-        target = config.get("summary_upload")
-        if target:  # a remote job's summary reaches the runner through the model repo
+        if config.job.summary_repo:  # a remote job's summary reaches the runner through the model repo
             from huggingface_hub import HfApi
 
-            HfApi().upload_file(path_or_fileobj=str(path), path_in_repo=target["path"], repo_id=target["repo"],
-                                commit_message="recipes-runner: training summary")
-        log(f"done: {summary['steps']} steps, {summary['tokens_seen']} tokens, model in {config['output_dir']}")
+            HfApi().upload_file(path_or_fileobj=str(path), path_in_repo=config.job.summary_repo_path,
+                                repo_id=config.job.summary_repo, commit_message="recipes-runner: training summary")
+        log(f"done: {summary['steps']} steps, {summary['tokens_seen']} tokens, model in {config.output_dir}")
     return 0
 
 

@@ -342,21 +342,19 @@ def without_flash_attention(dev: Device) -> Device:
 
 
 def job_from_config(config: dict) -> Job:
-    """The Job a train.py config describes (see runner/jobspec.py for the keys)."""
-    t = config.get("training") or {}
-    m = config.get("model") or {}
+    """The Job a train.py config describes (runner/jobspec.py TrainJobConfig: TRL's field names and ours)."""
     shape = None
-    if m.get("params"):
-        shape = model_shape(int(m["params"]), active_params=m.get("active_params"), hidden=m.get("hidden_size"),
-                            layers=m.get("num_layers"), vocab=m.get("vocab_size"),
-                            architecture=m.get("architecture"))
-    lora = config.get("lora")
+    if config.get("model_params"):
+        shape = model_shape(int(config["model_params"]), active_params=config.get("model_active_params"),
+                            hidden=config.get("model_hidden_size"), layers=config.get("model_num_layers"),
+                            vocab=config.get("model_vocab_size"), architecture=config.get("model_architecture"))
     return Job(
-        method=config.get("method", "sft"), lora=bool(lora), lora_r=int((lora or {}).get("r", 16)),
-        batch_size=int(t.get("batch_size", 4)), grad_accum=int(t.get("grad_accum", 4)),
-        pin_batch=bool(t.get("pin_batch", False)), max_length=int(t.get("max_length", 1024)),
-        sequence_tokens=t.get("sequence_tokens"), packing=t.get("packing", "auto"),
-        gradient_checkpointing=t.get("gradient_checkpointing", "auto"), strategy=t.get("strategy", "auto"),
-        completion_tokens=int(t.get("max_completion_length") or 256), generations=int(t.get("num_generations") or 8),
-        model=shape,
+        method=config.get("method", "sft"), lora=bool(config.get("use_peft")), lora_r=int(config.get("lora_r", 16)),
+        batch_size=int(config.get("per_device_train_batch_size", 4)),
+        grad_accum=int(config.get("gradient_accumulation_steps", 4)),
+        pin_batch=bool(config.get("pin_batch", False)), max_length=int(config.get("max_length") or 1024),
+        sequence_tokens=config.get("sequence_tokens"), packing=config.get("packing_mode", "auto"),
+        gradient_checkpointing=config.get("gradient_checkpointing_mode", "auto"),
+        strategy=config.get("strategy", "auto"), completion_tokens=int(config.get("max_completion_length") or 256),
+        generations=int(config.get("num_generations") or 8), model=shape,
     )
