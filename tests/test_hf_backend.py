@@ -118,8 +118,8 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     assert model[f"{bundle}/train_policy.py"] == (ROOT / "runner" / "jobs" / "train_policy.py").read_bytes()
     assert model[f"{bundle}/examples/data/sft.jsonl"] == (workspace / "examples/data/sft.jsonl").read_bytes()
     config = json.loads(spec["environment"]["RUNNER_JOB_CONFIG"])
-    assert config["dataset"]["source"] == "/runner/examples/data/sft.jsonl"
-    assert config["hub_repo"] == "alice/tiny-sft"
+    assert config["dataset_name"] == "/runner/examples/data/sft.jsonl"
+    assert config["hub_model_id"] == "alice/tiny-sft" and config["push_to_hub"] is True
     # The card is the model repo's README, and the repo keeps its copy.
     assert model["README.md"].decode() == (workspace / "models" / "tiny-sft" / "README.md").read_text()
     assert "loss.png" in model

@@ -299,7 +299,7 @@ def test_retry_links_attempts_and_resumes_from_the_checkpoint(hub, workspace, mo
     second = ledger.read(workspace, "tiny-sft").runs[-1]
     assert second.retry_of == first.run_id and second.attempt == 2 and second.resume
     job = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"][-1]
-    assert json.loads(job.spec["environment"]["RUNNER_JOB_CONFIG"])["resume_from_checkpoint"] is True
+    assert json.loads(job.spec["environment"]["RUNNER_JOB_CONFIG"])["resume_from_checkpoint"] == "last-checkpoint"
 
 
 def test_dry_run_prints_the_jobs_and_sends_nothing(hub, workspace, monkeypatch, capsys) -> None:
@@ -310,7 +310,7 @@ def test_dry_run_prints_the_jobs_and_sends_nothing(hub, workspace, monkeypatch, 
     assert [j["stage"] for j in doc["jobs"]] == ["train", "gguf"]
     train = doc["jobs"][0]
     assert train["image"].split("@sha256:")[1] and train["command"][0] == "uv"
-    assert train["config"]["hub_repo"] == "alice/tiny-sft" and TOKEN not in out
+    assert train["config"]["hub_model_id"] == "alice/tiny-sft" and TOKEN not in out
     assert not any(r.method != "GET" for r in hub.state.requests) and not hub.state.jobs
     _, plan_out = run(workspace, monkeypatch, capsys, "plan", "recipes/tiny-sft.yaml", "--json")
     planned = json.loads(plan_out)["plans"][0]["jobs"]
