@@ -187,8 +187,9 @@ class Plan(BaseModel):
     calibration: Calibration | None = None  # past estimate errors in this repo, and the scale applied
     output_repo: str | None
     price_source: str
-    warnings: list[str]
-    guesses: list[str]
+    # Defaults: older run records kept their plan without these two.
+    warnings: list[str] = []
+    guesses: list[str] = []
     image_tokens_per_row: float | None = None  # a vision-language run: mean tokens the images take
     setup: TrainingSetup | None = None  # precision, kernels, batch split on the chosen flavor
     sequence_tokens: int = 0  # longest sampled sequence after truncation: what the job sizes unpacked batches by
