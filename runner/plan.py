@@ -152,6 +152,8 @@ class TrainingSetup(BaseModel):
     fits: bool
 
 
+# Run records keep the plan a run started from (runner/ledger.py): a field added here needs a
+# default, or the records already committed stop loading.
 class Plan(BaseModel):
     recipe: str
     name: str

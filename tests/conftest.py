@@ -136,13 +136,14 @@ def a_plan(**update: object):
 
     job = PlannedJob(stage="train", flavor="cpu-basic", timeout_seconds=1800, usd_per_hour=0.01, hours=0.1,
                      cost_usd=0.001, max_cost_usd=0.005)
-    fields = dict(recipe="recipes/x.yaml", name="x", method="sft", base_model="./examples/tiny-model", params=1000,
-                  params_source="config", active_params=1000, lora=False, learning_rate=2e-5,
-                  dataset=MethodVerdict(status="ready", reason="ok"), rows=100, tokens=10_000, flavor="cpu-basic",
-                  strategy="single", devices=1, memory_gb=1.0, memory_capacity_gb=16.0, fits=True, hours=0.1,
-                  train_cost_usd=0.001, gguf_cost_usd=0.0, cost_usd=0.001, max_cost_usd=0.005, timeout_seconds=1800,
-                  budget_usd=1.0, within_budget=True, jobs=[job], refusal=None, runner_minutes=10.0,
-                  output_repo=None, price_source="built-in price table")
+    fields = {"recipe": "recipes/x.yaml", "name": "x", "method": "sft", "base_model": "./examples/tiny-model",
+              "params": 1000, "params_source": "config", "active_params": 1000, "lora": False, "learning_rate": 2e-5,
+              "dataset": MethodVerdict(status="ready", reason="ok"), "rows": 100, "tokens": 10_000,
+              "flavor": "cpu-basic", "strategy": "single", "devices": 1, "memory_gb": 1.0, "memory_capacity_gb": 16.0,
+              "fits": True, "hours": 0.1, "train_cost_usd": 0.001, "gguf_cost_usd": 0.0, "cost_usd": 0.001,
+              "max_cost_usd": 0.005, "timeout_seconds": 1800, "budget_usd": 1.0, "within_budget": True,
+              "jobs": [job], "refusal": None, "runner_minutes": 10.0, "output_repo": None,
+              "price_source": "built-in price table"}
     return Plan.model_validate(fields | update)
 
 

@@ -10,7 +10,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, a_plan, gguf_summary_json, train_summary_json, write_jsonl, write_recipe
+from conftest import (
+    ROOT,
+    a_plan,
+    gguf_summary_json,
+    train_summary_json,
+    write_jsonl,
+    write_recipe,
+)
 from hubstub import HubStub, JobScript
 
 from runner import ledger, planning, recipe, runs

@@ -14,8 +14,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import (ROOT, a_plan, assert_summaries_read_whole, keys_outside, train_summary_json, write_jsonl,
-                      write_recipe)
+from conftest import (
+    ROOT,
+    a_plan,
+    assert_summaries_read_whole,
+    keys_outside,
+    train_summary_json,
+    write_jsonl,
+    write_recipe,
+)
 from hubstub import HubStub
 
 from runner import images, modelfacts, sampling
