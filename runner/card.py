@@ -9,14 +9,22 @@ from typing import Any
 from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
 from runner.recipe import LoadedRecipe
+from runner.summaries import GgufSummary, LogEntry
 
 
-def loss_points(log_history: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    return [(float(e["step"]), float(e["loss"])) for e in log_history
-            if "loss" in e and "step" in e and isinstance(e["loss"], (int, float)) and math.isfinite(e["loss"])]
+def loss_points(log_history: list[LogEntry]) -> list[tuple[float, float]]:
+    """(step, training loss) from the trainer's log lines that have both as finite numbers."""
+    points = []
+    for e in log_history:
+        step, loss = e.get("step"), e.get("loss")
+        # Log lines are free-form JSON: anything else under these names is not a point.
+        if isinstance(step, (int, float)) and isinstance(loss, (int, float)) and math.isfinite(loss):
+            points.append((float(step), float(loss)))
+    return points
 
 
-def loss_plot_png(log_history: list[dict[str, Any]], title: str) -> bytes | None:
+def loss_plot_png(log_history: list[LogEntry], title: str) -> bytes | None:
+    """The training loss curve as a PNG, or None when the log has no loss."""
     points = loss_points(log_history)
     if not points:
         return None
@@ -47,23 +55,23 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} TiB"
 
 
-def _gguf_lines(files: list[dict[str, Any]], repo: str | None, imatrix: dict[str, Any] | None = None) -> list[str]:
+def _gguf_lines(gguf: GgufSummary, repo: str | None) -> list[str]:
     """The GGUF table and how to run it; a vision model's projector goes beside the text model (--mmproj)."""
     lines = ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
-    lines += [f"| `{f['path'].rsplit('/', 1)[-1]}` | {f['quantization']}"
-              f"{' (vision projector)' if f.get('kind') == 'mmproj' else ''} | {_human_bytes(f['bytes'])} |"
-              for f in files]
-    models = [f for f in files if f.get("kind") != "mmproj"]
-    projector = next((f["path"].rsplit("/", 1)[-1] for f in files if f.get("kind") == "mmproj"), None)
-    quant = next((f["quantization"] for f in models if f["quantization"] == "Q4_K_M"), models[0]["quantization"])
-    if imatrix:
-        lines += ["", f"Quantized with an importance matrix from {imatrix['tokens']} tokens of the training data."]
+    lines += [f"| `{f.name}` | {f.quantization}"
+              f"{' (vision projector)' if f.kind == 'mmproj' else ''} | {_human_bytes(f.bytes)} |"
+              for f in gguf.files]
+    models = gguf.models
+    projector = gguf.projector.name if gguf.projector else None
+    quant = next((f.quantization for f in models if f.quantization == "Q4_K_M"), models[0].quantization)
+    if gguf.imatrix:
+        lines += ["", f"Quantized with an importance matrix from {gguf.imatrix.tokens} tokens of the training data."]
     if repo:  # -hf fetches a repo's mmproj file by itself
         lines += ["", f"Run it with llama.cpp, LM Studio or Ollama ([{repo}-GGUF](https://huggingface.co/{repo}-GGUF) "
                   "has its own card and an Ollama `Modelfile`):", "", "```bash",
                   f"llama-server -hf {repo}-GGUF:{quant}",
                   f"ollama run hf.co/{repo}-GGUF:{quant}", "```"]
-    first = models[0]["path"].rsplit("/", 1)[-1]
+    first = models[0].name
     local = f"llama-server -m {first}" + (f" --mmproj {projector}" if projector else "")
     return lines + ["", "Or from a local copy:", "", "```bash", local, "```"]
 
@@ -73,28 +81,30 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     from huggingface_hub import ModelCard, ModelCardData
 
     r = loaded.recipe
-    summary = record.train_summary or {}
-    gguf = record.gguf_summary or {}
+    summary = record.train_summary
+    gguf = record.gguf_summary
+    adapter = summary.adapter if summary else False
     base_is_hub = not r.base_model_is_local
-    vision = bool(summary.get("vision"))
+    vision = summary.vision if summary else False
     data = ModelCardData(
         base_model=r.base_model if base_is_hub else None,
         datasets=[r.dataset.path] if not r.dataset.is_local else None,
-        library_name="peft" if summary.get("adapter") else "transformers",
+        library_name="peft" if adapter else "transformers",
         license=license,
         model_name=r.name,
-        tags=["trl", r.method, "recipes-runner"] + (["lora"] if summary.get("adapter") else []) + (
-            ["gguf"] if gguf.get("files") else []) + (["vision-language"] if vision else []),
+        tags=["trl", r.method, "recipes-runner"] + (["lora"] if adapter else []) + (
+            ["gguf"] if gguf and gguf.files else []) + (["vision-language"] if vision else []),
         pipeline_tag="image-text-to-text" if vision else "text-generation",
         eval_results=eval_results(loaded, record.evaluation) or None,
     )
     t = r.training
+    lr = record.plan.learning_rate if record.plan else t.learning_rate
     repo = loaded.output_repo
-    setup = summary.get("setup") or {}  # what the job resolved on its device (runner/jobs/train_policy.py)
+    setup = summary.setup if summary else None  # what the job resolved on its device (runner/jobs/train_policy.py)
     if setup:
-        batch = (f"{setup.get('per_device_train_batch_size')} x {setup.get('gradient_accumulation_steps')} "
-                 f"x {setup.get('world_size')} process(es)")
-        packing = "on" if setup.get("packing") else "off"
+        batch = (f"{setup.per_device_train_batch_size} x {setup.gradient_accumulation_steps} "
+                 f"x {setup.world_size} process(es)")
+        packing = "on" if setup.packing else "off"
     else:
         batch = f"{t.batch_size} x {t.grad_accum}"
         packing = "auto" if t.packing == "auto" else ("on" if t.packing else "off")
@@ -102,7 +112,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         f"# {r.name}",
         "",
         f"Fine-tuned from `{r.base_model}` with TRL {r.method.upper()}"
-        f" ({'LoRA' if summary.get('adapter') else 'full fine-tuning'}) on `{r.dataset.path}`"
+        f" ({'LoRA' if adapter else 'full fine-tuning'}) on `{r.dataset.path}`"
         f" (split `{r.dataset.split}`). Trained from the recipe `{loaded.display}`.",
         "",
         "## Training",
@@ -110,18 +120,18 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
         "| setting | value |",
         "| --- | --- |",
         f"| method | {r.method} |",
-        f"| learning rate | {record.plan.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
+        f"| learning rate | {lr} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
         f"| epochs / max steps | {t.epochs:g} / {t.max_steps or '-'} |",
         f"| batch size x accumulation | {batch} |",
         f"| max length | {t.max_length} (packing {packing}) |",
         f"| seed | {t.seed} |",
     ]
     if setup:
-        liger = "on" if setup.get("use_liger_kernel") else "off"
-        lines.append(f"| precision | {setup.get('model_dtype')} weights, {setup.get('autocast')} autocast, "
-                     f"{setup.get('attn_implementation')} attention, Liger {liger}, "
-                     f"{setup.get('strategy')} on {setup.get('device')} |")
-    if summary.get("adapter"):
+        liger = "on" if setup.use_liger_kernel else "off"
+        lines.append(f"| precision | {setup.model_dtype} weights, {setup.autocast} autocast, "
+                     f"{setup.attn_implementation} attention, Liger {liger}, "
+                     f"{setup.strategy} on {setup.device} |")
+    if adapter:
         a = r.adapter
         lines.append(f"| LoRA | r={a.r}, alpha={a.alpha}, dropout={a.dropout}, targets {a.target_modules} |")
     if r.method == "dpo":
@@ -133,20 +143,18 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     if record.metrics:
         lines += ["| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.6g} |" for k, v in sorted(record.metrics.items())]
-    steps = summary.get("steps")
-    if steps is not None:
-        lines += ["", f"{steps} steps, {summary.get('tokens_seen', 'unknown')} tokens seen, "
-                  f"{summary.get('train_runtime_s', 0):.1f} s of training on {summary.get('world_size', 1)} process(es)."]
+    if summary:
+        lines += ["", f"{summary.steps} steps, {summary.tokens_seen} tokens seen, "
+                  f"{summary.train_runtime_s:.1f} s of training on {summary.world_size} process(es)."]
     if has_plot:
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
         lines += evaluation_section(record.evaluation, r.base_model,
                                     record.configs.train.evaluation.model_dump() if record.configs.train else {})
-    files = gguf.get("files") or []
-    if gguf.get("skipped"):
-        lines += ["", "## GGUF", "", f"Not converted: {gguf['skipped']}."]
-    if files:
-        lines += _gguf_lines(files, repo, gguf.get("imatrix"))
+    if gguf and gguf.skipped:
+        lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
+    if gguf and gguf.models:
+        lines += _gguf_lines(gguf, repo)
     lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
               f"| run | `{record.run_id}` ({record.backend} backend) |",
               f"| recipe | `{loaded.display}` (sha256 `{record.recipe_sha256[:16]}`) |",
@@ -158,7 +166,7 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
     hours = sum(j.running_seconds or 0.0 for j in record.jobs.values()) / 3600
     lines += ["", "## Cost", "",
-              f"Estimated ${est or 0:.2f} on {record.plan.get('flavor')}"
+              f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
               + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")
               + "; actual "
               + ("$0.00 (trained locally)" if record.backend == "local" else

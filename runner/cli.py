@@ -348,7 +348,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             if ratio is not None:
                 ratios.append(ratio)
             rows.append({"recipe": name, "run_id": r.run_id, "state": r.state, "backend": r.backend,
-                         "flavor": r.jobs["train"].flavor if "train" in r.jobs else r.plan.get("flavor"),
+                         "flavor": r.jobs["train"].flavor if "train" in r.jobs else (r.plan.flavor if r.plan else None),
                          "estimated_usd": est, "max_usd": r.cost_usd.get("max"), "actual_usd": actual,
                          "ratio": round(ratio, 3) if ratio is not None else None, "hours": round(hours, 3)})
     median = round(statistics.median(ratios), 3) if ratios else None

@@ -1,13 +1,13 @@
 """What evaluation found: held-out metrics before and after training, samples, benchmark scores.
 
-The training job (runner/jobs/train.py) writes these under `evaluation` in its summary;
-the run record keeps them typed, and the card, the pull-request comment and `status`
+The training job (runner/jobs/train.py) writes these under `evaluation` in its summary
+(runner/summaries.py); the run record keeps them typed, and the card, the pull-request comment and `status`
 show them.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 # The trainers' metric names, as people read them.
 LABELS = {
@@ -81,14 +81,3 @@ class Evaluation(BaseModel):
         m = self.headline
         return f"{m.label} {m.before:.4g} -> {m.after:.4g}" if m and m.before is not None and m.after is not None \
             else ""
-
-
-def from_summary(summary: dict | None) -> Evaluation | None:
-    """The evaluation a training summary carries; None when it has none (or an unreadable one)."""
-    raw = (summary or {}).get("evaluation")
-    if not raw:
-        return None
-    try:
-        return Evaluation.model_validate(raw)
-    except ValidationError:
-        return None

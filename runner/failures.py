@@ -16,7 +16,7 @@ in the record's log tail, not glued onto the reason.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 

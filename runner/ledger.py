@@ -13,13 +13,15 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
 from runner.jobspec import JobConfigs
+from runner.plan import Plan
+from runner.summaries import GgufSummary, TrainSummary
 
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
@@ -81,10 +83,10 @@ class RunRecord(BaseModel):
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
     history: list[dict[str, str]] = Field(default_factory=list)  # [{state, at}]
-    plan: dict[str, Any] = Field(default_factory=dict)
+    plan: Plan | None = None  # the plan the run started from
     jobs: dict[str, JobRef] = Field(default_factory=dict)  # "train" / "gguf"
-    train_summary: dict[str, Any] | None = None
-    gguf_summary: dict[str, Any] | None = None
+    train_summary: TrainSummary | None = None  # what the training job reported, once its outputs were verified
+    gguf_summary: GgufSummary | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     evaluation: Evaluation | None = None  # held-out metrics before/after, samples, benchmark scores
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage

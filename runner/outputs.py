@@ -9,9 +9,10 @@ promised `.gguf` file. Each check returns what is missing and where it was expec
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from runner.jobspec import GgufJobConfig, JobConfig, TrainJobConfig
+from runner.summaries import GgufSummary, TrainSummary
 
 
 class Lister(Protocol):
@@ -28,11 +29,11 @@ def _summary_place(config: JobConfig) -> str:
     return config.summary_path
 
 
-def model_place(config: TrainJobConfig, summary: dict[str, Any]) -> tuple[str, str | None]:
+def model_place(config: TrainJobConfig, summary: TrainSummary) -> tuple[str, str | None]:
     """Where the trained model should be: (Hub repo or local directory, commit or None)."""
-    pushed = summary.get("pushed") or {}
+    pushed = summary.pushed
     if config.repo:
-        return str(pushed.get("repo") or config.repo), pushed.get("commit")
+        return (pushed.repo, pushed.commit) if pushed else (config.repo, None)
     return config.output_dir, None
 
 
@@ -46,7 +47,7 @@ def _model_files(files: set[str], adapter: bool) -> tuple[bool, str]:
     return "config.json" in top and bool(weights), "config.json and the weights (*.safetensors)"
 
 
-def missing_model(lister: Lister, config: TrainJobConfig, summary: dict[str, Any] | None) -> str | None:
+def missing_model(lister: Lister, config: TrainJobConfig, summary: TrainSummary | None) -> str | None:
     """What the training job failed to leave behind, or None when its summary and model are there."""
     if summary is None:
         return f"it wrote no summary (expected {_summary_place(config)})"
@@ -55,7 +56,7 @@ def missing_model(lister: Lister, config: TrainJobConfig, summary: dict[str, Any
     files = lister.files(place, commit)
     if files is None:
         return f"{place}{at}, where the trained model was expected, does not exist"
-    ok, expected = _model_files(files, bool(summary.get("adapter")))
+    ok, expected = _model_files(files, summary.adapter)
     return None if ok else f"no trained model is in {place}{at} (expected {expected})"
 
 
@@ -64,11 +65,11 @@ def promised_ggufs(config: GgufJobConfig) -> list[str]:
     return [f"{config.name}-{q.upper()}.gguf" for q in config.quantizations]
 
 
-def missing_ggufs(lister: Lister, config: GgufJobConfig, summary: dict[str, Any] | None) -> str | None:
+def missing_ggufs(lister: Lister, config: GgufJobConfig, summary: GgufSummary | None) -> str | None:
     """What the GGUF job failed to leave behind, or None when its summary and every promised file are there."""
     if summary is None:
         return f"it wrote no summary (expected {_summary_place(config)})"
-    if summary.get("skipped"):  # an architecture llama.cpp cannot convert: the job says why, and promises nothing
+    if summary.skipped:  # an architecture llama.cpp cannot convert: the job says why, and promises nothing
         return None
     place = config.repo or config.output_dir
     files = lister.files(place) or set()

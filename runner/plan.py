@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from runner.dataset import DatasetReport
 from runner.formats import MethodVerdict
 from runner.hardware import GB, HardwareFlavor
 from runner.images import ImageInfo, images_in
 from runner.jobs import train_policy as policy
 from runner.modelfacts import ASSUMED_IMAGE, ModelFacts, VisionFacts
 from runner.recipe import LORA_AUTO_THRESHOLD, LoadedRecipe
-from runner.dataset import DatasetReport
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 4  # chat-template markup around each turn
@@ -152,6 +152,8 @@ class TrainingSetup(BaseModel):
     fits: bool
 
 
+# Run records keep the plan a run started from (runner/ledger.py): a field added here needs a
+# default, or the records already committed stop loading.
 class Plan(BaseModel):
     recipe: str
     name: str
@@ -187,8 +189,9 @@ class Plan(BaseModel):
     calibration: Calibration | None = None  # past estimate errors in this repo, and the scale applied
     output_repo: str | None
     price_source: str
-    warnings: list[str]
-    guesses: list[str]
+    # Defaults: older run records kept their plan without these two.
+    warnings: list[str] = []
+    guesses: list[str] = []
     image_tokens_per_row: float | None = None  # a vision-language run: mean tokens the images take
     setup: TrainingSetup | None = None  # precision, kernels, batch split on the chosen flavor
     sequence_tokens: int = 0  # longest sampled sequence after truncation: what the job sizes unpacked batches by

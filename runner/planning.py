@@ -81,15 +81,15 @@ def past_runs(root: Path) -> list[PastRun]:
     for group in ledger.all_runs(root):
         for r in group.runs:
             train = r.jobs.get("train")
-            planned = next((j for j in r.plan.get("jobs") or [] if j.get("stage") == "train"), None)
+            planned = r.plan.job("train") if r.plan else None
             actual, estimate = r.cost_usd.get("actual"), r.cost_usd.get("estimated")
-            if not (r.push and r.state == "recorded" and train and train.running_seconds and planned and actual
-                    and estimate):
+            if not (r.plan and r.push and r.state == "recorded" and train and train.running_seconds and planned
+                    and actual and estimate):
                 continue
             # The estimate before any calibration, so the planner's own scaling is not learned back.
-            scaled = ((r.plan.get("calibration") or {}).get("applied")) or 1.0
-            out.append(PastRun(method=str(r.plan.get("method")), accelerator=families.get(train.flavor or ""),
-                               estimated_hours=float(planned.get("hours") or 0.0) / float(scaled),
+            scaled = (r.plan.calibration.applied if r.plan.calibration else None) or 1.0
+            out.append(PastRun(method=r.plan.method, accelerator=families.get(train.flavor or ""),
+                               estimated_hours=planned.hours / scaled,
                                actual_hours=train.running_seconds / 3600, estimated_usd=estimate, actual_usd=actual))
     return out
 

@@ -10,10 +10,10 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from runner.dataset import DatasetReport
 from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
 from runner.plan import Plan, billed
-from runner.dataset import DatasetReport
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
 MAX_COMMENT_CHARS = 65_000  # GitHub's limit is 65,536
@@ -155,7 +155,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",
             f"| Budget | {budget}: {'within' if p.within_budget else '**refused**'} |",
-            f"| Jobs | " + "; ".join(f"{j.stage} on {md(j.flavor)}, timeout {j.timeout_seconds // 60} min, worst case "
+            "| Jobs | " + "; ".join(f"{j.stage} on {md(j.flavor)}, timeout {j.timeout_seconds // 60} min, worst case "
                                     f"${j.max_cost_usd:.2f}" for j in p.jobs) + " |",
             f"| GitHub runner | ~{p.runner_minutes:.0f} min |",
             f"| Output | {code(p.output_repo) if p.output_repo else 'none'} |",
@@ -168,7 +168,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             out += [f"Past estimates in this repository: actual/estimate cost {c.cost_ratio:.2f}, time "
                     f"{c.time_ratio:.2f} (median of {c.runs} run(s); {c.comparable} comparable)"
                     + (f"; this plan's time is scaled by {c.applied:.2f}." if c.applied else
-                       f"; scaling starts at 3 comparable runs."), ""]
+                       "; scaling starts at 3 comparable runs."), ""]
         if p.guesses:
             out += [f"<sub>Estimated: {md('; '.join(p.guesses))}. Prices: {md(p.price_source)}.</sub>", ""]
     if commit:

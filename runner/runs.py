@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import card, evaluation, failures, ledger, outputs
+from runner import card, failures, ledger, outputs
 from runner.backends.base import Backend, JobStatus
 from runner.backends.hf import MOUNT
 from runner.errors import UserError
@@ -42,6 +42,7 @@ from runner.jobspec import (
 from runner.ledger import Failure, JobRef, Progress, RunRecord
 from runner.plan import Plan, billed
 from runner.recipe import LoadedRecipe
+from runner.summaries import GgufSummary, TrainSummary, parse
 
 LOG_TAIL = 30
 LOCAL_GGUF_TIMEOUT = 3600
@@ -224,7 +225,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
         commit=git_commit(loaded.root),
-        backend=backend.name, plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}),
+        backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
         attempt=attempt, retry_of=retry_of, resume=resume,
@@ -291,14 +292,14 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
         raise SpendRefused(f"{where}: the record's {stage} job config differs from the recipe's "
                            f"({', '.join(keys)}); not submitting")
     planned = plan.job(stage)
-    recorded = next((j for j in record.plan.get("jobs") or [] if j.get("stage") == stage), None)
+    recorded = record.plan.job(stage) if record.plan else None
     if record.push:
         if planned is None:
             raise SpendRefused(f"{where}: the plan has no {stage} job; nothing submitted")
-        if recorded is not None and (recorded.get("flavor"), recorded.get("timeout_seconds")) != \
+        if recorded is not None and (recorded.flavor, recorded.timeout_seconds) != \
                 (planned.flavor, planned.timeout_seconds):
-            raise SpendRefused(f"{where}: the record plans {stage} on {recorded.get('flavor')} for "
-                               f"{recorded.get('timeout_seconds')} s, the recipe's plan on {planned.flavor} for "
+            raise SpendRefused(f"{where}: the record plans {stage} on {recorded.flavor} for "
+                               f"{recorded.timeout_seconds} s, the recipe's plan on {planned.flavor} for "
                                f"{planned.timeout_seconds} s; not submitting")
     setattr(record.configs, stage, expected)
     bundle = {}
@@ -502,26 +503,27 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
 
 def _trained(step: Step, record: RunRecord) -> None:
     config = _config(record, "train")
-    summary = step.backend.summary(config)
-    problem = outputs.missing_model(step.backend, config, summary)
+    raw = step.backend.summary(config)
+    summary, invalid = parse(TrainSummary, raw) if raw is not None else (None, None)
+    problem = invalid or outputs.missing_model(step.backend, config, summary)
     if problem or summary is None:
         return _missing(step, record, "train", problem or "it wrote no summary")
     record.train_summary = summary
-    record.metrics = {k: float(v) for k, v in (summary.get("final_metrics") or {}).items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    record.evaluation = evaluation.from_summary(summary)
+    record.metrics = dict(summary.final_metrics)
+    record.evaluation = summary.evaluation
     record.move("trained")
 
 
 def _converted(step: Step, record: RunRecord) -> None:
     config = _config(record, "gguf")
-    summary = step.backend.summary(config)
-    problem = outputs.missing_ggufs(step.backend, config, summary)
-    if problem:
-        return _missing(step, record, "gguf", problem)
+    raw = step.backend.summary(config)
+    summary, invalid = parse(GgufSummary, raw) if raw is not None else (None, None)
+    problem = invalid or outputs.missing_ggufs(step.backend, config, summary)
+    if problem or summary is None:
+        return _missing(step, record, "gguf", problem or "it wrote no summary")
     record.gguf_summary = summary
-    if (summary or {}).get("skipped"):
-        step.echo(f"[gguf] not converted: {summary['skipped']}")
+    if summary.skipped:
+        step.echo(f"[gguf] not converted: {summary.skipped}")
     record.links["gguf"] = f"https://huggingface.co/{config.repo}" if config.repo else config.output_dir
     record.move("converted")
 
@@ -549,8 +551,8 @@ def _record(step: Step, record: RunRecord) -> None:
     if record.recipe_sha256 != sha256_file(loaded.path):
         step.echo(f"[record] note: {loaded.display} changed since run {record.run_id} started")
     card_dir = step.home / "models" / r.name
-    summary = record.train_summary or {}
-    png = card.loss_plot_png(summary.get("log_history") or [], f"{r.name} ({r.method.upper()})")
+    history = record.train_summary.log_history if record.train_summary else []
+    png = card.loss_plot_png(history, f"{r.name} ({r.method.upper()})")
     if png:
         ledger.atomic_write(card_dir / "loss.png", png)
     text = card.build(loaded, record, has_plot=png is not None)
@@ -575,7 +577,7 @@ def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
     check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]
     record = RunRecord(run_id="dry-run", recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
                        version=recipe_version(loaded), commit=git_commit(loaded.root), backend=engine.name,
-                       plan=plan.model_dump(mode="json", exclude={"warnings", "guesses"}), push=push,
+                       plan=plan, push=push,
                        processes=max(plan.devices, 1) if push else 1)
     step = Step(loaded, engine, plan=plan)  # type: ignore[arg-type]
     _fix_configs(step, record)

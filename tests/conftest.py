@@ -108,3 +108,70 @@ def write_recipe(repo: Path, name: str, text: str) -> Path:
     path = repo / "recipes" / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# --- run records: plans and job summaries as the runner types them ---------------------------------------
+
+
+def train_summary_json(**update: object) -> dict:
+    """A training summary with every key runner/jobs/train.py writes (a two-step full SFT run)."""
+    return {"method": "sft", "steps": 2, "epochs": 1.0, "train_runtime_s": 1.5, "tokens_seen": 512,
+            "tokens_per_second": 341.3, "final_metrics": {"train_loss": 1.5, "final_loss": 1.25},
+            "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}], "adapter": False, "vision": False,
+            "world_size": 1, "setup": None, "peak_memory_bytes": 1 << 30, "pushed": None, "evaluation": None} | update
+
+
+def gguf_summary_json(files: list[dict], **update: object) -> dict:
+    """A GGUF summary with every key runner/jobs/gguf.py writes, for `files` (quantization, path, bytes...)."""
+    return {"files": files, "merged_adapter": False, "imatrix": None,
+            "chat_template": {"checked": False, "reason": "the tokenizer has no chat template"},
+            "modelfile": "output/gguf/Modelfile", "ollama_template": False, "card": "output/gguf/README.md",
+            "seconds": {"convert": 1.0}, "hub_repo": None, "commit": None, "vision": False} | update
+
+
+def a_plan(**update: object):
+    """A plan as the record keeps it: a small SFT run on cpu-basic (only what a test names matters)."""
+    from runner.formats import MethodVerdict
+    from runner.plan import Plan, PlannedJob
+
+    job = PlannedJob(stage="train", flavor="cpu-basic", timeout_seconds=1800, usd_per_hour=0.01, hours=0.1,
+                     cost_usd=0.001, max_cost_usd=0.005)
+    fields = {"recipe": "recipes/x.yaml", "name": "x", "method": "sft", "base_model": "./examples/tiny-model",
+              "params": 1000, "params_source": "config", "active_params": 1000, "lora": False, "learning_rate": 2e-5,
+              "dataset": MethodVerdict(status="ready", reason="ok"), "rows": 100, "tokens": 10_000,
+              "flavor": "cpu-basic", "strategy": "single", "devices": 1, "memory_gb": 1.0, "memory_capacity_gb": 16.0,
+              "fits": True, "hours": 0.1, "train_cost_usd": 0.001, "gguf_cost_usd": 0.0, "cost_usd": 0.001,
+              "max_cost_usd": 0.005, "timeout_seconds": 1800, "budget_usd": 1.0, "within_budget": True,
+              "jobs": [job], "refusal": None, "runner_minutes": 10.0, "output_repo": None,
+              "price_source": "built-in price table"}
+    return Plan.model_validate(fields | update)
+
+
+def keys_outside(model: type, raw: object) -> list[str]:
+    """Keys of a job's raw summary JSON that `model` does not read (ignored at the edge, so drift goes unseen)."""
+    parsed = model.model_validate(raw).model_dump(mode="json")
+
+    def walk(raw: object, kept: object, where: str) -> list[str]:
+        if isinstance(raw, dict) and isinstance(kept, dict):
+            return [k2 for k, v in raw.items()
+                    for k2 in ([f"{where}{k}"] if k not in kept else walk(v, kept[k], f"{where}{k}."))]
+        if isinstance(raw, list) and isinstance(kept, list):
+            return [k for i, (a, b) in enumerate(zip(raw, kept)) for k in walk(a, b, f"{where}{i}.")]
+        return []
+
+    return walk(raw, parsed, "")
+
+
+def assert_summaries_read_whole(run: dict) -> None:
+    """The contract between the job scripts and the runner: every key the real jobs of a local `run` wrote in
+    their summaries is one runner/summaries.py reads (unknown keys are ignored at the edge, so only this catches
+    a job script that reports something the runner drops)."""
+    from runner.summaries import GgufSummary, TrainSummary
+
+    for stage, model in (("train", TrainSummary), ("gguf", GgufSummary)):
+        if stage not in run["configs"]:
+            continue
+        raw = json.loads(Path(run["configs"][stage]["summary_path"]).read_text())
+        assert keys_outside(model, raw) == [], f"{stage} summary keys runner/summaries.py does not read"
+        # An evaluation that does not fit is dropped quietly (never worth failing a run); here it must fit.
+        assert (model.model_validate(raw).model_dump().get("evaluation") is None) == (raw.get("evaluation") is None)

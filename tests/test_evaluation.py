@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_jsonl, write_recipe
+from conftest import ROOT, train_summary_json, write_jsonl, write_recipe
 
 from runner import card, jobspec, plan, planning, recipe, render
-from runner.evaluation import Evaluation, from_summary
+from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
+from runner.summaries import TrainSummary
 
 JOB = ROOT / "runner" / "jobs" / "train.py"
 
@@ -183,7 +184,7 @@ def test_benchmark_results_become_scores(job) -> None:
 
 
 def summary_with_evaluation() -> dict:
-    return {"method": "sft", "evaluation": {
+    return train_summary_json(evaluation={
         "held_out": "0.02 of train held out by seed 42, never trained on", "rows": 3,
         "metrics": [{"name": "eval_loss", "before": 5.5, "after": 2.25},
                     {"name": "eval_mean_token_accuracy", "before": 0.1, "after": 0.5}],
@@ -191,16 +192,18 @@ def summary_with_evaluation() -> dict:
                      "reference": "2.", "base": "zz ```rm``` zz", "tuned": "1 + 1 = 2."}],
         "benchmarks": [{"task": "gsm8k", "metric": "exact_match (strict-match)", "value": 0.25, "stderr": 0.04,
                         "limit": 25, "dataset": "openai/gsm8k"}],
-        "benchmark_error": None, "seconds": 1.5}}
+        "benchmark_error": None, "seconds": 1.5})
 
 
 def test_card_comment_and_status_show_before_and_after(tmp_path: Path, cli) -> None:
     from huggingface_hub import ModelCard
 
-    summary = summary_with_evaluation()
-    ev = from_summary(summary)
+    summary = TrainSummary.model_validate(summary_with_evaluation())
+    ev = summary.evaluation
     assert isinstance(ev, Evaluation) and ev.phrase() == "eval loss 5.5 -> 2.25"
-    assert from_summary({"evaluation": {"rows": "many"}}) is None and from_summary({}) is None
+    # An unreadable evaluation is dropped: it must not cost the run its trained model.
+    assert TrainSummary.model_validate(train_summary_json(evaluation={"rows": "many"})).evaluation is None
+    assert TrainSummary.model_validate(train_summary_json()).evaluation is None
 
     (tmp_path / "recipes").mkdir()
     write_jsonl(tmp_path / "data" / "d.jsonl", rows(10))

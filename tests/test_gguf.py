@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, keys_outside
 from hubstub import HubStub
 from test_jobs import JOBS, job_env
 
@@ -89,6 +89,14 @@ def test_two_quantizations_with_imatrix_give_both_files_the_modelfile_and_the_ca
     assert "blk.0.attn_q.weight.in_sum2" in names and "blk.1.ffn_down.weight.counts" in names
     assert len(names) == 2 * summary["imatrix"]["matrices"] == 2 * 2 * 7  # 2 blocks x q,k,v,o,gate,up,down
     assert summary["imatrix"]["tokens"] >= 512 and summary["imatrix"]["dataset"] == "sft.jsonl"
+
+
+def test_the_runner_reads_every_key_of_the_summary(imatrix_run: dict) -> None:
+    from runner.summaries import GgufSummary
+
+    # imatrix, the template check with its messages, a Hub commit: the parts only this run writes
+    assert keys_outside(GgufSummary, imatrix_run["summary"]) == []
+    assert GgufSummary.model_validate(imatrix_run["summary"]).imatrix is not None
 
 
 def test_chat_template_check_passes_for_the_example_model(imatrix_run: dict) -> None:

@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, gguf_summary_json, train_summary_json
 from hubstub import HubStub, JobScript
 
 from runner.cli import main
 
 TOKEN = "test-only-not-a-token-hub-runner"  # distinctive, so a leak is easy to grep for
-SUMMARY = {"method": "sft", "steps": 2, "tokens_seen": 512, "final_metrics": {"train_loss": 1.5, "final_loss": 1.25},
-           "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}], "adapter": False}
-GGUF_SUMMARY = {"files": [{"quantization": "Q4_K_M", "path": "output/gguf/tiny-sft-Q4_K_M.gguf", "bytes": 1000,
-                           "sha256": "0" * 64, "smoke_test": "hi"}], "merged_adapter": False}
+SUMMARY = train_summary_json()
+GGUF_SUMMARY = gguf_summary_json([{"quantization": "Q4_K_M", "path": "output/gguf/tiny-sft-Q4_K_M.gguf", "bytes": 1000,
+                                   "sha256": "0" * 64, "smoke_test": "hi", "imatrix": False}])
 
 
 @pytest.fixture

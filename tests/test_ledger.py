@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import a_plan, gguf_summary_json, train_summary_json
 
 from runner import ledger
 from runner.ledger import RunRecord
+from runner.summaries import GgufSummary, TrainSummary
 
 
 def record(run_id: str = "r1") -> RunRecord:
@@ -68,3 +70,38 @@ def test_record_round_trips_as_json(tmp_path: Path) -> None:
     ledger.save(tmp_path, r, "x")
     doc = json.loads(ledger.runs_path(tmp_path, "x").read_text())
     assert doc["name"] == "x" and doc["runs"][0]["metrics"] == {"train_loss": 1.5}
+
+
+def test_plan_and_summaries_round_trip_typed(tmp_path: Path) -> None:
+    r = record()
+    r.plan = a_plan(warnings=["a warning"], guesses=["tokens"])
+    r.train_summary = TrainSummary.model_validate(train_summary_json(
+        pushed={"repo": "alice/x", "commit": "c" * 40}, adapter=True,
+        log_history=[{"step": 1, "loss": 2.0, "learning_rate": 1e-4}, {"train_runtime": 1.5, "epoch": 1.0}]))
+    r.gguf_summary = GgufSummary.model_validate(gguf_summary_json([
+        {"quantization": "Q4_K_M", "path": "out/x-Q4_K_M.gguf", "bytes": 10, "sha256": "0" * 64, "smoke_test": "hi",
+         "imatrix": True},
+        {"quantization": "F16", "kind": "mmproj", "path": "out/x-mmproj-F16.gguf", "bytes": 5, "sha256": "1" * 64,
+         "smoke_test": "a vision encoder"}], imatrix={"file": "x-imatrix.gguf", "dataset": "d.jsonl", "chunks": 2,
+                                                      "chunk_size": 512, "tokens": 1024, "matrices": 14, "bytes": 99}))
+    ledger.save(tmp_path, r, "x")
+    back = ledger.read(tmp_path, "x").runs[0]
+    assert back == r
+    assert back.plan is not None and back.plan.job("train").flavor == "cpu-basic" and back.plan.warnings == ["a warning"]
+    assert back.train_summary.pushed.commit == "c" * 40 and back.gguf_summary.projector.name == "x-mmproj-F16.gguf"
+    assert [f.name for f in back.gguf_summary.models] == ["x-Q4_K_M.gguf"]
+
+
+def test_a_record_from_before_typed_plans_still_loads(tmp_path: Path) -> None:
+    """Records kept their plan without warnings and guesses, and summaries from older job scripts lack later keys."""
+    r = record()
+    r.plan = a_plan()
+    doc = json.loads(r.model_dump_json())
+    del doc["plan"]["warnings"], doc["plan"]["guesses"]
+    doc["train_summary"] = {k: v for k, v in train_summary_json().items()
+                            if k not in ("vision", "setup", "pushed", "evaluation")}
+    doc["gguf_summary"] = {"files": [], "merged_adapter": False, "seconds": {}, "hub_repo": None}
+    ledger.runs_path(tmp_path, "x").parent.mkdir()
+    ledger.runs_path(tmp_path, "x").write_text(json.dumps({"name": "x", "runs": [doc]}))
+    back = ledger.read(tmp_path, "x").runs[0]
+    assert back.plan.warnings == [] and back.train_summary.pushed is None and back.gguf_summary.files == []

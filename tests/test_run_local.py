@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_summaries_read_whole
 
 pytest.importorskip("trl")
 pytest.importorskip("llama_cpp")
@@ -101,6 +101,7 @@ def assert_recorded(repo: Path, name: str, method: str, *, adapter: bool) -> dic
     assert summary["method"] == method and summary["adapter"] is adapter
     assert all(math.isfinite(v) for v in run["metrics"].values()) and run["metrics"]
     assert set(run["seconds"]) >= {"train", "gguf", "record"}
+    assert_summaries_read_whole(run)  # SFT (imatrix quantizations), LoRA, DPO, GRPO
 
     model_dir = Path(run["links"]["model"])
     assert (model_dir / "adapter_config.json").exists() is adapter

@@ -12,12 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import gguf_summary_json, train_summary_json
 from hubstub import HubStub, JobScript
-from test_hf_backend import GGUF_SUMMARY, SUMMARY, TOKEN, created, hub, record, run, scripted, workspace  # noqa: F401
+from test_hf_backend import (  # noqa: F401
+    GGUF_SUMMARY,
+    SUMMARY,
+    TOKEN,
+    created,
+    hub,
+    record,
+    run,
+    scripted,
+    workspace,
+)
 
 from runner import failures, outputs
-from runner.jobspec import GgufJobConfig, SFTJobConfig
 from runner.backends.local import LocalBackend
+from runner.jobspec import GgufJobConfig, SFTJobConfig
+from runner.summaries import GgufSummary, TrainSummary
 
 HF = ("--backend", "hf")
 
@@ -72,6 +84,35 @@ def test_model_is_checked_at_the_commit_the_job_pushed(hub, workspace, monkeypat
     assert any(r.path.endswith(f"/tree/{commit}") for r in trees), [r.path for r in trees]
 
 
+@pytest.mark.parametrize(("stage", "bad", "named"), [
+    ("train", {"steps": "many"}, "steps: Input should be a valid integer"),
+    ("train", {"pushed": {"commit": "abc"}}, "pushed.repo: Field required"),
+    ("gguf", {"files": [{"quantization": "Q4_K_M"}]}, "files.0.path: Field required"),
+])
+def test_a_summary_that_does_not_fit_fails_the_run_in_one_line(hub, workspace, monkeypatch, capsys, stage, bad,
+                                                               named) -> None:
+    train, gguf = SUMMARY | (bad if stage == "train" else {}), GGUF_SUMMARY | (bad if stage == "gguf" else {})
+    hub.state.job_scripts += [JobScript(summary=train, push=stage == "gguf"), JobScript(summary=gguf)]
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", *HF)
+    assert code == 1 and "Traceback" not in out, out
+    rec = record(workspace)
+    assert rec["state"] == "failed" and rec["failure"]["stage"] == stage
+    assert rec["failure"]["kind"] == "missing_output"
+    reason = rec["failure"]["reason"]
+    assert "COMPLETED, but its summary is not what the job script writes" in reason and named in reason, reason
+    assert "\n" not in reason and reason in out
+    _nothing_published(hub, workspace)
+
+
+def test_a_newer_job_scripts_extra_keys_are_ignored(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts += [JobScript(summary=SUMMARY | {"new_metric": {"x": 1}}),
+                              JobScript(summary=GGUF_SUMMARY | {"new": True})]
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", *HF)
+    assert code == 0, out
+    rec = record(workspace)
+    assert rec["state"] == "recorded" and "new_metric" not in rec["train_summary"]
+
+
 def test_missing_gguf_file_fails_the_conversion_and_no_card_is_pushed(hub, workspace, monkeypatch, capsys) -> None:
     hub.state.job_scripts += [JobScript(summary=SUMMARY), JobScript(push=False, summary=GGUF_SUMMARY)]
     code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", *HF)
@@ -94,19 +135,21 @@ def test_local_outputs_are_checked_on_disk(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "jobs")
     model = tmp_path / "hub" / "local" / "m"
     config = _train_config(output_dir=str(model), summary_path=str(tmp_path / "s.json"))
+    full, lora = (TrainSummary.model_validate(train_summary_json(adapter=a)) for a in (False, True))
     assert outputs.missing_model(backend, config, None) == f"it wrote no summary (expected {tmp_path}/s.json)"
-    assert "does not exist" in outputs.missing_model(backend, config, {"adapter": False})
+    assert "does not exist" in outputs.missing_model(backend, config, full)
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
-    assert "no trained model is in" in outputs.missing_model(backend, config, {"adapter": False})
+    assert "no trained model is in" in outputs.missing_model(backend, config, full)
     (model / "model.safetensors").write_bytes(b"x")
-    assert outputs.missing_model(backend, config, {"adapter": False}) is None
-    assert "adapter_config.json" in outputs.missing_model(backend, config, {"adapter": True})
+    assert outputs.missing_model(backend, config, full) is None
+    assert "adapter_config.json" in outputs.missing_model(backend, config, lora)
     gguf = GgufJobConfig(name="m", model_dir=str(model), quantizations=["q4_k_m", "Q8_0"], dataset_name="d.jsonl",
                          model_id="m", output_dir=str(tmp_path / "g"), summary_path="x")
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "m-Q4_K_M.gguf").write_bytes(b"GGUF")
-    assert outputs.missing_ggufs(backend, gguf, {"files": []}) == f"m-Q8_0.gguf is missing from {tmp_path}/g"
+    nothing = GgufSummary.model_validate(gguf_summary_json([]))
+    assert outputs.missing_ggufs(backend, gguf, nothing) == f"m-Q8_0.gguf is missing from {tmp_path}/g"
 
 
 # --- 2. following never gives up on a job ------------------------------------------------------------

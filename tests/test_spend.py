@@ -10,7 +10,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_jsonl, write_recipe
+from conftest import (
+    ROOT,
+    a_plan,
+    gguf_summary_json,
+    train_summary_json,
+    write_jsonl,
+    write_recipe,
+)
 from hubstub import HubStub, JobScript
 
 from runner import ledger, planning, recipe, runs
@@ -19,10 +26,9 @@ from runner.cli import main
 from runner.plan import billed
 
 TOKEN = "test-only-not-a-token-spend"
-SUMMARY = {"method": "sft", "steps": 2, "tokens_seen": 512, "final_metrics": {"final_loss": 1.25},
-           "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}], "adapter": False}
-GGUF_SUMMARY = {"files": [{"quantization": "Q4_K_M", "path": "output/gguf/x.gguf", "bytes": 1000, "sha256": "0" * 64,
-                           "smoke_test": "hi"}], "merged_adapter": False}
+SUMMARY = train_summary_json(final_metrics={"final_loss": 1.25})
+GGUF_SUMMARY = gguf_summary_json([{"quantization": "Q4_K_M", "path": "output/gguf/x.gguf", "bytes": 1000,
+                                   "sha256": "0" * 64, "smoke_test": "hi", "imatrix": False}])
 
 HUB_MODEL = """\
 name: {name}
@@ -238,8 +244,8 @@ def test_an_untampered_planned_record_is_carried_on_from_the_recipe(hub, workspa
     assert code == 0, out
     [job] = hub.state.jobs.values()
     assert job.spec["labels"]["run"] == rec.run_id
-    assert (job.spec["flavor"], job.spec["timeoutSeconds"]) == (rec.plan["jobs"][0]["flavor"],
-                                                                rec.plan["jobs"][0]["timeout_seconds"])
+    assert (job.spec["flavor"], job.spec["timeoutSeconds"]) == (rec.plan.jobs[0].flavor,
+                                                                rec.plan.jobs[0].timeout_seconds)
     job.cancel.set()
 
 
@@ -257,7 +263,7 @@ def test_submitted_jobs_equal_the_plans_jobs_and_cost_is_running_time(hub, works
     expected = sum(billed(j.running_seconds / 3600, j.usd_per_hour) for j in rec.jobs.values())
     assert all(j.running_seconds and j.running_seconds >= 1800 for j in rec.jobs.values())
     assert rec.cost_usd["actual"] == pytest.approx(expected, abs=1e-4) and rec.cost_usd["actual"] > rec.cost_usd["estimated"]
-    assert rec.cost_usd["max"] == json.loads(json.dumps(rec.plan))["max_cost_usd"]
+    assert rec.cost_usd["max"] == rec.plan.max_cost_usd
     code, out = run(workspace, monkeypatch, capsys, "history", "tiny-sft", "--json")
     doc = json.loads(out)
     [row] = doc["runs"]
@@ -359,10 +365,11 @@ def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli
 
 
 def _past_run(root: Path, i: int, *, estimated_h: float, actual_h: float, method: str = "sft") -> None:
+    plan = a_plan(method=method)
+    plan.jobs[0].hours = estimated_h
     rec = ledger.RunRecord(run_id=f"2026-{i}", recipe="recipes/old.yaml", recipe_sha256="0" * 64, version=str(i),
                            commit=None, backend="hf", push=True, state="recorded",
-                           plan={"method": method, "jobs": [{"stage": "train", "flavor": "cpu-basic",
-                                                            "hours": estimated_h}]},
+                           plan=plan,
                            cost_usd={"estimated": estimated_h * 0.01, "actual": actual_h * 0.01})
     rec.jobs["train"] = ledger.JobRef(id=f"j{i}", backend="hf", flavor="cpu-basic", submitted_at="2026-11-01T00:00:00Z",
                                       running_seconds=actual_h * 3600, usd_per_hour=0.01)

@@ -393,7 +393,7 @@ def test_recipe_knobs_are_validated_with_file_and_line(repo: Path, cli) -> None:
                         ("gradient_checkpointing: 1", "training.gradient_checkpointing")):
         write_recipe(repo, "k", body.format(knob))
         result = cli("validate", "recipes/k.yaml", cwd=repo)
-        assert result.code == 1 and f"recipes/k.yaml:6:" in result.out + result.err and field in result.out + result.err
+        assert result.code == 1 and "recipes/k.yaml:6:" in result.out + result.err and field in result.out + result.err
 
 
 def test_gpu_setups_build_valid_trl_configs(tmp_path: Path) -> None:

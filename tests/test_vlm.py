@@ -14,7 +14,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_jsonl, write_recipe
+from conftest import (
+    ROOT,
+    a_plan,
+    assert_summaries_read_whole,
+    keys_outside,
+    train_summary_json,
+    write_jsonl,
+    write_recipe,
+)
 from hubstub import HubStub
 
 from runner import images, modelfacts, sampling
@@ -292,6 +300,7 @@ def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None
     summary = run["train_summary"]
     assert summary["method"] == "dpo" and summary["vision"] is True and summary["adapter"] is True
     assert summary["steps"] == 4 and all(math.isfinite(v) for v in run["metrics"].values())
+    assert_summaries_read_whole(run)  # a vision model's summaries: the projector file, no template check
     assert (Path(run["links"]["model"]) / "adapter_config.json").exists()
     assert (Path(run["links"]["model"]) / "processor_config.json").exists()  # the processor travels with it
 
@@ -330,16 +339,20 @@ def test_unsupported_vision_architecture_converts_nothing_and_says_so(tmp_path: 
     proc = subprocess.run([sys.executable, str(ROOT / "runner" / "jobs" / "gguf.py"), "--config",
                            str(tmp_path / "job.json")], env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["files"] == [] and "no vision projector (mmproj) support for Idefics2" in summary["skipped"]
+    raw = json.loads((tmp_path / "summary.json").read_text())
+    assert raw["files"] == [] and "no vision projector (mmproj) support for Idefics2" in raw["skipped"]
     assert not list(tmp_path.rglob("*.gguf"))
 
     from runner import card, recipe
     from runner.ledger import RunRecord
+    from runner.summaries import GgufSummary, TrainSummary
 
+    assert keys_outside(GgufSummary, raw) == []  # the summary of a skipped conversion is read whole too
+    summary = GgufSummary.model_validate(raw)
     loaded = recipe.load(ROOT / "recipes" / "tiny-vlm-dpo.yaml")
     record = RunRecord(run_id="r1", recipe="recipes/tiny-vlm-dpo.yaml", recipe_sha256="0" * 64, commit=None,
-                       backend="local", train_summary={"vision": True, "adapter": True}, gguf_summary=summary,
-                       plan={"flavor": "cpu-basic"}, cost_usd={"estimated": 0.0, "actual": 0.0})
+                       backend="local", gguf_summary=summary, plan=a_plan(),
+                       train_summary=TrainSummary.model_validate(train_summary_json(vision=True, adapter=True)),
+                       cost_usd={"estimated": 0.0, "actual": 0.0})
     text = card.build(loaded, record, has_plot=False)
-    assert f"## GGUF\n\nNot converted: {summary['skipped']}." in text
+    assert f"## GGUF\n\nNot converted: {summary.skipped}." in text
