@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
 
+from runner.errors import UserError
 from runner.evaluation import Evaluation
+from runner.jobspec import DPOJobConfig, GRPOJobConfig
 from runner.ledger import RunRecord
-from runner.recipe import LoadedRecipe
+from runner.recipe import looks_local_dataset
 from runner.summaries import GgufSummary, LogEntry
 
 
@@ -76,55 +79,59 @@ def _gguf_lines(gguf: GgufSummary, repo: str | None) -> list[str]:
     return lines + ["", "Or from a local copy:", "", "```bash", local, "```"]
 
 
-def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
-    """The card text (YAML metadata + Markdown) via huggingface_hub's ModelCard."""
+def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
+    """The card text (YAML metadata + Markdown) via huggingface_hub's ModelCard, from the run record alone:
+    what the run fixed when it started (its plan and job configs) and what its jobs reported."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    r = loaded.recipe
+    plan, config = record.plan, record.configs.train
+    if plan is None or config is None:
+        raise UserError(f"run {record.run_id}: the record has no plan or training config to write a card from")
     summary = record.train_summary
     gguf = record.gguf_summary
-    adapter = summary.adapter if summary else False
-    base_is_hub = not r.base_model_is_local
+    adapter = summary.adapter if summary else config.use_peft
+    base_is_hub = not plan.base_model.startswith("./")
+    dataset = plan.dataset_path or config.dataset_name
     vision = summary.vision if summary else False
     data = ModelCardData(
-        base_model=r.base_model if base_is_hub else None,
-        datasets=[r.dataset.path] if not r.dataset.is_local else None,
+        base_model=plan.base_model if base_is_hub else None,
+        datasets=[dataset] if not looks_local_dataset(dataset) else None,
         library_name="peft" if adapter else "transformers",
         license=license,
-        model_name=r.name,
-        tags=["trl", r.method, "recipes-runner"] + (["lora"] if adapter else []) + (
+        model_name=plan.name,
+        tags=["trl", plan.method, "recipes-runner"] + (["lora"] if adapter else []) + (
             ["gguf"] if gguf and gguf.files else []) + (["vision-language"] if vision else []),
         pipeline_tag="image-text-to-text" if vision else "text-generation",
-        eval_results=eval_results(loaded, record.evaluation) or None,
+        eval_results=eval_results(record, dataset) or None,
     )
-    t = r.training
-    lr = record.plan.learning_rate if record.plan else t.learning_rate
-    repo = loaded.output_repo
+    repo = config.repo
     setup = summary.setup if summary else None  # what the job resolved on its device (runner/jobs/train_policy.py)
     if setup:
         batch = (f"{setup.per_device_train_batch_size} x {setup.gradient_accumulation_steps} "
                  f"x {setup.world_size} process(es)")
         packing = "on" if setup.packing else "off"
     else:
-        batch = f"{t.batch_size} x {t.grad_accum}"
-        packing = "auto" if t.packing == "auto" else ("on" if t.packing else "off")
+        batch = f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps}"
+        mode = config.packing_mode
+        packing = "auto" if mode == "auto" else ("on" if mode else "off")
+    max_length = getattr(config, "max_length", None)
     lines = [
-        f"# {r.name}",
+        f"# {plan.name}",
         "",
-        f"Fine-tuned from `{r.base_model}` with TRL {r.method.upper()}"
-        f" ({'LoRA' if adapter else 'full fine-tuning'}) on `{r.dataset.path}`"
-        f" (split `{r.dataset.split}`). Trained from the recipe `{loaded.display}`.",
+        f"Fine-tuned from `{plan.base_model}` with TRL {plan.method.upper()}"
+        f" ({'LoRA' if adapter else 'full fine-tuning'}) on `{dataset}`"
+        f" (split `{config.dataset_train_split}`). Trained from the recipe `{record.recipe}`.",
         "",
         "## Training",
         "",
         "| setting | value |",
         "| --- | --- |",
-        f"| method | {r.method} |",
-        f"| learning rate | {lr} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
-        f"| epochs / max steps | {t.epochs:g} / {t.max_steps or '-'} |",
+        f"| method | {plan.method} |",
+        f"| learning rate | {config.learning_rate} ({config.lr_scheduler_type}, warmup {config.warmup_steps}) |",
+        f"| epochs / max steps | {config.num_train_epochs:g} / {config.max_steps if config.max_steps > 0 else '-'} |",
         f"| batch size x accumulation | {batch} |",
-        f"| max length | {t.max_length} (packing {packing}) |",
-        f"| seed | {t.seed} |",
+        f"| max length | {max_length or '-'} (packing {packing}) |",
+        f"| seed | {config.seed} |",
     ]
     if setup:
         liger = "on" if setup.use_liger_kernel else "off"
@@ -132,12 +139,12 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
                      f"{setup.attn_implementation} attention, Liger {liger}, "
                      f"{setup.strategy} on {setup.device} |")
     if adapter:
-        a = r.adapter
-        lines.append(f"| LoRA | r={a.r}, alpha={a.alpha}, dropout={a.dropout}, targets {a.target_modules} |")
-    if r.method == "dpo":
-        lines.append(f"| DPO beta | {t.beta if t.beta is not None else 'TRL default'} |")
-    if r.method == "grpo":
-        names = [w.builtin or f"{w.file}:{w.function}" for w in r.rewards]
+        lines.append(f"| LoRA | r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
+                     f"targets {config.lora_target_modules} |")
+    if isinstance(config, DPOJobConfig):
+        lines.append(f"| DPO beta | {config.beta} |")
+    if isinstance(config, GRPOJobConfig):
+        names = [w.name or f"{Path(w.path or '').name}:{w.function}" for w in config.rewards]
         lines.append(f"| GRPO rewards | {', '.join(names)} |")
     lines += ["", "## Results", ""]
     if record.metrics:
@@ -149,17 +156,16 @@ def build(loaded: LoadedRecipe, record: RunRecord, *, has_plot: bool, license: s
     if has_plot:
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
-        lines += evaluation_section(record.evaluation, r.base_model,
-                                    record.configs.train.evaluation.model_dump() if record.configs.train else {})
+        lines += evaluation_section(record.evaluation, plan.base_model, config.evaluation.model_dump())
     if gguf and gguf.skipped:
         lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
     if gguf and gguf.models:
         lines += _gguf_lines(gguf, repo)
     lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
               f"| run | `{record.run_id}` ({record.backend} backend) |",
-              f"| recipe | `{loaded.display}` (sha256 `{record.recipe_sha256[:16]}`) |",
+              f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
               f"| commit | `{record.commit or 'not a git checkout'}` |",
-              f"| dataset revision | `{r.dataset.revision or 'latest'}` |"]
+              f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())
         lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}`{modules} |")
@@ -217,15 +223,16 @@ def evaluation_section(ev: Evaluation, base_model: str, settings: dict[str, Any]
     return lines
 
 
-def eval_results(loaded: LoadedRecipe, ev: Evaluation | None) -> list:
+def eval_results(record: RunRecord, dataset: str) -> list:
     """The tuned model's scores as `model-index` entries, which the Hub shows on the model page."""
-    if ev is None:
+    ev, config = record.evaluation, record.configs.train
+    if ev is None or config is None:
         return []
     from huggingface_hub import EvalResult
 
-    d = loaded.recipe.dataset
-    out = [EvalResult(task_type="text-generation", dataset_type=d.path, dataset_name=f"{d.path} (held out)",
-                      dataset_config=d.config, dataset_split=d.eval_split or d.split, metric_type=m.name,
+    out = [EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=f"{dataset} (held out)",
+                      dataset_config=config.dataset_config,
+                      dataset_split=config.dataset_test_split or config.dataset_train_split, metric_type=m.name,
                       metric_name=m.label, metric_value=round(m.after, 6))
            for m in ev.metrics if m.after is not None]
     out += [EvalResult(task_type="text-generation", dataset_type=b.dataset or b.task, dataset_name=b.task,

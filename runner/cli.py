@@ -254,7 +254,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from runner import recipe, runs
+    from runner import runs
 
     name, record, _ = _latest(args.recipe)
     if record.terminal:
@@ -264,8 +264,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     running = record.state in ("training", "converting")
     if running:
         backend.cancel(_current_job(record)[1])
-    # No plan: cancelling carries the run to its end and never submits the next job.
-    step = runs.Step(recipe.load(Path.cwd() / record.recipe), backend, _progress_printer())
+    # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
+    step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd())
     try:
         record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
     except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
@@ -275,31 +275,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reconcile_step(root: Path, record, token: str | None, prices):
-    """The step that carries a recorded run on: the recipe as of the run's commit, and its fresh plan.
+def _reconcile_step(root: Path, name: str, record, token: str | None, prices):
+    """The step that carries a recorded run on, from what the run fixed when it started.
 
-    What a reconcile may submit (a GGUF job, or a training job whose record is `planned`) is derived
-    from that recipe and gated again, never read from the record; without a plan it submits nothing.
+    A local run needs nothing else: its recipe may since have changed or gone. What a Hub run may
+    submit (a GGUF job, or a training job whose record is `planned`) is also derived from the recipe
+    as of the run's commit and gated again; without that recipe and a plan it submits nothing.
     """
     from runner import planning, recipe, runs
 
     echo = _progress_printer()
+    if not record.push:
+        return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root)
     rel = Path(record.recipe)
     if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
         raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
     backend = _backend(record.backend, root, _repo(record))
-    source = runs.snapshot(root, record.commit) if record.push else None
-    if record.push and source is None:
+    source = runs.snapshot(root, record.commit)
+    if source is None:
         echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
              "following its jobs only (fetch the full history to let it submit)")
-    base = source or root
-    loaded = recipe.load(base / record.recipe, root=base)
+        return runs.Step(None, backend, echo, name=name, root=root)
+    loaded = recipe.load(source / record.recipe, root=source)
     plan = None
-    if source is not None or not record.push:
-        try:
-            plan = planning.plan_recipe(loaded, token=token, price_table=prices)
-        except UserError as e:
-            echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
+    try:
+        plan = planning.plan_recipe(loaded, token=token, price_table=prices)
+    except UserError as e:
+        echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
     return runs.Step(loaded, backend, echo, plan=plan, root=root)
 
 
@@ -315,7 +317,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
                 prices = prices or planning.prices(token)
-                step = _reconcile_step(root, record, token, prices)
+                step = _reconcile_step(root, group.name, record, token, prices)
                 record = runs.drive(record, step, wait=args.wait)
             except runs.RunBusy:
                 print(f"{group.name}: run {record.run_id} is being advanced by another runner process")

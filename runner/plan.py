@@ -159,6 +159,7 @@ class Plan(BaseModel):
     name: str
     method: str
     base_model: str
+    dataset_path: str = ""  # as the recipe names it (a Hub id, or a file in the repo)
     params: int
     params_source: str
     active_params: int  # per token (less than params for mixture-of-experts): what compute is priced on
@@ -663,7 +664,8 @@ def plan(
     within = budget is not None and refusal is None
 
     return Plan(
-        recipe=loaded.display, name=r.name, method=r.method, base_model=r.base_model, params=facts.params,
+        recipe=loaded.display, name=r.name, method=r.method, base_model=r.base_model, dataset_path=r.dataset.path,
+        params=facts.params,
         params_source=facts.source, active_params=facts.compute_params, lora=lora, learning_rate=lr, dataset=verdict, rows=rows,
         tokens=int(chosen.tokens if chosen else 0), flavor=chosen.flavor.name if chosen else None,
         strategy=chosen.strategy if chosen else None, devices=chosen.flavor.devices if chosen else 0,

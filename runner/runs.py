@@ -101,12 +101,15 @@ class SpendRefused(UserError):
 class Step:
     """Everything `advance` needs besides the record.
 
-    `loaded` is the recipe as the runner's own code reads it (for a reconcile, as of the record's
-    commit) and `plan` its fresh plan: every submission is derived from these two and checked by the
-    spend gate, never taken from the run record. Without a plan, the step carries jobs on but submits none.
+    A run carries on with what it fixed when it started (its job configs and plan, in the record).
+    For the Hugging Face backend `loaded` is also the recipe as the runner's own code reads it, as of
+    the record's commit, and `plan` its fresh plan: a Hub submission is derived from these two as
+    well and checked by the spend gate, so an edited record cannot spend; without them a Hub run's
+    jobs are followed but none is submitted. A local run needs neither: its recipe file may since
+    have changed or gone.
     """
 
-    loaded: LoadedRecipe
+    loaded: LoadedRecipe | None
     backend: Backend
     echo: Echo = print
     plan: Plan | None = None
@@ -116,7 +119,15 @@ class Step:
     started: float = field(default_factory=time.monotonic)
     on_update: Callable[[RunRecord], None] | None = None  # the live comment: at every state, and on progress
     update_every: float = 120.0  # seconds between progress updates
+    name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loaded is not None:
+            self.name = self.name or self.loaded.recipe.name
+            self.root = self.root or self.loaded.root
+        if not self.name or self.root is None:
+            raise ValueError("a Step needs a loaded recipe, or a name and a root")
 
     def updated(self, record: RunRecord, *, progress: bool = False) -> None:
         """Tell the live view; progress only every `update_every` seconds (a state change always)."""
@@ -133,7 +144,8 @@ class Step:
 
     @property
     def home(self) -> Path:
-        return self.root or self.loaded.root
+        assert self.root is not None  # set in __post_init__
+        return self.root
 
 
 def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
@@ -247,6 +259,7 @@ def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
 def _fix_configs(step: Step, record: RunRecord) -> None:
     """Fix every job's config at the start: later steps read these, whatever the recipe file says by then."""
     record.configs = JobConfigs(train=_derived_config(step, record, "train"))
+    assert step.loaded is not None
     if step.loaded.recipe.gguf.enabled:
         record.configs = JobConfigs(train=record.configs.train, gguf=_derived_config(step, record, "gguf"))
 
@@ -254,7 +267,7 @@ def _fix_configs(step: Step, record: RunRecord) -> None:
 def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
     """The job's config as the runner's code derives it from the recipe and its plan (never from the record)."""
     loaded, plan = step.loaded, step.plan
-    assert plan is not None
+    assert loaded is not None and plan is not None
     if stage == "train":
         places = _places(step.backend, loaded, record.run_id, step.hub_dir)
         return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume)
@@ -263,15 +276,23 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
 
 
 def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
-    """The job to submit, derived from the recipe and re-checked by the spend gate; a record that disagrees is refused.
+    """The job to submit: the config the run fixed at its start; on the Hub also derived again from the
+    recipe and re-checked by the spend gate, and refused where the record disagrees.
 
     Run records are data any merged pull request can edit: they may say what a run was, never what
-    is submitted next. So the version, the output repo, the job config and the planned flavor and
-    timeout must all equal what the recipe gives today, or nothing is submitted.
+    is submitted next on the Hub. So there the version, the output repo, the job config and the planned
+    flavor and timeout must all equal what the recipe at the run's commit gives, or nothing is submitted.
     """
-    loaded, plan = step.loaded, step.plan
     where = f"run {record.run_id} ({record.recipe})"
-    if plan is None:
+    fixed = getattr(record.configs, stage)
+    if fixed is None:
+        raise SpendRefused(f"{where}: the run fixed no {stage} job config when it started; not submitting one")
+    if not record.push:  # this machine's time: nothing is billed, and the record is this machine's own
+        timeout = (record.plan.timeout_seconds if record.plan else None) if stage == "train" else LOCAL_GGUF_TIMEOUT
+        return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage),
+                       timeout_seconds=timeout, processes=record.processes if stage == "train" else 1)
+    loaded, plan = step.loaded, step.plan
+    if loaded is None or plan is None:
         raise SpendRefused(f"{where}: no plan derived from the recipe; not submitting the {stage} job from a record")
     check_spend(plan, step.backend, where)
     version = recipe_version(loaded)
@@ -279,40 +300,28 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
         raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
                            f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
     train = record.configs.train
-    if record.push and (train.repo if train else None) != loaded.output_repo:
+    if (train.repo if train else None) != loaded.output_repo:
         raise SpendRefused(f"{where}: the record's output repo differs from the recipe's ({loaded.output_repo}); "
                            f"not submitting the {stage} job")
-    if stage == "gguf" and record.configs.gguf is None:
-        raise SpendRefused(f"{where}: the run fixed no GGUF job when it started; not submitting one")
     expected = _derived_config(step, record, stage)
-    fixed = getattr(record.configs, stage)
-    if fixed is not None and fixed != expected:
+    if fixed != expected:
         theirs, ours = fixed.model_dump(), expected.model_dump()
         keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise SpendRefused(f"{where}: the record's {stage} job config differs from the recipe's "
                            f"({', '.join(keys)}); not submitting")
     planned = plan.job(stage)
     recorded = record.plan.job(stage) if record.plan else None
-    if record.push:
-        if planned is None:
-            raise SpendRefused(f"{where}: the plan has no {stage} job; nothing submitted")
-        if recorded is not None and (recorded.flavor, recorded.timeout_seconds) != \
-                (planned.flavor, planned.timeout_seconds):
-            raise SpendRefused(f"{where}: the record plans {stage} on {recorded.flavor} for "
-                               f"{recorded.timeout_seconds} s, the recipe's plan on {planned.flavor} for "
-                               f"{planned.timeout_seconds} s; not submitting")
-    setattr(record.configs, stage, expected)
-    bundle = {}
-    if record.push:
-        bundle = {"bundle_repo": loaded.output_repo, "bundle_dir": bundle_dir(record.run_id),
-                  "files": {k: str(v) for k, v in shipped_files(loaded).items()}}
-    if planned is not None:
-        flavor, timeout = planned.flavor, planned.timeout_seconds
-    else:  # the local backend: this machine, with the plan's training timeout
-        flavor, timeout = None, plan.timeout_seconds if stage == "train" else LOCAL_GGUF_TIMEOUT
-    return JobSpec(script=stage, config=expected, labels=_labels(record, loaded.recipe.name, stage),
-                   flavor=flavor if record.push else None, timeout_seconds=timeout,
-                   processes=record.processes if stage == "train" else 1, **bundle)
+    if planned is None:
+        raise SpendRefused(f"{where}: the plan has no {stage} job; nothing submitted")
+    if recorded is not None and (recorded.flavor, recorded.timeout_seconds) != \
+            (planned.flavor, planned.timeout_seconds):
+        raise SpendRefused(f"{where}: the record plans {stage} on {recorded.flavor} for "
+                           f"{recorded.timeout_seconds} s, the recipe's plan on {planned.flavor} for "
+                           f"{planned.timeout_seconds} s; not submitting")
+    return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage), flavor=planned.flavor,
+                   timeout_seconds=planned.timeout_seconds, processes=record.processes if stage == "train" else 1,
+                   bundle_repo=loaded.output_repo, bundle_dir=bundle_dir(record.run_id),
+                   files={k: str(v) for k, v in shipped_files(loaded).items()})
 
 
 def _submit(step: Step, record: RunRecord, stage: str) -> None:
@@ -323,15 +332,15 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
     # retrying is a deliberate act (`runner run --retry`), which is a new attempt.
     if stage == "train" and record.attempt > 1:
         _check_retry(step, record)
-    found = step.backend.find(_identity(step.loaded.recipe.name, record.version, stage, record.attempt),
+    found = step.backend.find(_identity(step.name, record.version, stage, record.attempt),
                               include_failed=True)
     if found and found.stage in ("ERROR", "CANCELED", "DELETED"):
         reason = (f"this recipe version's {stage} job {found.id} already ended {found.stage}; a re-trigger does not "
                   "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry`")
         record.failure = Failure(stage=stage, reason=reason)
         record.move("failed")  # what happened: this run submitted nothing
-        ledger.save(step.home, record, step.loaded.recipe.name)
-        raise SpendRefused(f"{step.loaded.display}: {reason}")
+        ledger.save(step.home, record, step.name)
+        raise SpendRefused(f"{record.recipe}: {reason}")
     if found and found.config:
         setattr(record.configs, stage, found.config)
         job_id = found.id
@@ -350,7 +359,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
 
 def _check_retry(step: Step, record: RunRecord) -> None:
     """Attempt N trains only after attempt N-1 of this version failed: an edited record cannot buy another run."""
-    newest = step.backend.find(_identity(step.loaded.recipe.name, record.version, "train"), include_failed=True)
+    newest = step.backend.find(_identity(step.name, record.version, "train"), include_failed=True)
     if newest and newest.labels.get("attempt", "1") == str(record.attempt):
         return  # this attempt's own job: adopted below
     if newest is None or newest.stage not in ("ERROR", "CANCELED", "DELETED") or \
@@ -381,7 +390,7 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     if status.running_seconds is not None:
         job.running_seconds = status.running_seconds
     if not status.finished:
-        ledger.save(step.home, record, step.loaded.recipe.name)  # the last seen stage survives this process
+        ledger.save(step.home, record, step.name)  # the last seen stage survives this process
         return None
     job.finished_at = ledger.now()
     submitted = time.mktime(time.strptime(job.submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
@@ -467,8 +476,6 @@ def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
 
 def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
     """Move the run one step and save it. Returns False when it must wait for a job to finish."""
-    loaded = step.loaded
-    r = loaded.recipe
     state = record.state
     if state == "planned":
         if not record.push and record.configs.train:
@@ -496,7 +503,7 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         _record(step, record)
     else:
         return False
-    ledger.save(step.home, record, r.name)
+    ledger.save(step.home, record, step.name)
     step.updated(record)
     return True
 
@@ -545,17 +552,15 @@ def _local_gguf_places(record: RunRecord) -> Places:
 
 def _record(step: Step, record: RunRecord) -> None:
     """Write the model card (and loss plot) into the repo, and beside the weights."""
-    loaded = step.loaded
-    r = loaded.recipe
     start = time.monotonic()
-    if record.recipe_sha256 != sha256_file(loaded.path):
-        step.echo(f"[record] note: {loaded.display} changed since run {record.run_id} started")
-    card_dir = step.home / "models" / r.name
+    name = step.name
+    card_dir = step.home / "models" / name
     history = record.train_summary.log_history if record.train_summary else []
-    png = card.loss_plot_png(history, f"{r.name} ({r.method.upper()})")
+    method = record.plan.method if record.plan else "?"
+    png = card.loss_plot_png(history, f"{name} ({method.upper()})")
     if png:
         ledger.atomic_write(card_dir / "loss.png", png)
-    text = card.build(loaded, record, has_plot=png is not None)
+    text = card.build(record, has_plot=png is not None)  # what the run fixed and did, whatever the recipe says now
     ledger.atomic_write(card_dir / "README.md", text)
     # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights).
     step.backend.publish(_config(record, "train"), {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
@@ -563,7 +568,7 @@ def _record(step: Step, record: RunRecord) -> None:
     record.links["card"] = str((card_dir / "README.md").relative_to(step.home))
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
-    step.echo(f"[done] {r.name}: card {record.links['card']}, record runs/{r.name}.json")
+    step.echo(f"[done] {name}: card {record.links['card']}, record runs/{name}.json")
 
 
 def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
@@ -619,22 +624,22 @@ def snapshot(root: Path, commit: str | None) -> Path | None:
 
 def cancel(record: RunRecord, step: Step) -> RunRecord:
     """End a run that has no running job (between jobs): it is canceled and submits nothing more."""
-    with run_lock(step.home, step.loaded.recipe.name) as mine:
+    with run_lock(step.home, step.name) as mine:
         if not mine:
-            raise RunBusy(f"another runner process is advancing {step.loaded.recipe.name}; try again later")
+            raise RunBusy(f"another runner process is advancing {step.name}; try again later")
         if not record.terminal:
             record.move("canceled")
-            ledger.save(step.home, record, step.loaded.recipe.name)
+            ledger.save(step.home, record, step.name)
     return record
 
 
 def drive(record: RunRecord, step: Step, *, wait: bool) -> RunRecord:
     """Advance until the run is terminal, or (not waiting) until it waits on a running job."""
-    with run_lock(step.home, step.loaded.recipe.name) as mine:
+    with run_lock(step.home, step.name) as mine:
         if not mine:
-            raise RunBusy(f"another runner process is advancing {step.loaded.recipe.name}; try again later")
+            raise RunBusy(f"another runner process is advancing {step.name}; try again later")
         # Another process may have moved the run while we waited for the lock: start from what is on disk.
-        saved = {r.run_id: r for r in ledger.read(step.home, step.loaded.recipe.name).runs}
+        saved = {r.run_id: r for r in ledger.read(step.home, step.name).runs}
         record = saved.get(record.run_id, record)
         while not record.terminal and advance(record, step, wait=wait):
             if step.time_left() is not None and step.time_left() <= 0:

@@ -214,8 +214,8 @@ def test_card_comment_and_status_show_before_and_after(tmp_path: Path, cli) -> N
                                  push=False).model_copy(update={"evaluation": recipe.Evaluation(max_new_tokens=64)})
     record = RunRecord(run_id="r1", recipe="recipes/ev.yaml", recipe_sha256="0" * 64, commit=None, backend="local",
                        state="recorded", train_summary=summary, evaluation=ev, cost_usd={"estimated": 0.01},
-                       configs=jobspec.JobConfigs(train=train))
-    text = card.build(loaded, record, has_plot=False)
+                       plan=plan, configs=jobspec.JobConfigs(train=train))
+    text = card.build(record, has_plot=False)
     (tmp_path / "README.md").write_text(text)
     loaded_card = ModelCard.load(tmp_path / "README.md")
     results = {(r.metric_type, r.metric_value) for r in loaded_card.data.eval_results}

@@ -276,3 +276,23 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_final_step(work
     assert resumed["state"] == "recorded" and resumed["train_summary"]["steps"] == 150
     log = (workspace / ".runner" / "jobs" / resumed["jobs"]["train"]["id"] / "log.txt").read_text()
     assert "resuming from" in log and "checkpoint-" in log
+
+
+def test_a_run_carries_on_from_what_it_fixed_when_the_recipe_changes_then_goes(workspace: Path) -> None:
+    """Later steps (GGUF, card, reconcile) read the run's own configs: an edited, then deleted, recipe changes nothing."""
+    path = variant(workspace, "tiny-sft", "tiny-fixed", replace=("max_steps: 30", "max_steps: 4"))
+    text = (workspace / path).read_text().replace("[Q4_K_M, IQ4_XS]", "[Q8_0]").replace("imatrix: true", "imatrix: false")
+    (workspace / path).write_text(text)
+    started = runner(workspace, path, "--detach")
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert last_run(workspace, "tiny-fixed")["state"] == "training"
+    (workspace / path).write_text(text.replace("max_steps: 4", "max_steps: 99").replace("[Q8_0]", "[F16]"))
+    (workspace / path).unlink()
+    proc = subprocess.run([sys.executable, "-m", "runner", "reconcile", "--wait"], cwd=workspace, env=env(),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = last_run(workspace, "tiny-fixed")
+    assert run["state"] == "recorded" and run["train_summary"]["steps"] == 4
+    assert [f["quantization"] for f in run["gguf_summary"]["files"]] == ["Q8_0"]
+    card = (workspace / "models" / "tiny-fixed" / "README.md").read_text()
+    assert "| epochs / max steps | 1 / 4 |" in card and "tiny-fixed-Q8_0.gguf" in card

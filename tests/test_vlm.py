@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import (
     ROOT,
-    a_plan,
     assert_summaries_read_whole,
     keys_outside,
     train_summary_json,
@@ -343,16 +342,19 @@ def test_unsupported_vision_architecture_converts_nothing_and_says_so(tmp_path: 
     assert raw["files"] == [] and "no vision projector (mmproj) support for Idefics2" in raw["skipped"]
     assert not list(tmp_path.rglob("*.gguf"))
 
-    from runner import card, recipe
+    from runner import card, jobspec, planning, recipe
     from runner.ledger import RunRecord
     from runner.summaries import GgufSummary, TrainSummary
 
     assert keys_outside(GgufSummary, raw) == []  # the summary of a skipped conversion is read whole too
     summary = GgufSummary.model_validate(raw)
     loaded = recipe.load(ROOT / "recipes" / "tiny-vlm-dpo.yaml")
+    plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
+    train = jobspec.train_config(loaded, plan, "r1", jobspec.Places(tmp_path / "m", tmp_path / "g", tmp_path),
+                                 push=False)
     record = RunRecord(run_id="r1", recipe="recipes/tiny-vlm-dpo.yaml", recipe_sha256="0" * 64, commit=None,
-                       backend="local", gguf_summary=summary, plan=a_plan(),
+                       backend="local", gguf_summary=summary, plan=plan, configs=jobspec.JobConfigs(train=train),
                        train_summary=TrainSummary.model_validate(train_summary_json(vision=True, adapter=True)),
                        cost_usd={"estimated": 0.0, "actual": 0.0})
-    text = card.build(loaded, record, has_plot=False)
+    text = card.build(record, has_plot=False)
     assert f"## GGUF\n\nNot converted: {summary.skipped}." in text
