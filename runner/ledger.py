@@ -26,7 +26,7 @@ from runner.summaries import GgufSummary, TrainSummary
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
 NEXT: dict[str, tuple[str, ...]] = {
-    "planned": ("training", "failed", "canceled"),
+    "planned": ("training", "trained", "failed", "canceled"),  # trained: a retry that reuses a verified model
     "training": ("trained", "failed", "canceled"),
     "trained": ("converting", "recorded", "failed", "canceled"),
     "converting": ("converted", "failed", "canceled"),

@@ -214,11 +214,35 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
         raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
                            "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry` "
                            "(the train workflow's manual run has a `retry` box)")
+    if prior is not None and prior.failure is not None and prior.failure.stage == "gguf" and prior.train_summary:
+        return _reconvert(loaded, plan, backend, prior, hub_dir=hub_dir, echo=echo, what=what)
     attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
     resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
                  retry_of=prior.run_id if prior else None, resume=resume)
+
+
+def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRecord, *, hub_dir: Path | None,
+               echo: Echo, what: str) -> RunRecord:
+    """Retry a run whose model was trained and verified but whose conversion failed: convert again, train nothing."""
+    train = prior.configs.train
+    problem = outputs.missing_model(backend, train, prior.train_summary) if train else "its record has no training config"
+    if problem:
+        raise SpendRefused(f"{loaded.display}: run {prior.run_id} failed converting, and its trained model cannot be "
+                           f"reused ({problem}); change the recipe to train it again")
+    record = start(loaded, plan, backend, hub_dir=hub_dir, processes=prior.processes, attempt=prior.attempt + 1,
+                   retry_of=prior.run_id)
+    if "train" in prior.jobs:  # provenance: the job that trained this model
+        record.jobs["train"] = prior.jobs["train"]
+    record.train_summary, record.metrics, record.evaluation = prior.train_summary, prior.metrics, prior.evaluation
+    record.seconds = {k: v for k, v in prior.seconds.items() if k == "train"}
+    record.progress = prior.progress
+    record.move("trained")
+    ledger.save(loaded.root, record, loaded.recipe.name)
+    echo(f"[run] retrying ({what}) as attempt {record.attempt}: the model run {prior.run_id} trained is in place, "
+         "so only the conversion runs again")
+    return record
 
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,

@@ -308,6 +308,26 @@ def test_retry_links_attempts_and_resumes_from_the_checkpoint(hub, workspace, mo
     assert json.loads(job.spec["environment"]["RUNNER_JOB_CONFIG"])["resume_from_checkpoint"] == "last-checkpoint"
 
 
+def test_retry_after_a_failed_conversion_converts_again_and_trains_nothing(hub, workspace, monkeypatch,
+                                                                         capsys) -> None:
+    hub.state.job_scripts += [JobScript(summary=SUMMARY), JobScript(end="ERROR", message="exit code 1")]
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 1
+    first = ledger.read(workspace, "tiny-sft").runs[-1]
+    assert first.state == "failed" and first.failure and first.failure.stage == "gguf"
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--retry")
+    assert code == 0, out
+    assert "only the conversion runs again" in out
+    second = ledger.read(workspace, "tiny-sft").runs[-1]
+    assert second.state == "recorded" and second.retry_of == first.run_id and second.attempt == 2
+    assert [h["state"] for h in second.history][:2] == ["planned", "trained"]  # no training step happened
+    trains = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"]
+    ggufs = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
+    assert len(trains) == 1 and len(ggufs) == 2  # the model was paid for once
+    assert second.jobs["train"].id == trains[0].id and ggufs[-1].spec["labels"]["attempt"] == "2"
+    assert second.train_summary == first.train_summary
+
+
 def test_dry_run_prints_the_jobs_and_sends_nothing(hub, workspace, monkeypatch, capsys) -> None:
     code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--dry-run",
                     "--json")
