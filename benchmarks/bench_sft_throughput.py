@@ -71,15 +71,14 @@ def run_plain(tmp: Path, data: Path, steps: int, batch: int) -> dict:
 
 
 def run_ours(tmp: Path, data: Path, steps: int, batch: int) -> dict:
-    config = {
-        "run_id": "bench", "method": "sft", "base_model": str(MODEL),
-        "dataset": {"source": str(data), "columns": None},
-        "training": {"epochs": 1, "max_steps": steps, "learning_rate": 1e-3, "lr_scheduler": "linear",
-                     "warmup_ratio": 0.0, "batch_size": batch, "grad_accum": 1, "max_length": 512,
-                     "packing": False, "seed": 42, "gradient_checkpointing": True},
-        "lora": None, "rewards": [], "output_dir": str(tmp / "ours"), "hub_repo": None, "private": True,
-        "tracking": {"project": "bench"}, "summary_path": str(tmp / "ours.json"),
-    }
+    from runner.jobspec import SFTJobConfig
+
+    config = SFTJobConfig(  # the job config as the runner writes it (runner/jobspec.py)
+        run_id="bench", model_name_or_path=str(MODEL), dataset_name=str(data), num_train_epochs=1, max_steps=steps,
+        learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=0.0, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, max_length=512, packing_mode=False, seed=42, gradient_checkpointing_mode=True,
+        output_dir=str(tmp / "ours"), project="bench", summary_path=str(tmp / "ours.json"),
+    ).model_dump(mode="json")
     (tmp / "ours-config.json").write_text(json.dumps(config))
     e = env()
     e["TRACKIO_DIR"] = str(tmp / "trackio")
