@@ -102,8 +102,29 @@ def test_setup_per_flavor_family(flavor, method: str) -> None:
         assert s.effective_batch == 32 and s.batch_source == "memory model"
         assert s.memory_gb is not None and s.memory_gb <= flavor.memory_gb
     if not flavor.is_gpu:
-        assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (4, 8)
         assert s.gradient_checkpointing is False
+        if method == "grpo":  # whole groups of generations: the recipe's split
+            assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (4, 8)
+        else:  # 700-token rows: one per micro-batch, the global batch of 32 kept
+            assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (1, 32)
+
+
+@pytest.mark.parametrize(("max_length", "micro"), [(128, 8), (256, 4), (512, 2), (1024, 1), (4096, 1)])
+def test_cpu_micro_batch_holds_a_bounded_number_of_tokens(max_length: int, micro: int) -> None:
+    """On a CPU the recipe's batch is re-split so a micro-batch holds at most CPU_MICRO_TOKENS: the activations
+    of a wide fp32 batch cost memory (more than TRL's own bf16 + checkpointing defaults) and buy no speed."""
+    job = policy.Job(method="sft", lora=False, batch_size=8, grad_accum=2, max_length=max_length)
+    s = policy.resolve(job, policy.device("cpu"))
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.effective_batch) == (micro, 16 // micro, 16)
+    assert micro * max_length <= policy.CPU_MICRO_TOKENS or micro == 1
+    assert 2 * micro * max_length > policy.CPU_MICRO_TOKENS or micro == 8  # the largest such split of the batch
+    # DPO holds a chosen and a rejected sequence per row; a pinned batch is kept as written.
+    dpo = policy.resolve(policy.Job(method="dpo", lora=False, batch_size=8, grad_accum=2, max_length=512),
+                         policy.device("cpu"))
+    assert dpo.per_device_train_batch_size == 1 and dpo.effective_batch == 16
+    pinned = policy.resolve(policy.Job(method="sft", lora=False, batch_size=8, grad_accum=2, max_length=max_length,
+                                       pin_batch=True), policy.device("cpu"))
+    assert (pinned.per_device_train_batch_size, pinned.gradient_accumulation_steps) == (8, 2)
 
 
 def _memory(job: policy.Job, dev: policy.Device, micro: int, ckpt: bool) -> float:

@@ -17,7 +17,9 @@ The decisions, in one place:
 - Liger kernels on every CUDA GPU.
 - batch: the recipe's batch_size x grad_accum is the global batch per optimizer step; on a
   GPU it is re-split into the largest micro-batch that fits times accumulation, across the
-  processes, unless the recipe pins it (`training.pin_batch: true`).
+  processes, unless the recipe pins it (`training.pin_batch: true`). On a CPU it is re-split
+  (same global batch, same loss) into micro-batches of at most CPU_MICRO_TOKENS tokens: a
+  full 8 x 512 fp32 micro-batch cost more memory than TRL's defaults, for no speed.
 - activation checkpointing only when no micro-batch fits without it (`auto`).
 - multi-GPU: data-parallel (DDP) when a replica fits one GPU, else FSDP (`strategy: auto`).
 """
@@ -38,6 +40,9 @@ CPU_OVERHEAD = 1.0 * GiB
 LOGPROB_CHUNK = 32_768  # TRL >= 1.16 scores the vocabulary in chunks of this many logits (fused LM head)
 DEFAULT_VOCAB = 128_000
 MAX_MICRO_BATCH = 64
+# On a CPU a micro-batch holds at most this many tokens (rows x expected length): activations and the padded
+# attention scores grow with it, and a CPU's matrix products are already full at this size.
+CPU_MICRO_TOKENS = 1024
 # Architectures (config class-name prefixes) Liger patches; on others it does nothing and we count no saving.
 LIGER_ARCHITECTURES = ("Llama", "Mistral", "Mixtral", "Gemma", "Qwen2", "Qwen3", "Phi3", "Granite", "Olmo2",
                        "Glm4", "SmolLM3")
@@ -306,6 +311,12 @@ def resolve(job: Job, dev: Device) -> Setup:
             sized = False  # GRPO needs whole groups of generations per step; keep the recipe's split
             per_process = job.batch_size * job.grad_accum
     micros = _divisors_desc(per_process) if sized else recipe_split
+    if not gpu and not job.pin_batch and job.method != "grpo":  # GRPO's batch is groups of generations
+        # Rows one micro-batch at a time cost the same per token on a CPU; fewer at once keep the
+        # activations (fp32, no checkpointing) below what a wide padded batch holds.
+        tokens = seq * (2 if job.method == "dpo" else 1)
+        micros = [next(d for d in _divisors_desc(per_process) if d * tokens <= CPU_MICRO_TOKENS or d == 1)]
+        sized = True
 
     choice = None
     for strategy in strategies:
