@@ -20,7 +20,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, gguf_summary_json, train_summary_json
 from ghstub import BOT, GitHubStub
 from hubstub import HubStub, JobScript
 
@@ -353,13 +353,13 @@ def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_p
     git(project, "merge", "-q", "--no-ff", "feature", "-m", "Merge pull request #7 from bob/feature")
     merge = git(project, "rev-parse", "HEAD")
     github.add_pull(7, head, merged_as=merge)
-    summary = {"method": "sft", "steps": 30, "tokens_seen": 9000, "final_metrics": {"final_loss": 1.1},
-               "log_history": [{"step": 1, "loss": 3.0}, {"step": 30, "loss": 1.1}], "adapter": False,
-               "evaluation": {"held_out": "2% of train", "rows": 5,
-                              "metrics": [{"name": "eval_loss", "before": 3.2, "after": 1.1}]}}
+    summary = train_summary_json(steps=30, tokens_seen=9000, final_metrics={"final_loss": 1.1},
+                                 log_history=[{"step": 1, "loss": 3.0}, {"step": 30, "loss": 1.1}],
+                                 evaluation={"held_out": "2% of train", "rows": 5,
+                                             "metrics": [{"name": "eval_loss", "before": 3.2, "after": 1.1}]})
     progress = [f"progress step={i}/30 loss={3.0 - i / 15:.2f}" for i in (1, 10, 20, 30)]
     hub.state.job_scripts += [JobScript(summary=summary, logs=["starting", *progress, "done"]),
-                              JobScript(summary={"files": []})]
+                              JobScript(summary=gguf_summary_json([]))]
     github.state.move_branch = 1  # someone pushes to main while the workflow commits back
 
     out = act(project, "push", "train.yml", push_event(before, merge), github=github, hub=hub, python=step_python)
