@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from conftest import gguf_summary_json, train_summary_json  # noqa: E402
 from hubstub import HubStub, JobScript  # noqa: E402
 
 from runner.plan import FINISH_MINUTES, FOLLOW_MINUTES, RECONCILE_INTERVAL, SETUP_MINUTES  # noqa: E402
 
-SUMMARY = {"method": "sft", "steps": 2, "tokens_seen": 512, "final_metrics": {"final_loss": 1.0},
-           "log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}], "adapter": False}
-GGUF = {"files": [], "merged_adapter": False}
+SUMMARY = train_summary_json()  # every key the job script writes: the runner reads summaries whole
+GGUF = gguf_summary_json([])
 
 
 def workspace(tmp: Path) -> Path:
