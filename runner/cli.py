@@ -265,7 +265,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if running:
         backend.cancel(_current_job(record)[1])
     # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
-    step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd())
+    step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd(), submit=False)
     try:
         record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
     except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
@@ -285,7 +285,7 @@ def _reconcile_step(root: Path, name: str, record, token: str | None, prices):
     from runner import planning, recipe, runs
 
     echo = _progress_printer()
-    if not record.push:
+    if record.backend == "local":
         return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root)
     rel = Path(record.recipe)
     if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
@@ -313,7 +313,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     problems = 0
     token = None if hub.offline() else hub.token()
     prices = None
-    for group in ledger.all_runs(root):
+    unreadable: list[str] = []
+    for group in ledger.all_runs(root, unreadable):
         for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
                 prices = prices or planning.prices(token)
@@ -329,7 +330,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"{group.name}: run {record.run_id} {record.state}"
                   + (f": {record.failure.reason}" if record.state == "failed" and record.failure else ""))
             problems += record.state in ("failed", "canceled") and args.wait
-    return 1 if problems else 0
+    for line in unreadable:  # the other recipes' runs went on; this file needs a person
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if problems or unreadable else 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -345,7 +348,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for name in names:
         for r in ledger.read(root, name).runs:
             est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
-            hours = sum((j.running_seconds or 0.0) for j in r.jobs.values()) / 3600
+            hours = sum((j.running_seconds or 0.0) for j in r.jobs.values() if j.reused_from is None) / 3600
             ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
             if ratio is not None:
                 ratios.append(ratio)
@@ -448,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow the jobs for at most this long, then detach (the train workflow's runner budget)")
     p.add_argument("--retry", action="store_true",
                    help="train a version that failed or was canceled again, as a new attempt (resuming from its "
-                        "checkpoint when one was saved)")
+                        "checkpoint when one was saved; when only its GGUF conversion failed, convert its model again)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +51,7 @@ class JobRef(BaseModel):
     timeout_seconds: int | None = None
     usd_per_hour: float | None = None  # the price when it was submitted: what the Hub bills it at
     running_seconds: float | None = None  # JobInfo.durations.running_secs, the billed time
+    reused_from: str | None = None  # the run this job belongs to (and is billed in), when a retry reuses its output
 
 
 class Progress(BaseModel):
@@ -120,8 +122,19 @@ class RecipeRuns(BaseModel):
     runs: list[RunRecord] = Field(default_factory=list)
 
 
-def all_runs(root: Path) -> list[RecipeRuns]:
-    return [read(root, p.stem) for p in sorted((root / "runs").glob("*.json"))]
+def all_runs(root: Path, problems: list[str] | None = None) -> list[RecipeRuns]:
+    """Every recipe's runs. A run file that does not read is skipped with its one-line reason (printed, or added to
+    `problems`): one bad file must not stop the others' runs from being carried on."""
+    out = []
+    for path in sorted((root / "runs").glob("*.json")):
+        try:
+            out.append(read(root, path.stem))
+        except UserError as e:
+            if problems is None:
+                print(f"warning: {e}", file=sys.stderr)
+            else:
+                problems.append(str(e))
+    return out
 
 
 def runs_path(root: Path, name: str) -> Path:

@@ -216,7 +216,8 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
             out.append(f"| Latest loss | {p.loss:.4g} |")
     est = record.cost_usd.get("estimated")
     so_far = sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
-                 for j in record.jobs.values() if j.running_seconds is not None) if record.push else 0.0
+                 for j in record.jobs.values() if j.running_seconds is not None and j.reused_from is None) \
+        if record.push else 0.0
     out.append(f"| Cost so far | ${so_far:.2f} of an estimated ${est or 0:.2f} |")
     space = record.configs.train.trackio_space_id if record.configs.train else None
     if space:

@@ -119,6 +119,7 @@ class Step:
     started: float = field(default_factory=time.monotonic)
     on_update: Callable[[RunRecord], None] | None = None  # the live comment: at every state, and on progress
     update_every: float = 120.0  # seconds between progress updates
+    submit: bool = True  # False (cancel): follow a job to its end, start none; the run ends canceled instead
     name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
 
@@ -225,16 +226,31 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
 
 def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRecord, *, hub_dir: Path | None,
                echo: Echo, what: str) -> RunRecord:
-    """Retry a run whose model was trained and verified but whose conversion failed: convert again, train nothing."""
-    train = prior.configs.train
-    problem = outputs.missing_model(backend, train, prior.train_summary) if train else "its record has no training config"
+    """Retry a run whose model was trained and verified but whose conversion failed: convert again, train nothing.
+
+    The record's word is not enough to buy a job: on the Hub, the failed GGUF job must be there, and the
+    model must be where the recipe (not the record) says the job pushed it.
+    """
+    summary = prior.train_summary
+    assert summary is not None
+    if backend.name != "local":
+        job = backend.find(_identity(loaded.recipe.name, prior.version, "gguf", prior.attempt), include_failed=True)
+        if job is None or job.stage not in ("ERROR", "CANCELED", "DELETED"):
+            raise SpendRefused(f"{loaded.display}: run {prior.run_id} says its conversion failed, but no failed GGUF "
+                               f"job of attempt {prior.attempt} is on the backend; not converting again")
+    where = train_config(loaded, plan, prior.run_id, _places(backend, loaded, prior.run_id, hub_dir),
+                         push=backend.name != "local")
+    pushed = summary.pushed
+    problem = outputs.missing_model(backend, where, summary)
+    if pushed is not None and pushed.repo != where.repo:
+        problem = f"the record says it was pushed to {pushed.repo}, the recipe's repo is {where.repo}"
     if problem:
         raise SpendRefused(f"{loaded.display}: run {prior.run_id} failed converting, and its trained model cannot be "
                            f"reused ({problem}); change the recipe to train it again")
     record = start(loaded, plan, backend, hub_dir=hub_dir, processes=prior.processes, attempt=prior.attempt + 1,
                    retry_of=prior.run_id)
-    if "train" in prior.jobs:  # provenance: the job that trained this model
-        record.jobs["train"] = prior.jobs["train"]
+    if "train" in prior.jobs:  # provenance: the job that trained this model, billed to the run it belongs to
+        record.jobs["train"] = prior.jobs["train"].model_copy(update={"reused_from": prior.run_id})
     record.train_summary, record.metrics, record.evaluation = prior.train_summary, prior.metrics, prior.evaluation
     record.seconds = {k: v for k, v in prior.seconds.items() if k == "train"}
     record.progress = prior.progress
@@ -311,7 +327,10 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     fixed = getattr(record.configs, stage)
     if fixed is None:
         raise SpendRefused(f"{where}: the run fixed no {stage} job config when it started; not submitting one")
-    if not record.push:  # this machine's time: nothing is billed, and the record is this machine's own
+    if record.push != (step.backend.name != "local"):  # the record's word against the engine's
+        raise SpendRefused(f"{where}: the record says push={record.push} but runs on the {step.backend.name} "
+                           f"backend; not submitting the {stage} job")
+    if step.backend.name == "local":  # this machine's time: nothing is billed, and the record is its own
         timeout = (record.plan.timeout_seconds if record.plan else None) if stage == "train" else LOCAL_GGUF_TIMEOUT
         return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage),
                        timeout_seconds=timeout, processes=record.processes if stage == "train" else 1)
@@ -466,7 +485,7 @@ def actual_cost(record: RunRecord) -> float | None:
         return 0.0
     total = 0.0
     for job in record.jobs.values():
-        if job.running_seconds is not None:  # it ran: every started minute is billed
+        if job.running_seconds is not None and job.reused_from is None:  # it ran: every started minute is billed
             total += billed(max(job.running_seconds, 1.0) / 3600, job.usd_per_hour or 0.0)
     return round(total, 4)
 
@@ -501,6 +520,11 @@ def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
 def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
     """Move the run one step and save it. Returns False when it must wait for a job to finish."""
     state = record.state
+    if not step.submit and state in ("planned", "trained", "converted"):
+        record.move("canceled")  # canceled between jobs: nothing more is submitted or recorded
+        ledger.save(step.home, record, step.name)
+        step.updated(record)
+        return True
     if state == "planned":
         if not record.push and record.configs.train:
             Path(record.configs.train.summary_path).parent.mkdir(parents=True, exist_ok=True)

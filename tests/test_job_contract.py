@@ -42,11 +42,27 @@ def gguf():
     return _script("gguf")
 
 
-def _emitted(tmp_path: Path, name: str, *, lora: bool, push: bool) -> tuple[dict, dict]:
-    """The train and GGUF configs the runner submits for recipes/<name>.yaml, as JSON."""
+# Values no default has, so a key the runner drops or misnames cannot pass by falling back to TRL's default.
+TRAINING = {"save_steps": 7, "seed": 3, "warmup_ratio": 0.05, "lr_scheduler": "linear"}
+PER_METHOD = {"dpo": {"beta": 0.25}, "grpo": {"num_generations": 2, "max_completion_length": 12}, "sft": {}}
+
+
+def _loaded(name: str, *, lora: bool):
+    """recipes/<name>.yaml with non-default training, LoRA and tracking values."""
     loaded = recipe.load(ROOT / "recipes" / f"{name}.yaml")
     r = loaded.recipe
-    loaded = dataclasses.replace(loaded, recipe=r.model_copy(update={"adapter": r.adapter.model_copy(update={"lora": lora})}))
+    training = r.training.model_copy(update=TRAINING | PER_METHOD[r.method])
+    adapter = r.adapter.model_copy(update={"lora": lora, "r": 4, "alpha": 8, "dropout": 0.1,
+                                           "target_modules": ["q_proj"]})
+    tracking = r.tracking.model_copy(update={"space": "alice/trackio"})
+    output = r.output.model_copy(update={"repo": f"alice/{r.name}", "private": False})
+    return dataclasses.replace(loaded, recipe=r.model_copy(update={"training": training, "adapter": adapter,
+                                                                   "tracking": tracking, "output": output}))
+
+
+def _emitted(tmp_path: Path, name: str, *, lora: bool, push: bool) -> tuple[dict, dict]:
+    """The train and GGUF configs the runner submits for recipes/<name>.yaml, as JSON."""
+    loaded = _loaded(name, lora=lora)
     plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
     assert plan.lora is lora
     places = jobspec.hf_places("/data") if push else jobspec.Places(tmp_path / "m", tmp_path / "g", tmp_path)
@@ -81,15 +97,40 @@ def test_runner_emits_exactly_what_the_training_script_reads(train, tmp_path: Pa
     assert config.model.use_peft is lora and config.base_model == raw["model_name_or_path"]
     assert config.hub_repo == (raw["hub_model_id"] if push else None)
     assert config.args.resume_from_checkpoint == ("last-checkpoint" if push else None)
-    # And the strict parser builds TRL's own config from them, on this machine's setup.
+    # And the strict parser builds TRL's own config from them, on this machine's setup: the recipe's values arrive.
     setup = train.training_setup(config.raw, train.policy.device("cpu"))
     built = train.trl_args(config, setup, gpu=False)
+    r = _loaded(name, lora=lora).recipe
     assert type(built) is trl_class and built.learning_rate == raw["learning_rate"]
-    assert built.max_steps == raw["max_steps"] and built.output_dir == raw["output_dir"]
+    assert built.max_steps == r.training.max_steps and built.output_dir == raw["output_dir"]
+    assert (built.save_steps, built.seed, built.warmup_steps) == (7, 3, 0.05)
+    assert str(getattr(built.lr_scheduler_type, "value", built.lr_scheduler_type)) == "linear"
+    assert built.trackio_space_id == "alice/trackio" and built.project == "tiny-" + name.split("-", 1)[1]
+    assert built.push_to_hub is push and built.hub_model_id == (f"alice/{name}" if push else None)
+    assert built.hub_private_repo is False
     if method == "dpo":
-        assert built.beta == raw.get("beta", 0.1)
+        assert built.beta == 0.25
     if method == "grpo":
-        assert built.num_generations == raw["num_generations"]
+        assert (built.num_generations, built.max_completion_length) == (2, 12)
+        assert [w.get("name") or w.get("function") for w in config.job.rewards] == ["concise", "contains_answer"]
+    else:
+        assert built.max_length == r.training.max_length
+    peft = train.peft_config(config)
+    if lora:  # a one-module list stays a list (a plain string would be a regex PEFT matches against full names)
+        assert peft.target_modules == {"q_proj"} and (peft.r, peft.lora_alpha, peft.lora_dropout) == (4, 8, 0.1)
+    else:
+        assert peft is None
+
+
+@pytest.mark.parametrize("name", ["tiny-sft", "tiny-dpo", "tiny-grpo"])
+def test_the_job_resolves_the_setup_the_plan_priced(train, tmp_path: Path, name: str) -> None:
+    """Batch split, checkpointing and precision come from one policy on both sides, fed the same numbers."""
+    loaded = _loaded(name, lora=False)
+    plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
+    raw, _ = _emitted(tmp_path, name, lora=False, push=True)
+    assert plan.setup is not None and plan.flavor is not None
+    job = train.training_setup(raw, train.policy.device(plan.setup.device))
+    assert job.as_dict() == plan.setup.model_dump(), (job.as_dict(), plan.setup.model_dump())
 
 
 @pytest.mark.parametrize("name", ["tiny-sft", "tiny-dpo"])

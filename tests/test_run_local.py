@@ -296,3 +296,17 @@ def test_a_run_carries_on_from_what_it_fixed_when_the_recipe_changes_then_goes(w
     assert [f["quantization"] for f in run["gguf_summary"]["files"]] == ["Q8_0"]
     card = (workspace / "models" / "tiny-fixed" / "README.md").read_text()
     assert "| epochs / max steps | 1 / 4 |" in card and "tiny-fixed-Q8_0.gguf" in card
+
+
+def test_cancel_needs_only_the_record(workspace: Path) -> None:
+    """A run whose recipe file is gone is still canceled by name: cancel reads the run record, not the recipe."""
+    path = variant(workspace, "tiny-sft", "tiny-gone", replace=("max_steps: 30", "max_steps: 500"))
+    started = runner(workspace, path, "--detach")
+    assert started.returncode == 0, started.stderr[-3000:]
+    (workspace / path).unlink()
+    proc = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-gone"], cwd=workspace, env=env(),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "canceled" in proc.stdout and "Traceback" not in proc.stderr
+    run = last_run(workspace, "tiny-gone")
+    assert run["state"] == "canceled" and run["failure"]["kind"] == "canceled"

@@ -211,7 +211,7 @@ def _tamper(ws: Path, change) -> None:
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("what", ["flavor", "repo", "config", "version", "attempt"])
+@pytest.mark.parametrize("what", ["flavor", "repo", "config", "version", "attempt", "push"])
 def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, capsys, what) -> None:
     _planned_record(workspace, monkeypatch)
 
@@ -226,6 +226,8 @@ def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, ca
             run["configs"]["train"]["max_steps"] = 10_000_000
         elif what == "attempt":  # a "retry" nobody asked for: no failed attempt 1 exists
             run["attempt"] = 2
+        elif what == "push":  # "this is a local run": its config would be taken as it stands
+            run["push"] = False
         else:
             run["version"] = "0" * 16
 
@@ -326,6 +328,15 @@ def test_retry_after_a_failed_conversion_converts_again_and_trains_nothing(hub, 
     assert len(trains) == 1 and len(ggufs) == 2  # the model was paid for once
     assert second.jobs["train"].id == trains[0].id and ggufs[-1].spec["labels"]["attempt"] == "2"
     assert second.train_summary == first.train_summary
+
+
+def test_a_record_edited_to_a_failed_conversion_buys_no_gguf_job(hub, workspace, monkeypatch, capsys) -> None:
+    hub.state.job_scripts += [JobScript(summary=SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+    assert run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")[0] == 0
+    _tamper(workspace, lambda r: r.update(state="failed", failure={"stage": "gguf", "reason": "edited"}))
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--retry")
+    assert code == 1 and "no failed GGUF job of attempt 1 is on the backend" in out, out
+    assert sorted(j.spec["labels"]["stage"] for j in hub.state.jobs.values()) == ["gguf", "train"]
 
 
 def test_dry_run_prints_the_jobs_and_sends_nothing(hub, workspace, monkeypatch, capsys) -> None:

@@ -559,6 +559,18 @@ def explain(raw: dict[str, Any], device: str | None) -> dict[str, Any]:
     return training_setup(raw, dev).as_dict()
 
 
+def peft_config(config: Config):
+    """TRL's LoraConfig from ModelConfig (None unless use_peft), with the recipe's module list kept a list:
+    ModelConfig turns a one-name list into a string, which PEFT reads as a regex over full module names."""
+    from trl import get_peft_config
+
+    peft = get_peft_config(config.model)
+    modules = config.raw.get("lora_target_modules")
+    if peft is not None and isinstance(modules, list):
+        peft.target_modules = set(modules)
+    return peft
+
+
 def build_trainer(config: Config, data, held=None):
     from transformers import PrinterCallback
 
@@ -589,12 +601,11 @@ def trl_args(config: Config, setup: policy.Setup, *, gpu: bool, held=None, model
 
 def _trainer(config: Config, data, held=None):
     import torch
-    from trl import get_peft_config
 
     setup = training_setup(config.raw, runtime_device())
     log("setup: " + json.dumps(setup.as_dict()))
     gpu = torch.cuda.is_available()
-    peft = get_peft_config(config.model)  # None unless use_peft
+    peft = peft_config(config)
     callbacks = [progress_callback()]
     if is_vision(data):  # the processor loads the model itself (no model_init_kwargs)
         return vision_trainer(config, data, trl_args(config, setup, gpu=gpu, held=held), model_init_kwargs(setup),

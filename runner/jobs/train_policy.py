@@ -363,7 +363,9 @@ def job_from_config(config: dict) -> Job:
         method=config.get("method", "sft"), lora=bool(config.get("use_peft")), lora_r=int(config.get("lora_r", 16)),
         batch_size=int(config.get("per_device_train_batch_size", 4)),
         grad_accum=int(config.get("gradient_accumulation_steps", 4)),
-        pin_batch=bool(config.get("pin_batch", False)), max_length=int(config.get("max_length") or 1024),
+        pin_batch=bool(config.get("pin_batch", False)),
+        # GRPO's TRL config has no max_length: its sequences are what the plan sampled, as the plan sizes them.
+        max_length=int(config.get("max_length") or config.get("sequence_tokens") or 1024),
         sequence_tokens=config.get("sequence_tokens"), packing=config.get("packing_mode", "auto"),
         gradient_checkpointing=config.get("gradient_checkpointing_mode", "auto"),
         strategy=config.get("strategy", "auto"), completion_tokens=int(config.get("max_completion_length") or 256),
