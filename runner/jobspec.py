@@ -195,6 +195,9 @@ class GgufJobConfig(_JobConfig):
     name: str
     model_dir: str  # where the trained model is (downloaded there from model_repo when set)
     model_repo: str | None = None
+    # The commit of model_repo the training job pushed: filled in when the GGUF job is submitted (the one
+    # thing not known at the start), so a later push to the same repo is never the model converted.
+    model_revision: str | None = None
     base_model: str | None = None  # set when the model is a LoRA adapter: merged into this base first
     quantizations: list[str]
     imatrix: bool = False

@@ -28,6 +28,7 @@ from runner.backends.hf import MOUNT
 from runner.errors import UserError
 from runner.jobspec import (
     JOB_MODULES,
+    GgufJobConfig,
     JobConfig,
     JobConfigs,
     JobSpec,
@@ -327,6 +328,7 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     fixed = getattr(record.configs, stage)
     if fixed is None:
         raise SpendRefused(f"{where}: the run fixed no {stage} job config when it started; not submitting one")
+    fixed = _with_trained_revision(record, fixed)
     if record.push != (step.backend.name != "local"):  # the record's word against the engine's
         raise SpendRefused(f"{where}: the record says push={record.push} but runs on the {step.backend.name} "
                            f"backend; not submitting the {stage} job")
@@ -346,7 +348,7 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     if (train.repo if train else None) != loaded.output_repo:
         raise SpendRefused(f"{where}: the record's output repo differs from the recipe's ({loaded.output_repo}); "
                            f"not submitting the {stage} job")
-    expected = _derived_config(step, record, stage)
+    expected = _with_trained_revision(record, _derived_config(step, record, stage))
     if fixed != expected:
         theirs, ours = fixed.model_dump(), expected.model_dump()
         keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -367,8 +369,17 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
                    files={k: str(v) for k, v in shipped_files(loaded).items()})
 
 
+def _with_trained_revision(record: RunRecord, config: JobConfig) -> JobConfig:
+    """A GGUF config pinned to the commit the training job pushed (known only once it has): what it converts."""
+    pushed = record.train_summary.pushed if record.train_summary else None
+    if not isinstance(config, GgufJobConfig) or config.model_repo is None or pushed is None:
+        return config
+    return config.model_copy(update={"model_revision": pushed.commit})
+
+
 def _submit(step: Step, record: RunRecord, stage: str) -> None:
     spec = authorize(step, record, stage)
+    setattr(record.configs, stage, spec.config)  # as submitted: a GGUF config now names the model's commit
     # A job for this very recipe version may exist already, from a run whose record was lost with
     # the runner that started it (or is on another branch): take it over, with the config it runs
     # with, rather than pay twice. A version whose job failed is not resubmitted by a re-trigger:

@@ -246,3 +246,17 @@ def test_ollama_template_is_left_to_ollama_when_the_chat_template_has_logic() ->
         messages=msgs, add_generation_prompt=gen, bos_token="<s>"), "<s>")
     assert template_bos == template
     assert "No TEMPLATE" in job.modelfile("x-Q4_K_M.gguf", None, "</s>")
+
+
+def test_the_trained_model_is_downloaded_at_the_commit_its_job_pushed(hub: HubStub, tmp_path: Path) -> None:
+    """A later push to the model repo (another run, a hand edit) is not what gets converted."""
+    files = {p.relative_to(TINY).as_posix(): p.read_bytes() for p in TINY.rglob("*") if p.is_file()}
+    trained = hub.commit("alice/tiny-trained", files)
+    hub.commit("alice/tiny-trained", {"config.json": b"{}"}, deleted=("model.safetensors",))  # main moves on
+    model = tmp_path / "model"
+    config = config_for(tmp_path, ["Q8_0"], model=model, model_repo="alice/tiny-trained", model_revision=trained)
+    proc = gguf_job(config, tmp_path, {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"downloading alice/tiny-trained at {trained[:12]}" in proc.stdout
+    assert (model / "config.json").read_bytes() == (TINY / "config.json").read_bytes()
+    assert json.loads((tmp_path / "summary.json").read_text())["files"][0]["quantization"] == "Q8_0"

@@ -117,6 +117,11 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     assert model[f"{bundle}/train_policy.py"] == (ROOT / "runner" / "jobs" / "train_policy.py").read_bytes()
     assert model[f"{bundle}/examples/data/sft.jsonl"] == (workspace / "examples/data/sft.jsonl").read_bytes()
     config = json.loads(spec["environment"]["RUNNER_JOB_CONFIG"])
+    # The GGUF job converts exactly the commit the training job pushed, not whatever main holds by then.
+    gguf_config = json.loads(gguf[0].spec["environment"]["RUNNER_JOB_CONFIG"])
+    pushed = rec["train_summary"]["pushed"]
+    assert gguf_config["model_repo"] == pushed["repo"] == "alice/tiny-sft" and len(pushed["commit"]) == 40
+    assert gguf_config["model_revision"] == pushed["commit"] == rec["configs"]["gguf"]["model_revision"]
     assert config["dataset_name"] == "/runner/examples/data/sft.jsonl"
     assert config["hub_model_id"] == "alice/tiny-sft" and config["push_to_hub"] is True
     # The card is the model repo's README, and the repo keeps its copy.

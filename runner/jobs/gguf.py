@@ -24,6 +24,8 @@ Runs unchanged under `uv run` on a Hugging Face Jobs container and with the proj
 Python locally. It reads one JSON document (`--config FILE`, else env RUNNER_JOB_CONFIG):
 
     model_dir       the trained model, or a PEFT LoRA adapter (adapter_config.json)
+    model_repo      null, or the Hub repo to download it from into model_dir, at model_revision
+                    (the commit the training job pushed; null: main)
     base_model      base model path or Hub id, to merge an adapter into (null for a full model)
     name            file name stem: files are <name>-<QUANT>.gguf
     quantizations   e.g. ["Q4_K_M", "Q5_K_M", "Q8_0"]; F16, BF16 and llama.cpp's quantization types,
@@ -104,6 +106,7 @@ class GgufArguments:
     output_dir: str
     summary_path: str
     model_repo: str | None = None
+    model_revision: str | None = None
     base_model: str | None = None
     imatrix: bool = False
     dataset_name: str | None = None
@@ -779,13 +782,14 @@ def publish(paths: list[Path], repo: str, private: bool) -> str:
     return info.oid
 
 
-def download(repo: str, dest: Path) -> None:
-    """The trained model from its Hub repo (not the checkpoints or the run bundles beside it)."""
+def download(repo: str, dest: Path, revision: str | None = None) -> None:
+    """The trained model from its Hub repo at `revision` (not the checkpoints or the run bundles beside it)."""
     from huggingface_hub import snapshot_download
 
-    log(f"downloading {repo}")
+    log(f"downloading {repo}" + (f" at {revision[:12]}" if revision else ""))
     try:
-        snapshot_download(repo, local_dir=dest, ignore_patterns=["last-checkpoint/*", "checkpoint-*/*", "runner/*"])
+        snapshot_download(repo, revision=revision, local_dir=dest,
+                          ignore_patterns=["last-checkpoint/*", "checkpoint-*/*", "runner/*"])
     except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
         raise JobError(f"cannot download the trained model from {repo}: {str(e).splitlines()[0]}") from None
 
@@ -817,7 +821,7 @@ def run(config: GgufArguments) -> dict[str, Any]:
     if use_imatrix and not config.dataset_name:
         raise JobError("an importance matrix needs the training data: the job config has no 'dataset_name'")
     if config.model_repo:
-        download(config.model_repo, model_dir)
+        download(config.model_repo, model_dir, config.model_revision)
     if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
         raise JobError(f"model_dir {model_dir} holds no model (no config.json or adapter_config.json)")
     out_dir = Path(config.output_dir)
