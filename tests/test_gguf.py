@@ -96,7 +96,10 @@ def test_the_runner_reads_every_key_of_the_summary(imatrix_run: dict) -> None:
 
     # imatrix, the template check with its messages, a Hub commit: the parts only this run writes
     assert keys_outside(GgufSummary, imatrix_run["summary"]) == []
-    assert GgufSummary.model_validate(imatrix_run["summary"]).imatrix is not None
+    parsed = GgufSummary.model_validate(imatrix_run["summary"])
+    raw = imatrix_run["summary"]["imatrix"]
+    assert parsed.imatrix is not None and parsed.imatrix.model_dump() == {k: raw[k] for k in parsed.imatrix.model_dump()}
+    assert parsed.imatrix.dataset == "sft.jsonl" and parsed.imatrix.tokens >= 512
 
 
 def test_chat_template_check_passes_for_the_example_model(imatrix_run: dict) -> None:
