@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from runner.errors import UserError
 from runner.evaluation import Evaluation
 from runner.jobspec import JobConfigs
-from runner.plan import Plan
+from runner.plan import Plan, billed
 from runner.summaries import GgufSummary, TrainSummary
 
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
@@ -104,6 +104,18 @@ class RunRecord(BaseModel):
     attempt: int = 1  # a deliberate retry (`runner run --retry`) is attempt 2, 3, ...
     retry_of: str | None = None  # the run this attempt retries
     resume: bool = False  # this attempt resumes from the checkpoint the last one left on the Hub
+
+    @property
+    def billed_jobs(self) -> list[JobRef]:
+        """The jobs this run paid for: not a job a retry reused from the run that paid for it."""
+        return [j for j in self.jobs.values() if j.reused_from is None]
+
+    def actual_usd(self) -> float:
+        """What the Hub bills: each job's running seconds (per started minute) at its price at submission."""
+        if not self.push:
+            return 0.0  # this machine's time
+        return round(sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
+                         for j in self.billed_jobs if j.running_seconds is not None), 4)
 
     @property
     def terminal(self) -> bool:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from runner.dataset import DatasetReport
 from runner.evaluation import Evaluation
 from runner.ledger import RunRecord
-from runner.plan import Plan, billed
+from runner.plan import Plan
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
 MAX_COMMENT_CHARS = 65_000  # GitHub's limit is 65,536
@@ -215,10 +215,7 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
         if p.loss is not None:
             out.append(f"| Latest loss | {p.loss:.4g} |")
     est = record.cost_usd.get("estimated")
-    so_far = sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
-                 for j in record.jobs.values() if j.running_seconds is not None and j.reused_from is None) \
-        if record.push else 0.0
-    out.append(f"| Cost so far | ${so_far:.2f} of an estimated ${est or 0:.2f} |")
+    out.append(f"| Cost so far | ${record.actual_usd():.2f} of an estimated ${est or 0:.2f} |")
     space = record.configs.train.trackio_space_id if record.configs.train else None
     if space:
         out.append(f"| Trackio | {_link('https://huggingface.co/spaces/' + space)} |")

@@ -41,7 +41,7 @@ from runner.jobspec import (
     train_config,
 )
 from runner.ledger import Failure, JobRef, Progress, RunRecord
-from runner.plan import Plan, billed
+from runner.plan import Plan
 from runner.recipe import LoadedRecipe
 from runner.summaries import GgufSummary, TrainSummary, parse
 
@@ -450,7 +450,7 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
     submitted = time.mktime(time.strptime(job.submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
     finished = time.mktime(time.strptime(job.finished_at, "%Y-%m-%dT%H:%M:%SZ"))
     record.seconds[stage] = max(finished - submitted, 0.0)
-    record.cost_usd["actual"] = actual_cost(record)
+    record.cost_usd["actual"] = record.actual_usd()
     return status
 
 
@@ -488,17 +488,6 @@ def _follow(step: Step, job_id: str) -> Iterator[str]:
         if line is None:
             return
         yield line
-
-
-def actual_cost(record: RunRecord) -> float | None:
-    """What the Hub bills: each job's running seconds (per started minute) at the price read when it was submitted."""
-    if not record.push:
-        return 0.0
-    total = 0.0
-    for job in record.jobs.values():
-        if job.running_seconds is not None and job.reused_from is None:  # it ran: every started minute is billed
-            total += billed(max(job.running_seconds, 1.0) / 3600, job.usd_per_hour or 0.0)
-    return round(total, 4)
 
 
 def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
