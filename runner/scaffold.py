@@ -214,6 +214,9 @@ def _why_not(plan: Plan, dataset: str) -> str:
     if plan.budget_usd is None:
         return ("no budget: pass --budget USD, the most this run may cost (or set budget_usd in "
                 "recipes/_defaults.yaml); nothing trains on Hugging Face Jobs without one")
+    if plan.output_repo is None:
+        return ("no Hub output repo: set `namespace: <your Hub user or organization>` in recipes/_defaults.yaml "
+                "(models go to <namespace>/<recipe name>); a run on Hugging Face Jobs needs one")
     # Room for the estimate and for the worst case (the whole timeout billed), as the spend gate wants.
     suggestion = max(1, math.ceil(max(plan.cost_usd * 1.25, plan.max_cost_usd)))
     return (f"{plan.refusal or 'over budget'}; pass --budget {suggestion} (at most max_budget_usd in "

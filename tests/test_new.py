@@ -16,12 +16,13 @@ from runner import recipe as recipe_mod
 EDITOR_COMMENT = "# yaml-language-server: $schema=./schema.json"
 
 
-DEFAULTS = "max_budget_usd: 100\nbudget_usd: 5\n"
+DEFAULTS = "namespace: acme\nmax_budget_usd: 100\nbudget_usd: 5\n"
 
 
 @pytest.fixture(autouse=True)
 def _defaults(repo: Path) -> None:
-    """Repo defaults as the template has them: a budget every recipe inherits, under a cap."""
+    """Repo defaults as the template has them once set up: a namespace (a run on the Hub needs an output repo),
+    a budget every recipe inherits, under a cap."""
     (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS)
 
 
@@ -159,12 +160,20 @@ def test_pins_lora_only_when_a_full_fine_tune_is_over_budget(repo: Path, cli) ->
 
 
 def test_refuses_without_a_budget(repo: Path, cli) -> None:
-    (repo / "recipes" / "_defaults.yaml").unlink()
+    (repo / "recipes" / "_defaults.yaml").write_text("namespace: acme\n")  # no budget anywhere
     result = cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
     assert result.code == 1 and "no budget: pass --budget USD" in result.err
     assert recipes_dir(repo) == []
     assert cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", "--budget", "2",
                cwd=repo).code == 0
+
+
+def test_refuses_without_an_output_repo_and_names_the_field(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS.replace("namespace: acme\n", ""))
+    result = cli("new", "lost", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
+    assert result.code == 1 and "set `namespace:" in result.err and "recipes/_defaults.yaml" in result.err
+    assert "--budget" not in result.err  # money is not what is missing
+    assert recipes_dir(repo) == []
 
 
 def test_grpo_gets_the_exact_answer_reward_from_an_answer_column(repo: Path, cli) -> None:

@@ -351,7 +351,7 @@ def test_qwen3_sft_plan_has_a_valid_precision_path_and_the_job_resolves_the_same
     out = subprocess.run([sys.executable, str(JOBS / "train.py"), "--config", str(path), "--explain", "--device",
                           flavor.device.name], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == s.model_dump()
+    assert json.loads(out.stdout) == s.as_dict()
 
 
 def test_plan_time_follows_the_flop_formula(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
