@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, write_jsonl, write_recipe
 
-from runner import hardware, modelfacts
+from runner import hardware, modelfacts, render
 from runner.jobspec import JOB_MODULES
 from runner.planning import plan_recipe, prices
 from runner.jobs import train_policy as policy
@@ -344,6 +344,9 @@ def test_qwen3_sft_plan_has_a_valid_precision_path_and_the_job_resolves_the_same
     if flavor.is_gpu:
         assert s.model_dtype == "float32" and s.bf16 is flavor.bf16 and s.fp16 is (not flavor.bf16)
         assert s.effective_batch == 16  # the recipe's default 4 x 4
+    if flavor.device.flash_attention:  # the plan names the pinned kernel by its short sha
+        short = f"{policy.FLASH_ATTENTION_REPO}@{policy.FLASH_ATTENTION_REVISION[:7]} attention"
+        assert short in (render.setup_line(plan) or "") and policy.FLASH_ATTENTION not in render.plan_text(plan)
     # The job script, given the config the runner writes, resolves the very setup the plan priced.
     config = train_config(loaded, plan, "r1", Places(tmp_path / "m", tmp_path / "g", tmp_path), push=False)
     path = tmp_path / "config.json"
@@ -372,6 +375,45 @@ def test_every_flavor_cites_its_throughput() -> None:
         if f.is_gpu:
             assert "https://" in f.peak_source
             assert str(int(f.peak_tflops)) in f.peak_source.replace(",", "")
+
+
+def test_mfu_is_per_gpu_family_with_its_reasoning() -> None:
+    """One utilisation per family, each from its FLOPs per byte of bandwidth (datasheets) against the A100 anchor."""
+    mfu = {f.accelerator: f.mfu for f in hardware.BUILTIN_FLAVORS if f.is_gpu}
+    assert {"T4", "L4", "A10G", "L40S", "A100", "H200"} <= set(mfu)
+    for slower in ("T4", "L4", "L40S", "H200"):  # more compute per byte of bandwidth, or no FlashAttention (T4)
+        assert mfu[slower] < mfu["A100"], slower
+    for f in hardware.BUILTIN_FLAVORS:
+        if not f.is_gpu:
+            continue
+        family = hardware.FAMILIES[f.accelerator or ""]
+        assert (f.mfu, f.mfu_source) == (family.mfu, family.mfu_source)  # every flavor of a family alike
+        assert f"{f.mfu:.0%}" in f.mfu_source
+        ratio = family.tflops * 1000 / family.bandwidth_gbs  # FLOPs per byte, as the source states it
+        assert f"{ratio:.0f} FLOPs/byte" in f.mfu_source or "pytorch.org" in f.mfu_source
+
+
+def test_the_attention_kernel_is_pinned_to_a_commit_the_job_passes(tmp_path: Path) -> None:
+    """The FlashAttention kernel is fetched from the Hub beside HF_TOKEN: by a full commit sha, never a branch."""
+    import importlib.util
+
+    from transformers.integrations.hub_kernels import is_kernel
+
+    assert re.fullmatch(r"[0-9a-f]{40}", policy.FLASH_ATTENTION_REVISION)
+    spec = importlib.util.spec_from_file_location("train_job_kernel", JOBS / "train.py")
+    assert spec and spec.loader
+    train = importlib.util.module_from_spec(spec)
+    sys.modules["train_job_kernel"] = train
+    spec.loader.exec_module(train)
+    raw = json.loads(_config(tmp_path).read_text())
+    for dev in ("l4", "a10g", "a100x4", "h200"):
+        setup = train.training_setup(raw, policy.device(dev))
+        passed = train.model_init_kwargs(setup)["attn_implementation"]
+        repo, _, revision = passed.partition("@")  # how transformers reads it: get_kernel(repo, revision=...)
+        assert is_kernel(passed) and repo == "kernels-community/flash-attn2"
+        assert revision == policy.FLASH_ATTENTION_REVISION
+    t4 = train.training_setup(raw, policy.device("t4"))
+    assert "attn_implementation" not in train.model_init_kwargs(t4)  # no kernel fetched where it cannot run
 
 
 def test_moe_compute_follows_active_params_and_memory_the_total(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
