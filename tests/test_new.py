@@ -168,12 +168,15 @@ def test_refuses_without_a_budget(repo: Path, cli) -> None:
                cwd=repo).code == 0
 
 
-def test_refuses_without_an_output_repo_and_names_the_field(repo: Path, cli) -> None:
+def test_without_an_output_repo_writes_and_names_the_setting_the_plan_needs(repo: Path, cli) -> None:
     (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS.replace("namespace: acme\n", ""))
-    result = cli("new", "lost", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
-    assert result.code == 1 and "set `namespace:" in result.err and "recipes/_defaults.yaml" in result.err
-    assert "--budget" not in result.err  # money is not what is missing
-    assert recipes_dir(repo) == []
+    result = cli("new", "fresh", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
+    assert result.code == 0 and recipes_dir(repo) == ["fresh.yaml"]  # the recipe is right; the repo is not set up
+    assert "no output repo yet: set `namespace: <your Hub user or organization>` in recipes/_defaults.yaml" \
+        in result.out
+    assert cli("plan", "recipes/fresh.yaml", cwd=repo).code == 1  # the check still says so, as the merge would
+    (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS)
+    assert cli("plan", "recipes/fresh.yaml", cwd=repo).code == 0
 
 
 def test_grpo_gets_the_exact_answer_reward_from_an_answer_column(repo: Path, cli) -> None:

@@ -192,7 +192,7 @@ def peak_memory(shape: ModelShape, dev: Device, prec: Precision, *, lora: bool, 
     """Estimated peak bytes on one device for one micro-batch of `seq`-token sequences."""
     w = prec.weight_bytes
     if lora:
-        states = shape.params * w + lora_params(shape, r) * 16  # fp32 adapter, its gradient, two AdamW moments
+        states: float = shape.params * w + lora_params(shape, r) * 16  # fp32 adapter, its gradient, two AdamW moments
     else:
         opt = 4 if prec.optimizer_dtype == "float32" else 2
         states = shape.params * (2 * w + 2 * opt)  # weights + gradients + AdamW moments
