@@ -443,6 +443,10 @@ def test_recipes_of_one_pull_request_are_totalled_and_capped_together(repo: Path
     assert plan_json(cli, repo, "recipes/a.yaml")[0] == 0  # one of them alone is within the cap
     (repo / "recipes" / "_defaults.yaml").write_text(f"max_total_usd: {total}\n")
     assert plan_json(cli, repo, "recipes/a.yaml", "recipes/b.yaml")[0] == 0
+    (repo / "recipes" / "_defaults.yaml").write_text("max_total_usd: 0\n")
+    bad = cli("validate", "recipes/a.yaml", cwd=repo)
+    assert bad.code == 1 and "recipes/_defaults.yaml:1:16: max_total_usd: Input should be greater than 0" in \
+        bad.out + bad.err
 
 
 def test_a_plan_round_trips_through_its_json(repo: Path, cli) -> None:
