@@ -211,7 +211,8 @@ def _argument_problem(problem: Any) -> str:
 
 def _writable(plan: Plan) -> bool:
     """The plan passes, or only the output repo is missing: a repository setting, which a note names."""
-    return plan.ok or (plan.fits and plan.within_budget and plan.dataset.status == "ready" and plan.refusal == NO_OUTPUT)
+    only_output = plan.refusal == NO_OUTPUT and plan.fits and plan.within_budget and plan.dataset.status == "ready"
+    return plan.ok or only_output
 
 
 def _why_not(plan: Plan, dataset: str) -> str:
