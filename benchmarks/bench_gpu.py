@@ -104,14 +104,14 @@ def run_ours(tmp: Path, args: argparse.Namespace) -> dict:
 
 def peak_flops(name: str, count: int) -> tuple[float, str]:
     """Dense peak FLOP/s of all GPUs here, from the planner's catalog, and the GPU family it used."""
-    from runner.hardware import PEAKS
+    from runner.hardware import FAMILIES
     from runner.jobs import train_policy as policy
 
     kind = policy.gpu_device(name, count, memory_gb=0, capability=8).kind
     family = policy.GPUS[kind].name if kind in policy.GPUS else None
-    if family not in PEAKS:
-        raise SystemExit(f"no peak throughput on record for {name!r}: add it to runner/hardware.py PEAKS")
-    return PEAKS[family].tflops * 1e12 * count, family
+    if family not in FAMILIES:
+        raise SystemExit(f"no peak throughput on record for {name!r}: add it to runner/hardware.py FAMILIES")
+    return FAMILIES[family].tflops * 1e12 * count, family
 
 
 def main() -> None:

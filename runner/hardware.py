@@ -3,8 +3,8 @@
 Prices are the Hub's published Jobs table (USD per hour, billed per minute); when a
 token is available the plan refreshes them from the live hardware endpoint. Peak
 throughput is the vendor's dense bf16 (fp16 on T4) tensor figure per accelerator, each
-with its source; the plan applies a stated utilisation (MFU) to it, so these are
-estimates, not promises. What each GPU can do (bf16, FlashAttention) comes from the
+with its source; the plan applies a utilisation (MFU) per GPU family to it, each with its
+reasoning (FAMILIES), so these are estimates, not promises. What each GPU can do (bf16, FlashAttention) comes from the
 training policy the job script itself uses (runner/jobs/train_policy.py).
 """
 
@@ -50,48 +50,72 @@ class HardwareFlavor(BaseModel):
         return Device(key, self.count, self.memory_gb, bf16=gpu.bf16, flash_attention=gpu.flash_attention)
 
 
-class _Peak(BaseModel):
-    tflops: float
-    source: str
+class GpuFamily(BaseModel):
+    """One accelerator family: its peak throughput and the share of it a fine-tune reaches, each with its source."""
+
+    tflops: float  # dense tensor throughput in the precision the policy trains in there
+    peak_source: str
+    bandwidth_gbs: float  # memory bandwidth, GB/s (datasheet)
+    mfu: float  # model FLOPs utilisation the plan assumes: achieved / peak
+    mfu_source: str
 
 
-# Dense (no structured sparsity) tensor throughput per GPU, in the precision the policy trains
-# in there: bf16, or fp16 on T4, which has no bf16. Vendor datasheets quote sparse figures at 2x.
-PEAKS: dict[str, _Peak] = {
-    "T4": _Peak(tflops=65, source="NVIDIA T4 datasheet: 65 TFLOPS mixed-precision FP16 tensor (no bf16) "
-                                  "https://www.nvidia.com/en-us/data-center/tesla-t4/"),
-    "L4": _Peak(tflops=121, source="NVIDIA L4 datasheet: 242 TFLOPS BF16 tensor with sparsity, 121 dense "
-                                   "https://www.nvidia.com/en-us/data-center/l4/"),
-    "A10G": _Peak(tflops=70, source="AWS EC2 G5 (A10G, a lower-clocked A10): about 70 TFLOPS BF16 dense, below the "
-                                    "A10 datasheet's 125 https://aws.amazon.com/ec2/instance-types/g5/"),
-    "L40S": _Peak(tflops=362, source="NVIDIA L40S datasheet: 733 TFLOPS BF16 tensor with sparsity, 362 dense "
-                                     "https://www.nvidia.com/en-us/data-center/l40s/"),
-    "A100": _Peak(tflops=312, source="NVIDIA A100 datasheet: 312 TFLOPS BF16 tensor dense "
-                                     "https://www.nvidia.com/en-us/data-center/a100/"),
-    "H200": _Peak(tflops=989, source="NVIDIA H200 datasheet: 1,979 TFLOPS BF16 tensor with sparsity, 989 dense "
-                                     "https://www.nvidia.com/en-us/data-center/h200/"),
+# Utilisation is anchored on A100, where Llama pretraining with FlashAttention and FSDP reaches 38-57% MFU
+# (PyTorch, "Maximizing training throughput using PyTorch FSDP", https://pytorch.org/blog/maximizing-training/);
+# fine-tuning runs smaller batches, so 35%. The other families scale from it by FLOPs per byte of memory bandwidth
+# (datasheets): the more compute per byte, the larger the share of a step spent in memory-bound work (norms,
+# softmax, the optimizer, LoRA's thin matrices), so the lower the MFU. Turing (T4) also lacks FlashAttention.
+_A100_RATIO = "A100's 153 FLOPs/byte (312 TFLOPS, 2,039 GB/s)"
+FAMILIES: dict[str, GpuFamily] = {
+    "T4": GpuFamily(
+        tflops=65, bandwidth_gbs=320, mfu=0.20,
+        peak_source="NVIDIA T4 datasheet: 65 TFLOPS mixed-precision FP16 tensor (no bf16) "
+                    "https://www.nvidia.com/en-us/data-center/tesla-t4/",
+        mfu_source=f"assumed 20%: 203 FLOPs/byte (65 TFLOPS, 320 GB/s) against {_A100_RATIO}, and no FlashAttention "
+                   "on Turing (PyTorch SDPA, no padding-free packing) under fp16 loss scaling"),
+    "L4": GpuFamily(
+        tflops=121, bandwidth_gbs=300, mfu=0.22,
+        peak_source="NVIDIA L4 datasheet: 242 TFLOPS BF16 tensor with sparsity, 121 dense "
+                    "https://www.nvidia.com/en-us/data-center/l4/",
+        mfu_source=f"assumed 22%: 403 FLOPs/byte (121 TFLOPS, 300 GB/s), 2.6x {_A100_RATIO}: memory-bound work "
+                   "takes a far larger share of each step"),
+    "A10G": GpuFamily(
+        tflops=70, bandwidth_gbs=600, mfu=0.35,
+        peak_source="AWS EC2 G5 (A10G, a lower-clocked A10): about 70 TFLOPS BF16 dense, below the A10 datasheet's "
+                    "125 https://aws.amazon.com/ec2/instance-types/g5/",
+        mfu_source=f"assumed 35%, as A100: 117 FLOPs/byte (70 TFLOPS, 600 GB/s), no more than {_A100_RATIO}"),
+    "L40S": GpuFamily(
+        tflops=362, bandwidth_gbs=864, mfu=0.22,
+        peak_source="NVIDIA L40S datasheet: 733 TFLOPS BF16 tensor with sparsity, 362 dense "
+                    "https://www.nvidia.com/en-us/data-center/l40s/",
+        mfu_source=f"assumed 22%: 419 FLOPs/byte (362 TFLOPS, 864 GB/s), 2.7x {_A100_RATIO}: memory-bound work "
+                   "takes a far larger share of each step"),
+    "A100": GpuFamily(
+        tflops=312, bandwidth_gbs=2039, mfu=0.35,
+        peak_source="NVIDIA A100 datasheet: 312 TFLOPS BF16 tensor dense "
+                    "https://www.nvidia.com/en-us/data-center/a100/",
+        mfu_source="assumed 35%: below the 38-57% MFU PyTorch reports for Llama pretraining with FlashAttention "
+                   "and FSDP on A100 (https://pytorch.org/blog/maximizing-training/), as fine-tuning batches are "
+                   "smaller"),
+    "H200": GpuFamily(
+        tflops=989, bandwidth_gbs=4800, mfu=0.30,
+        peak_source="NVIDIA H200 datasheet: 1,979 TFLOPS BF16 tensor with sparsity, 989 dense "
+                    "https://www.nvidia.com/en-us/data-center/h200/",
+        mfu_source=f"assumed 30%: 206 FLOPs/byte (989 TFLOPS, 4.8 TB/s), 1.3x {_A100_RATIO}: 3.2x the compute "
+                   "with 2.4x the bandwidth"),
 }
 CPU_PEAK_SOURCE = ("assumed about 50 GFLOPS fp32 per vCPU (AVX2 FMA at ~3 GHz, 2 vCPU on cpu-basic, 8 on "
                    "cpu-upgrade); no vendor figure for shared vCPUs")
-# Utilisation: large-scale pretraining reaches 38-57% MFU on A100/H100 (PyTorch FSDP blog, "Maximizing training
-# throughput", 2024; PaLM reports 46%); fine-tuning runs shorter sequences and smaller batches, so assume less.
-MFU_FLASH = 0.35
-MFU_FLASH_SOURCE = ("assumed 35%: below the 38-57% MFU reported for Llama pretraining with FlashAttention on "
-                    "A100/H100 (https://pytorch.org/blog/maximizing-training/), as fine-tuning batches are smaller")
-MFU_NO_FLASH = 0.25
-MFU_NO_FLASH_SOURCE = ("assumed 25%: no FlashAttention on Turing (PyTorch SDPA), fp16 with loss scaling, "
-                       "and no padding-free packing")
 MFU_CPU = 0.25
 MFU_CPU_SOURCE = "assumed 25% of the vCPUs' fp32 peak for PyTorch matmuls on shared cores"
 
 
 def _gpu(name: str, price: float, acc: str, count: int, vram: float, ram: float) -> HardwareFlavor:
-    gpu = GPUS[acc.lower()]
-    flash = gpu.flash_attention
+    family = FAMILIES[acc]
     return HardwareFlavor(
         name=name, usd_per_hour=price, accelerator=acc, count=count, memory_gb=vram, ram_gb=ram,
-        peak_tflops=PEAKS[acc].tflops, peak_source=PEAKS[acc].source, mfu=MFU_FLASH if flash else MFU_NO_FLASH,
-        mfu_source=MFU_FLASH_SOURCE if flash else MFU_NO_FLASH_SOURCE, bf16=gpu.bf16,
+        peak_tflops=family.tflops, peak_source=family.peak_source, mfu=family.mfu, mfu_source=family.mfu_source,
+        bf16=GPUS[acc.lower()].bf16,
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import hardware, hub, ledger, modelfacts
+from runner.budget import merge_refusal
 from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import UserError
 from runner.formats import METHODS, MethodVerdict
@@ -111,13 +112,20 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {text}"[:160] if text else type(e).__name__
 
 
-def plan_all(loaded: list, token: str | None, problems: list[str]) -> list:
-    """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead."""
-    price_table = prices(token) if loaded else None
+def plan_all(loaded: list[LoadedRecipe], token: str | None, problems: list[str]) -> list[Plan]:
+    """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead, and so do
+    recipes whose summed worst case is above `max_total_usd` (they are merged, and paid for, together)."""
+    if not loaded:
+        return []
+    price_table = prices(token)
     plans = []
     for item in loaded:
         try:
             plans.append(plan_recipe(item, token=token, price_table=price_table))
         except UserError as e:
             problems.append(str(e))
+    cap = min((x.defaults.max_total_usd for x in loaded if x.defaults.max_total_usd is not None), default=None)
+    together = merge_refusal({p.recipe: p.max_cost_usd for p in plans}, cap)
+    if together:
+        problems.append(together)
     return plans

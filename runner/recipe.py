@@ -447,6 +447,8 @@ class RepoDefaults(_Strict):
 
     namespace: str | None = None
     max_budget_usd: float | None = Field(None, gt=0)
+    max_total_usd: float | None = Field(None, gt=0, description="the most all recipes of one merge may cost together "
+                                        "in the worst case, USD; the plan check fails above it")
 
     @field_validator("namespace")
     @classmethod

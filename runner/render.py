@@ -89,10 +89,22 @@ def setup_line(p: Plan) -> str | None:
         return None
     batches = "packed, padding-free" if s.packing else ("length-grouped" if s.group_by_length else "padded")
     autocast = "no autocast" if s.autocast == "none" else f"{s.autocast} autocast"
-    return (f"{s.model_dtype} weights, {autocast}; {s.attn_implementation} attention"
+    repo, _, revision = s.attn_implementation.partition("@")  # a Hub kernel pinned to a commit: its short sha
+    attention = f"{repo}@{revision[:7]}" if revision else repo
+    return (f"{s.model_dtype} weights, {autocast}; {attention} attention"
             f"{', Liger' if s.use_liger_kernel else ''}; batch {s.per_device_train_batch_size} x "
             f"{s.gradient_accumulation_steps} x {s.world_size} ({batches}"
             f"{', checkpointed' if s.gradient_checkpointing else ''})")
+
+
+def _method(p: Plan) -> str:
+    """Method, adapter and learning rate, with where the rate comes from when the recipe left it."""
+    source = f" ({p.learning_rate_source})" if p.learning_rate_source not in (None, "recipe") else ""
+    return f"{p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g}{source}"
+
+
+def _timeout(p: Plan) -> str:
+    return f"timeout {p.timeout_seconds // 60} min" if p.jobs else "no job"
 
 
 def _eval_part(p: Plan) -> str:
@@ -108,14 +120,13 @@ def plan_text(p: Plan) -> str:
     lines = [
         f"{p.recipe}: {p.name} [{status}]",
         "  " + verdict_line(p.method, p.dataset.status, p.dataset.reason),
-        f"  model: {p.base_model} ({_count(p.params)} params, {p.params_source}); "
-        f"{'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g}",
+        f"  model: {p.base_model} ({_count(p.params)} params, {p.params_source}); {_method(p)}",
         f"  hardware: {p.flavor or 'none fits'}" + (f" ({p.strategy}, {p.devices} device(s))" if p.flavor else "")
         + f", est. peak {p.memory_gb:.1f} GB" + (f" of {p.memory_capacity_gb:g} GB" if p.memory_capacity_gb else ""),
         *([f"  setup: {setup_line(p)}"] if p.setup else []),
         f"  tokens: {_count(p.tokens)}" + (f" (images: {p.image_tokens_per_row:g} per row)"
                                             if p.image_tokens_per_row else "")
-        + f"; time: {_duration(p.hours)}{_eval_part(p)}; timeout: {p.timeout_seconds // 60} min",
+        + f"; time: {_duration(p.hours)}{_eval_part(p)}; {_timeout(p)}",
         f"  cost: ${p.cost_usd:.2f} (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}); "
         f"worst case ${p.max_cost_usd:.2f}; budget " + (f"${p.budget_usd:.2f}" if p.budget_usd else "none"),
         "  jobs: " + ("; ".join(f"{j.stage} on {j.flavor} (timeout {j.timeout_seconds // 60} min, worst case "
@@ -146,12 +157,12 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
         out += [
             "| | |", "|---|---|",
             f"| Base model | {code(p.base_model)} ({_count(p.params)} params) |",
-            f"| Method | {p.method.upper()}, {'LoRA' if p.lora else 'full fine-tune'}, lr {p.learning_rate:g} |",
+            f"| Method | {md(_method(p))} |",
             f"| Hardware | {hardware} |",
             *([f"| Setup | {md(setup_line(p) or '')} |"] if p.setup else []),
             f"| Data | {rows} rows, {_count(p.tokens)} training tokens"
             + (f" (images: {p.image_tokens_per_row:g} tokens per row)" if p.image_tokens_per_row else "") + " |",
-            f"| Time | ~{_duration(p.hours)}{_eval_part(p)} (timeout {p.timeout_seconds // 60} min) |",
+            f"| Time | ~{_duration(p.hours)}{_eval_part(p)} ({_timeout(p)}) |",
             f"| Cost | **${p.cost_usd:.2f}** (training ${p.train_cost_usd:.2f} + GGUF ${p.gguf_cost_usd:.2f}), "
             f"worst case ${p.max_cost_usd:.2f} |",
             f"| Budget | {budget}: {'within' if p.within_budget else '**refused**'} |",
@@ -171,6 +182,8 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
                        "; scaling starts at 3 comparable runs."), ""]
         if p.guesses:
             out += [f"<sub>Estimated: {md('; '.join(p.guesses))}. Prices: {md(p.price_source)}.</sub>", ""]
+    if len(plans) > 1:
+        out += [total_line(plans), ""]
     if commit:
         out.append(f"<sub>Planned by the default branch's runner from the files of {code(commit[:12])}; "
                    "the merge plans again and gates every spend.</sub>")
@@ -178,6 +191,12 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
     if len(text) > MAX_COMMENT_CHARS:
         text = text[: MAX_COMMENT_CHARS - 80] + "\n\n_(plan truncated: too long for one comment)_\n"
     return text
+
+
+def total_line(plans: Sequence[Plan]) -> str:
+    """What all recipes of the pull request cost together: they are merged, approved and paid for at once."""
+    return (f"**Total of {len(plans)} recipes:** ${sum(p.cost_usd for p in plans):.2f} estimated, "
+            f"${sum(p.max_cost_usd for p in plans):.2f} worst case (every job's whole timeout, billed)")
 
 
 def run_marker(name: str, record: RunRecord) -> str:

@@ -21,7 +21,7 @@ import yaml
 from runner import planning, recipe, yamlsafe
 from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import RecipeInvalid, UserError
-from runner.plan import Plan
+from runner.plan import NO_OUTPUT, Plan
 
 # Columns the built-in exact_answer reward can read as its `answer`, in order of preference.
 ANSWER_ALIASES = ("answer", "solution", "ground_truth", "final_answer", "target")
@@ -68,16 +68,20 @@ def new_recipe(root: Path, name: str, *, model: str, dataset: str, method: str =
 
     header = [f"{method.upper()} of {base_model} on {data_ref}, written by `runner new`."]
     plan = _plan(doc, header, target, token)
-    if not plan.ok and not plan.lora and plan.dataset.status == "ready":  # too big or too dear as a full fine-tune
+    if not _writable(plan) and not plan.lora and plan.dataset.status == "ready":  # too big or too dear in full
         why = "a full fine-tune fits no flavor" if not plan.fits else \
             f"a full fine-tune (${plan.cost_usd:.2f}) is over the budget"
         pinned_header = header + [f"adapter.lora pinned to true: {why}."]
         pinned = _plan(doc | {"adapter": {"lora": True}}, pinned_header, target, token)
-        if pinned.ok:
+        if _writable(pinned):
             doc, header, plan = doc | {"adapter": {"lora": True}}, pinned_header, pinned
             notes.append(f"adapter.lora pinned to true: {why}")
-    if not plan.ok:
+    if not _writable(plan):
         raise UserError(f"recipes/{name}.yaml not written: {_why_not(plan, dataset)}")
+    if plan.output_repo is None:
+        notes.append("no output repo yet: set `namespace: <your Hub user or organization>` in recipes/_defaults.yaml "
+                     "(models go to <namespace>/<recipe name>) before the pull request; the plan check fails without "
+                     "it, as a run on the Hub would")
     notes.append(f"hardware and timeout left auto: the plan picks {plan.flavor} now and re-decides from current "
                  "prices on every plan")
     _publish(_text(doc, header), target)
@@ -203,6 +207,12 @@ def _argument_problem(problem: Any) -> str:
                 None)
     where = f"{flag} ({problem.field})" if flag else problem.field or "recipe"
     return f"{where}: {problem.message}"
+
+
+def _writable(plan: Plan) -> bool:
+    """The plan passes, or only the output repo is missing: a repository setting, which a note names."""
+    only_output = plan.refusal == NO_OUTPUT and plan.fits and plan.within_budget and plan.dataset.status == "ready"
+    return plan.ok or only_output
 
 
 def _why_not(plan: Plan, dataset: str) -> str:

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from runner.evaluation import Evaluation
-from runner.plan import TrainingSetup
+from runner.jobs.train_policy import Setup
 
 
 class _Summary(BaseModel):
@@ -55,7 +55,7 @@ class TrainSummary(_Summary):
     world_size: int
     peak_memory_bytes: int
     vision: bool = False
-    setup: TrainingSetup | None = None  # what the job resolved on its device (runner/jobs/train_policy.py)
+    setup: Setup | None = None  # what the job resolved on its device (runner/jobs/train_policy.py)
     pushed: Pushed | None = None  # None: trained locally, nothing pushed
     evaluation: Evaluation | None = None  # None: nothing held out
 

@@ -37,13 +37,15 @@ def front_matter(path: Path) -> dict:
 
 
 def fresh_copy(dest: Path) -> Path:
-    """The repository as a new clone would have it: no local state, one commit."""
+    """The repository as a new clone would have it once set up (a namespace): no local state, one commit."""
     def skip(directory: str, names: list[str]) -> set[str]:
         local = {".git", ".runner", "runs", "plan"} if Path(directory) == ROOT else set()
         return local | {n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".egg-info")}
 
     repo = dest / "repo"
     shutil.copytree(ROOT, repo, ignore=skip)
+    defaults = repo / "recipes" / "_defaults.yaml"  # set up as README step 3 asks: a plan needs an output repo
+    defaults.write_text(defaults.read_text() + "namespace: agent-user\n")
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "template"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=git_env())
     return repo

@@ -130,7 +130,7 @@ def test_the_job_resolves_the_setup_the_plan_priced(train, tmp_path: Path, name:
     raw, _ = _emitted(tmp_path, name, lora=False, push=True)
     assert plan.setup is not None and plan.flavor is not None
     job = train.training_setup(raw, train.policy.device(plan.setup.device))
-    assert job.as_dict() == plan.setup.model_dump(), (job.as_dict(), plan.setup.model_dump())
+    assert job.as_dict() == plan.setup.as_dict(), (job.as_dict(), plan.setup.as_dict())
 
 
 @pytest.mark.parametrize("name", ["tiny-sft", "tiny-dpo"])

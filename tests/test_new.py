@@ -16,12 +16,13 @@ from runner import recipe as recipe_mod
 EDITOR_COMMENT = "# yaml-language-server: $schema=./schema.json"
 
 
-DEFAULTS = "max_budget_usd: 100\nbudget_usd: 5\n"
+DEFAULTS = "namespace: acme\nmax_budget_usd: 100\nbudget_usd: 5\n"
 
 
 @pytest.fixture(autouse=True)
 def _defaults(repo: Path) -> None:
-    """Repo defaults as the template has them: a budget every recipe inherits, under a cap."""
+    """Repo defaults as the template has them once set up: a namespace (a run on the Hub needs an output repo),
+    a budget every recipe inherits, under a cap."""
     (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS)
 
 
@@ -159,12 +160,23 @@ def test_pins_lora_only_when_a_full_fine_tune_is_over_budget(repo: Path, cli) ->
 
 
 def test_refuses_without_a_budget(repo: Path, cli) -> None:
-    (repo / "recipes" / "_defaults.yaml").unlink()
+    (repo / "recipes" / "_defaults.yaml").write_text("namespace: acme\n")  # no budget anywhere
     result = cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
     assert result.code == 1 and "no budget: pass --budget USD" in result.err
     assert recipes_dir(repo) == []
     assert cli("new", "free", "--model", "models/tiny", "--dataset", "data/sft.jsonl", "--budget", "2",
                cwd=repo).code == 0
+
+
+def test_without_an_output_repo_writes_and_names_the_setting_the_plan_needs(repo: Path, cli) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS.replace("namespace: acme\n", ""))
+    result = cli("new", "fresh", "--model", "models/tiny", "--dataset", "data/sft.jsonl", cwd=repo)
+    assert result.code == 0 and recipes_dir(repo) == ["fresh.yaml"]  # the recipe is right; the repo is not set up
+    assert "no output repo yet: set `namespace: <your Hub user or organization>` in recipes/_defaults.yaml" \
+        in result.out
+    assert cli("plan", "recipes/fresh.yaml", cwd=repo).code == 1  # the check still says so, as the merge would
+    (repo / "recipes" / "_defaults.yaml").write_text(DEFAULTS)
+    assert cli("plan", "recipes/fresh.yaml", cwd=repo).code == 0
 
 
 def test_grpo_gets_the_exact_answer_reward_from_an_answer_column(repo: Path, cli) -> None:

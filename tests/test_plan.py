@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -135,14 +136,21 @@ def test_explicit_short_timeout_warns(repo: Path, cli) -> None:
     assert any(w.startswith("timeout risk: timeout 5 min is below the estimated") for w in p["warnings"])
 
 
-def test_no_output_repo_warns_and_namespace_fixes_it(repo: Path, cli) -> None:
+def test_no_output_repo_fails_the_plan_and_the_merge_and_namespace_fixes_both(repo: Path, cli) -> None:
     write_recipe(repo, "nohub", LOCAL.format(name="nohub").replace("output:\n  repo: acme/nohub\n", ""))
     code, doc = plan_json(cli, repo, "recipes/nohub.yaml")
-    assert doc["plans"][0]["output_repo"] is None
-    assert any(w.startswith("no Hub output") for w in doc["plans"][0]["warnings"])
+    (p,) = doc["plans"]
+    assert code == 1 and doc["ok"] is False and p["output_repo"] is None
+    assert p["refusal"].startswith("no Hub output: set `output.repo`") and "`namespace`" in p["refusal"]
+    assert any(w.startswith("no Hub output") for w in p["warnings"])
+    # The merge's gate refuses what the check refused: nothing would be submitted.
+    merge = cli("run", "recipes/nohub.yaml", "--dry-run", "--backend", "hf", cwd=repo)
+    assert merge.code == 1 and "no Hub output" in merge.err and merge.out == ""
     (repo / "recipes" / "_defaults.yaml").write_text("namespace: acme\n")
     code, doc = plan_json(cli, repo, "recipes/nohub.yaml")
-    assert doc["plans"][0]["output_repo"] == "acme/nohub"
+    assert code == 0 and doc["plans"][0]["output_repo"] == "acme/nohub" and doc["plans"][0]["refusal"] is None
+    merge = cli("run", "recipes/nohub.yaml", "--dry-run", "--backend", "hf", "--json", cwd=repo)
+    assert merge.code == 0 and json.loads(merge.out)["jobs"][0]["config"]["hub_model_id"] == "acme/nohub"
 
 
 def test_long_rows_truncation_warning(repo: Path, cli) -> None:
@@ -311,3 +319,146 @@ def test_example_recipes_plan_offline(cli) -> None:
     assert doc["errors"] == []
     assert {p["name"] for p in doc["plans"]} >= {"tiny-sft", "tiny-dpo", "tiny-grpo"}
     assert all(p["dataset"]["status"] == "ready" for p in doc["plans"])
+
+
+# --- traps a newcomer walks into: each one said in the plan ----------------------------------------------
+
+
+def test_empty_dataset_fails_with_a_located_message_and_no_invented_figures(repo: Path, cli) -> None:
+    (repo / "data" / "empty.jsonl").write_text("")
+    write_recipe(repo, "e", LOCAL.format(name="e").replace("data/sft.jsonl", "data/empty.jsonl"))
+    code, doc = plan_json(cli, repo, "recipes/e.yaml")
+    assert code == 1 and doc["plans"] == []
+    assert doc["errors"] == ["recipes/e.yaml: dataset: 'data/empty.jsonl' (split 'train') has no rows: nothing to "
+                             "train on; add rows to it or point `dataset` at data that has some"]
+    text = cli("plan", "recipes/e.yaml", cwd=repo)
+    assert text.code == 1 and "10,000" not in text.out + text.err and "tokens:" not in text.out
+
+
+def test_epochs_beside_max_steps_warns_that_max_steps_wins(repo: Path, cli) -> None:
+    write_recipe(repo, "both", LOCAL.format(name="both") + "training:\n  epochs: 3\n  max_steps: 20\n")
+    write_recipe(repo, "steps", LOCAL.format(name="steps") + "training:\n  max_steps: 20\n")
+    _, doc = plan_json(cli, repo, "recipes/both.yaml", "recipes/steps.yaml")
+    both, steps = doc["plans"]
+    assert [w for w in both["warnings"] if "max_steps" in w] == [
+        "training.epochs 3 is ignored: training.max_steps 20 is also set and wins (the run stops after that many "
+        "steps); remove one of them"]
+    assert not any("max_steps" in w for w in steps["warnings"])
+    assert both["tokens"] == steps["tokens"]  # max_steps decides what is trained, as the warning says
+
+
+@pytest.mark.parametrize(("model", "adapter", "rate", "expected", "source"), [
+    ("./models/tiny", "", "", 2e-5, "full fine-tune default, not LoRA's 0.0002; `lora: auto` chose a full "
+                                    "fine-tune below 3B parameters"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "", "", 2e-4, "LoRA default"),
+    ("./models/tiny", "adapter:\n  lora: true\n", "", 2e-4, "LoRA default"),
+    ("./models/tiny", "adapter:\n  lora: false\n", "", 2e-5, "full fine-tune default, not LoRA's 0.0002"),
+    ("./models/tiny", "", "training:\n  learning_rate: 5e-5\n", 5e-5, "recipe"),
+])
+def test_learning_rate_defaults_to_the_adapter_the_plan_chose(repo: Path, cli, model: str, adapter: str, rate: str,
+                                                              expected: float, source: str) -> None:
+    write_recipe(repo, "lr", HUB.format(name="lr", model=model, budget=50) + adapter + rate)
+    _, doc = plan_json(cli, repo, "recipes/lr.yaml")
+    (p,) = doc["plans"]
+    assert p["learning_rate"] == pytest.approx(expected) and p["learning_rate_source"] == source
+    assert not any("LoRA-sized" in w for w in p["warnings"])
+    markdown = cli("plan", "recipes/lr.yaml", "--markdown", cwd=repo).out
+    line = next(x for x in markdown.splitlines() if x.startswith("| Method |"))
+    assert f"lr {expected:g}" in line and (source == "recipe" or "default" in line)
+
+
+def test_a_lora_sized_rate_on_an_auto_full_finetune_is_warned(repo: Path, cli) -> None:
+    write_recipe(repo, "hot", LOCAL.format(name="hot") + "training:\n  learning_rate: 2e-4\n")
+    _, doc = plan_json(cli, repo, "recipes/hot.yaml")
+    (p,) = doc["plans"]
+    assert p["lora"] is False and p["learning_rate"] == pytest.approx(2e-4)  # the recipe's rate is kept...
+    assert any(w.startswith("training.learning_rate 0.0002 is a LoRA-sized rate, but `adapter.lora: auto` chose a "
+                            "full fine-tune") for w in p["warnings"])  # ...and said to be a LoRA rate
+
+
+def _t4_plan(repo: Path, batch: int):
+    from runner import planning, recipe
+
+    text = (HUB.format(name="m", model="Qwen/Qwen3-1.7B", budget=50) + "hardware: t4-small\nadapter:\n  lora: true\n"
+            f"training:\n  batch_size: {batch}\n  grad_accum: 1\n  pin_batch: true\n  max_length: 2048\n"
+            "  gradient_checkpointing: false\n")
+    write_recipe(repo, "m", text)
+    return planning.plan_recipe(recipe.load(repo / "recipes" / "m.yaml"), token=None, price_table=planning.prices(None))
+
+
+def test_memory_at_90_percent_of_the_gpu_is_warned(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = [{"messages": [{"role": "user", "content": "q " * 400}, {"role": "assistant", "content": "a " * 800}]}]
+    write_jsonl(repo / "data" / "sft.jsonl", rows * 50)
+    tight = 0
+    for batch in range(6, 12):  # pinned micro-batches of long rows: from roomy to over a T4's 16 GB
+        p = _t4_plan(repo, batch)
+        share = p.memory_gb / (p.memory_capacity_gb or 1)
+        warned = [w for w in p.warnings if w.startswith("memory: the estimated peak")]
+        assert bool(warned) == (p.fits and share >= 0.9), (batch, share, p.warnings)
+        tight += bool(warned)
+        if warned:
+            assert f"{share:.0%} of t4-small's 16 GB" in warned[0]
+    assert tight >= 1  # the sweep crosses the band where the warning is due
+
+
+def test_an_estimate_close_to_the_timeout_is_warned(repo: Path, cli) -> None:
+    write_jsonl(repo / "data" / "sft.jsonl",
+                [{"messages": [{"role": "user", "content": "q " * 300}, {"role": "assistant", "content": "a " * 300}]}]
+                * 2000)
+    base = HUB.format(name="slow", model="Qwen/Qwen3-4B", budget=500) + "hardware: t4-small\n"
+    write_recipe(repo, "slow", base)
+    _, doc = plan_json(cli, repo, "recipes/slow.yaml")
+    roomy = doc["plans"][0]
+    assert not any(w.startswith(("timeout:", "timeout risk")) for w in roomy["warnings"])  # the recommended timeout
+    minutes = math.ceil(roomy["hours"] * 60 / 0.8)  # the estimate at about 80% of it
+    write_recipe(repo, "slow", base + f"timeout: {minutes}m\n")
+    _, doc = plan_json(cli, repo, "recipes/slow.yaml")
+    (p,) = doc["plans"]
+    share = p["hours"] * 3600 / p["timeout_seconds"]
+    assert 0.7 <= share < 1 / 1.1
+    assert f"timeout: the estimate ({p['hours'] * 60:.0f} min) is {share:.0%} of the {minutes}-min timeout" in \
+        " ".join(p["warnings"])
+
+
+def test_recipes_of_one_pull_request_are_totalled_and_capped_together(repo: Path, cli) -> None:
+    for name in ("a", "b"):
+        write_recipe(repo, name, LOCAL.format(name=name))
+    code, doc = plan_json(cli, repo, "recipes/a.yaml", "recipes/b.yaml")
+    assert code == 0 and doc["errors"] == []
+    worst = [p["max_cost_usd"] for p in doc["plans"]]
+    total = round(sum(worst), 2)
+    markdown = cli("plan", "recipes/a.yaml", "recipes/b.yaml", "--markdown", cwd=repo)
+    assert (f"**Total of 2 recipes:** ${sum(p['cost_usd'] for p in doc['plans']):.2f} estimated, ${total:.2f} worst "
+            "case") in markdown.out
+    cap = total * 0.75  # each recipe fits it, both together do not
+    assert all(w <= cap for w in worst)
+    (repo / "recipes" / "_defaults.yaml").write_text(f"max_total_usd: {cap}\n")
+    code, doc = plan_json(cli, repo, "recipes/a.yaml", "recipes/b.yaml")
+    assert code == 1 and len(doc["plans"]) == 2 and all(p["ok"] for p in doc["plans"])
+    assert doc["errors"] == [
+        f"recipes/_defaults.yaml: max_total_usd: the 2 recipes of this pull request may cost ${total:.2f} together in "
+        f"the worst case (recipes/a.yaml ${worst[0]:.2f}, recipes/b.yaml ${worst[1]:.2f}), above max_total_usd "
+        f"${cap:.2f}; lower their budgets or timeouts, split the pull request, or raise max_total_usd"]
+    assert plan_json(cli, repo, "recipes/a.yaml")[0] == 0  # one of them alone is within the cap
+    (repo / "recipes" / "_defaults.yaml").write_text(f"max_total_usd: {total}\n")
+    assert plan_json(cli, repo, "recipes/a.yaml", "recipes/b.yaml")[0] == 0
+    (repo / "recipes" / "_defaults.yaml").write_text("max_total_usd: 0\n")
+    bad = cli("validate", "recipes/a.yaml", cwd=repo)
+    assert bad.code == 1 and "recipes/_defaults.yaml:1:16: max_total_usd: Input should be greater than 0" in \
+        bad.out + bad.err
+
+
+def test_a_plan_round_trips_through_its_json(repo: Path, cli) -> None:
+    """Records keep the plan a run started from: the JSON carries the derived figures and loads back the same."""
+    from runner.jobs.train_policy import Setup
+    from runner.plan import Plan
+
+    write_recipe(repo, "demo", LOCAL.format(name="demo"))
+    _, doc = plan_json(cli, repo, "recipes/demo.yaml")
+    raw = {k: v for k, v in doc["plans"][0].items() if k != "ok"}
+    back = Plan.model_validate(raw)
+    assert isinstance(back.setup, Setup) and back.model_dump(mode="json") == raw
+    assert raw["flavor"] == raw["jobs"][0]["flavor"] and raw["cost_usd"] == round(
+        sum(j["cost_usd"] for j in raw["jobs"]), 4)
+    assert raw["devices"] == raw["setup"]["world_size"] and raw["memory_gb"] == raw["setup"]["memory_gb"]

@@ -10,16 +10,17 @@ The decisions, in one place:
   autocast (fp16 with a gradient scaler on GPUs without bf16, e.g. T4: the scaler refuses
   fp16 parameters); LoRA keeps the frozen base in bf16 (fp16 on T4) and the adapters in
   fp32 (PEFT upcasts them). CPUs train in fp32.
-- attention: FlashAttention 2 from the Hub's `kernels` package on Ampere and later, else
-  PyTorch SDPA.
+- attention: FlashAttention 2 from the Hub's `kernels` package (a pinned revision) on Ampere
+  and later, else PyTorch SDPA.
 - SFT packing: best-fit-decreasing packing, padding-free, where the attention keeps packed
   sequences apart (FlashAttention); else batches of similar lengths (`group_by_length`).
 - Liger kernels on every CUDA GPU.
 - batch: the recipe's batch_size x grad_accum is the global batch per optimizer step; on a
-  GPU it is re-split into the largest micro-batch that fits times accumulation, across the
-  processes, unless the recipe pins it (`training.pin_batch: true`). On a CPU it is re-split
-  (same global batch, same loss) into micro-batches of at most CPU_MICRO_TOKENS tokens: a
-  full 8 x 512 fp32 micro-batch cost more memory than TRL's defaults, for no speed.
+  GPU it is re-split into the largest micro-batch that fits in MEMORY_TARGET of the memory
+  times accumulation, across the processes, unless the recipe pins it (`training.pin_batch:
+  true`). On a CPU it is re-split (same global batch, same loss) into micro-batches of at
+  most CPU_MICRO_TOKENS tokens: a full 8 x 512 fp32 micro-batch cost more memory than TRL's
+  defaults, for no speed.
 - activation checkpointing only when no micro-batch fits without it (`auto`).
 - multi-GPU: data-parallel (DDP) when a replica fits one GPU, else FSDP (`strategy: auto`).
 """
@@ -33,13 +34,24 @@ from typing import Literal
 
 GiB = 1024**3
 GB = 1000**3  # memory sizes are listed in GB (decimal), as the Hub lists them; capacities compare in bytes
-FLASH_ATTENTION = "kernels-community/flash-attn2"  # FlashAttention 2 built for the `kernels` package (trl-jobs)
+# FlashAttention 2 built for the `kernels` package (trl-jobs' presets), fetched from the Hub by the job next to
+# HF_TOKEN: pinned to one commit, so a later push to the kernel repo never runs in a job unreviewed.
+# transformers reads `repo@revision` as get_kernel(repo, revision=...). To refresh, take the head of the version
+# branch this transformers loads (FLASH_ATTN_KERNEL_VERSIONS in transformers/modeling_flash_attention_utils.py,
+# 4 -> branch v4), review the diff, and paste the full sha that prints:
+#   python -c "import huggingface_hub as h; print(h.model_info('kernels-community/flash-attn2', revision='v4').sha)"
+FLASH_ATTENTION_REPO = "kernels-community/flash-attn2"
+FLASH_ATTENTION_REVISION = "81fb77c12b2ad5d69380669b46739d5868614502"
+FLASH_ATTENTION = f"{FLASH_ATTENTION_REPO}@{FLASH_ATTENTION_REVISION}"  # what the job passes as attn_implementation
 SDPA = "sdpa"
 GPU_OVERHEAD = 1.5 * GiB  # CUDA context, allocator slack
 CPU_OVERHEAD = 1.0 * GiB
 LOGPROB_CHUNK = 32_768  # TRL >= 1.16 scores the vocabulary in chunks of this many logits (fused LM head)
 DEFAULT_VOCAB = 128_000
 MAX_MICRO_BATCH = 64
+# Micro-batches are sized to fill at most this share of a device: the memory model is an estimate, and the rest is
+# headroom for what it does not count (fragmentation, kernels' workspaces). A setup above it still fits, with a warning.
+MEMORY_TARGET = 0.9
 # On a CPU a micro-batch holds at most this many tokens (rows x expected length): activations and the padded
 # attention scores grow with it, and a CPU's matrix products are already full at this size.
 CPU_MICRO_TOKENS = 1024
@@ -180,7 +192,7 @@ def peak_memory(shape: ModelShape, dev: Device, prec: Precision, *, lora: bool, 
     """Estimated peak bytes on one device for one micro-batch of `seq`-token sequences."""
     w = prec.weight_bytes
     if lora:
-        states = shape.params * w + lora_params(shape, r) * 16  # fp32 adapter, its gradient, two AdamW moments
+        states: float = shape.params * w + lora_params(shape, r) * 16  # fp32 adapter, its gradient, two AdamW moments
     else:
         opt = 4 if prec.optimizer_dtype == "float32" else 2
         states = shape.params * (2 * w + 2 * opt)  # weights + gradients + AdamW moments
@@ -264,85 +276,80 @@ def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(min(n, MAX_MICRO_BATCH), 0, -1) if n % d == 0]
 
 
-def resolve(job: Job, dev: Device) -> Setup:
-    """The setup `job` trains with on `dev`: the one function the plan and the job script both call."""
-    gpu = dev.is_gpu
-    prec = precision(dev, job.method, job.lora)
-    attn = FLASH_ATTENTION if dev.flash_attention else SDPA
-    sft = job.method == "sft"
-    packing = sft and (dev.flash_attention if job.packing == "auto" else bool(job.packing))
-    # TRL's BFD packing always runs padding-free; only FlashAttention keeps the packed rows apart.
-    padding_free = packing
-    liger = gpu
-    world = dev.count
-    shape = job.model
-    seq = float(job.max_length) if packing else float(min(job.sequence_tokens or job.max_length, job.max_length))
+StrategyName = Literal["single", "ddp", "fsdp"]
 
-    if world == 1:
-        strategies: list[Literal["single", "ddp", "fsdp"]] = ["single"]
-    elif not gpu or job.strategy == "ddp":
-        strategies = ["ddp"]
-    elif job.strategy == "fsdp":
-        strategies = ["fsdp"]
-    else:
-        strategies = ["ddp", "fsdp"]
-    if not gpu:
-        checkpoints = [False]  # plenty of RAM, and recomputation only slows a CPU down
-    elif job.gradient_checkpointing == "auto":
-        checkpoints = [False, True]
-    else:
-        checkpoints = [bool(job.gradient_checkpointing)]
 
-    def memory(micro: int, ckpt: bool, strategy: str) -> float | None:
-        if shape is None:
-            return None
-        return peak_memory(shape, dev, prec, lora=job.lora, r=job.lora_r, method=job.method, micro_batch=micro,
-                           seq=seq, checkpointing=ckpt, completion_tokens=job.completion_tokens,
-                           generations=job.generations, shards=world if strategy == "fsdp" else 1,
-                           liger=liger and shape.liger)
+def _strategies(job: Job, dev: Device) -> list[StrategyName]:
+    """The multi-device strategies to try, cheapest first."""
+    if dev.count == 1:
+        return ["single"]
+    if not dev.is_gpu or job.strategy == "ddp":
+        return ["ddp"]
+    return ["fsdp"] if job.strategy == "fsdp" else ["ddp", "fsdp"]
 
-    capacity = dev.memory_gb * GB
-    recipe_split = [job.batch_size]
+
+def _checkpointing(job: Job, dev: Device) -> list[bool]:
+    """Activation checkpointing settings to try, without it first."""
+    if not dev.is_gpu:
+        return [False]  # plenty of RAM, and recomputation only slows a CPU down
+    return [False, True] if job.gradient_checkpointing == "auto" else [bool(job.gradient_checkpointing)]
+
+
+def _micro_batches(job: Job, dev: Device, seq: float) -> tuple[list[int], int, bool]:
+    """(micro-batch sizes to try, largest first; rows per process per step; whether the memory model sized them)."""
     per_process = job.batch_size * job.grad_accum
-    sized = gpu and shape is not None and not job.pin_batch
+    sized = dev.is_gpu and job.model is not None and not job.pin_batch
     if sized:
-        per_process = max(1, math.ceil(job.batch_size * job.grad_accum / world))
-        if job.method == "grpo" and (per_process * world) % job.generations:
+        per_process = max(1, math.ceil(job.batch_size * job.grad_accum / dev.count))
+        if job.method == "grpo" and (per_process * dev.count) % job.generations:
             sized = False  # GRPO needs whole groups of generations per step; keep the recipe's split
             per_process = job.batch_size * job.grad_accum
-    micros = _divisors_desc(per_process) if sized else recipe_split
-    if not gpu and not job.pin_batch and job.method != "grpo":  # GRPO's batch is groups of generations
+    micros = _divisors_desc(per_process) if sized else [job.batch_size]
+    if not dev.is_gpu and not job.pin_batch and job.method != "grpo":  # GRPO's batch is groups of generations
         # Rows one micro-batch at a time cost the same per token on a CPU; fewer at once keep the
         # activations (fp32, no checkpointing) below what a wide padded batch holds.
         tokens = seq * (2 if job.method == "dpo" else 1)
         micros = [next(d for d in _divisors_desc(per_process) if d * tokens <= CPU_MICRO_TOKENS or d == 1)]
         sized = True
+    return micros, per_process, sized
 
-    choice = None
-    for strategy in strategies:
-        for ckpt in checkpoints:
-            for micro in micros:
-                mem = memory(micro, ckpt, strategy)
-                if mem is None or mem <= capacity:
-                    choice = (strategy, ckpt, micro, mem)
-                    break
-            if choice:
-                break
-        if choice:
-            break
+
+def resolve(job: Job, dev: Device) -> Setup:
+    """The setup `job` trains with on `dev`: the one function the plan and the job script both call."""
+    prec = precision(dev, job.method, job.lora)
+    packing = job.method == "sft" and (dev.flash_attention if job.packing == "auto" else bool(job.packing))
+    seq = float(job.max_length) if packing else float(min(job.sequence_tokens or job.max_length, job.max_length))
+    strategies, checkpoints = _strategies(job, dev), _checkpointing(job, dev)
+    micros, per_process, sized = _micro_batches(job, dev, seq)
+
+    def memory(micro: int, ckpt: bool, strategy: str) -> float | None:
+        if job.model is None:
+            return None
+        return peak_memory(job.model, dev, prec, lora=job.lora, r=job.lora_r, method=job.method, micro_batch=micro,
+                           seq=seq, checkpointing=ckpt, completion_tokens=job.completion_tokens,
+                           generations=job.generations, shards=dev.count if strategy == "fsdp" else 1,
+                           liger=dev.is_gpu and job.model.liger)
+
+    candidates = [(s, c, m) for s in strategies for c in checkpoints for m in micros]
+    capacity = dev.memory_gb * GB
+    # The first setup within the target, else the first within the whole memory (the plan warns), else none fits.
+    choice = next(((s, c, m, mem) for limit in (capacity * MEMORY_TARGET, capacity) for s, c, m in candidates
+                   if (mem := memory(m, c, s)) is None or mem <= limit), None)
     fits = choice is not None
     if choice is None:
-        smallest = micros[-1]
-        choice = (strategies[-1], checkpoints[-1], smallest, memory(smallest, checkpoints[-1], strategies[-1]))
+        s, c, m = strategies[-1], checkpoints[-1], micros[-1]
+        choice = (s, c, m, memory(m, c, s))
     strategy, ckpt, micro, mem = choice
     accum = per_process // micro if sized else job.grad_accum
     return Setup(
-        device=dev.name, world_size=world, model_dtype=prec.model_dtype, autocast=prec.autocast,
+        device=dev.name, world_size=dev.count, model_dtype=prec.model_dtype, autocast=prec.autocast,
         optimizer_dtype=prec.optimizer_dtype, bf16=prec.autocast == "bf16", fp16=prec.autocast == "fp16",
-        attn_implementation=attn, use_liger_kernel=liger, packing=packing, padding_free=padding_free,
-        group_by_length=sft and not packing, gradient_checkpointing=ckpt, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accum, effective_batch=micro * accum * world, strategy=strategy,
-        fsdp=strategy == "fsdp", batch_source="memory model" if sized else "recipe",
+        attn_implementation=FLASH_ATTENTION if dev.flash_attention else SDPA, use_liger_kernel=dev.is_gpu,
+        # TRL's BFD packing always runs padding-free; only FlashAttention keeps the packed rows apart.
+        packing=packing, padding_free=packing, group_by_length=job.method == "sft" and not packing,
+        gradient_checkpointing=ckpt, per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
+        effective_batch=micro * accum * dev.count, strategy=strategy, fsdp=strategy == "fsdp",
+        batch_source="memory model" if sized else "recipe",
         memory_gb=None if mem is None else round(mem / GB, 2), memory_capacity_gb=dev.memory_gb, fits=fits,
     )
 
