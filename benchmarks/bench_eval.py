@@ -1,6 +1,6 @@
 """Benchmark: the wall time evaluation adds, measured on the example run and estimated for Qwen3-0.6B.
 
-1. The tiny SFT example (`recipes/tiny-sft.yaml`, GGUF off) trained for real, twice in a
+1. The tiny SFT example (`examples/recipes/tiny-sft.yaml`, GGUF off) trained for real, twice in a
    throwaway copy of the repo: with the default evaluation (held-out loss before and after,
    3 greedy samples from each model) and with `dataset.eval_fraction: 0` (no evaluation).
    Reports the training job's wall time for each and the evaluation's own time as the job
@@ -38,15 +38,15 @@ def env() -> dict[str, str]:
 
 def workspace(tmp: Path) -> Path:
     repo = tmp / "repo"
-    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
-        shutil.copytree(ROOT / part, repo / part)
+    for part in ("recipes", "rewards", "data", "tiny-model"):  # examples/ is a repository root of its own
+        shutil.copytree(ROOT / "examples" / part, repo / part)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     return repo
 
 
 def run_example(repo: Path, name: str, dataset_lines: str) -> dict:
-    text = (ROOT / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", f"name: {name}")
-    text = text.replace("  path: examples/data/sft.jsonl\n", dataset_lines)
+    text = (ROOT / "examples" / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", f"name: {name}")
+    text = text.replace("  path: data/sft.jsonl\n", dataset_lines)
     text = text.replace("gguf:\n  quantizations: [Q4_K_M]\n", "gguf:\n  enabled: false\n")
     (repo / "recipes" / f"{name}.yaml").write_text(text)
     start = time.monotonic()
@@ -101,8 +101,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             repo = workspace(Path(tmp))
             out["example_without_eval"] = run_example(repo, "bench-noeval",
-                                                      "  path: examples/data/sft.jsonl\n  eval_fraction: 0\n")
-            out["example_with_eval"] = run_example(repo, "bench-eval", "  path: examples/data/sft.jsonl\n")
+                                                      "  path: data/sft.jsonl\n  eval_fraction: 0\n")
+            out["example_with_eval"] = run_example(repo, "bench-eval", "  path: data/sft.jsonl\n")
     out["qwen3_0_6b"] = {f"{hardware} {label}": planned(tasks, fraction, hardware)
                          for hardware in ("auto", "l4x1")
                          for label, tasks, fraction in (("off", None, 0), ("default", None, None),

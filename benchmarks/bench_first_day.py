@@ -56,7 +56,7 @@ def ci_runs_for(changed: list[str]) -> bool:
     paths = trigger.get("paths")
     if paths is None:
         return True
-    return any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f, p.rstrip("*") + "*") for f in changed for p in paths)
+    return any(fnmatch.fnmatch(f, p) for f in changed for p in paths)  # fnmatch: `*` crosses folders, a superset
 
 
 def main() -> int:

@@ -39,8 +39,8 @@ GGUF = gguf_summary_json([])
 
 def workspace(tmp: Path) -> Path:
     repo = tmp / "ws"
-    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
-        shutil.copytree(ROOT / part, repo / part)
+    for part in ("recipes", "rewards", "data", "tiny-model"):  # examples/ is a repository root of its own
+        shutil.copytree(ROOT / "examples" / part, repo / part)
     defaults = repo / "recipes" / "_defaults.yaml"
     defaults.write_text(defaults.read_text() + "namespace: alice\n")
     git = ["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@b.invalid"]

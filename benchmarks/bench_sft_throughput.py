@@ -6,7 +6,7 @@ settings (no packing, every batch padded to its longest row, random order). "Our
 runner/jobs/train.py exactly as `runner run` launches it. The figure of merit is
 effective (non-padding) training tokens per second; peak memory is the process's
 maximum resident set. Also reports the wall time per stage of the whole local pipeline
-(`runner run recipes/tiny-sft.yaml`).
+(`runner run examples/recipes/tiny-sft.yaml`).
 
     python benchmarks/bench_sft_throughput.py [--steps 40] [--json]
 """
@@ -92,8 +92,8 @@ def run_ours(tmp: Path, data: Path, steps: int, batch: int) -> dict:
 
 def pipeline_stages(tmp: Path) -> dict:
     repo = tmp / "repo"
-    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
-        shutil.copytree(ROOT / part, repo / part)
+    for part in ("recipes", "rewards", "data", "tiny-model"):  # examples/ is a repository root of its own
+        shutil.copytree(ROOT / "examples" / part, repo / part)
     proc = subprocess.run([sys.executable, "-m", "runner", "run", "recipes/tiny-sft.yaml", "--quiet"], cwd=repo,
                           env=env(), capture_output=True, text=True)
     if proc.returncode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -15,6 +16,15 @@ import pytest
 from runner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def copy_examples(dest: Path, *parts: str) -> Path:
+    """Lay the examples out as a repository root at `dest` (recipes/, rewards/, data/, tiny-model/ ...).
+
+    examples/ is a root of its own: its recipes read ./tiny-model and data/ from there."""
+    for part in parts:
+        shutil.copytree(ROOT / "examples" / part, dest / part)
+    return dest
 
 
 @pytest.fixture(autouse=True)

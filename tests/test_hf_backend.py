@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, gguf_summary_json, train_summary_json
+from conftest import ROOT, gguf_summary_json, train_summary_json, copy_examples
 from hubstub import HubStub, JobScript
 
 from runner.cli import main
@@ -41,8 +41,7 @@ def hub(monkeypatch: pytest.MonkeyPatch):
 def workspace(tmp_path: Path) -> Path:
     """A git checkout of the template with a namespace set, so outputs go to alice/<recipe>."""
     repo = tmp_path / "ws"
-    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
-        shutil.copytree(ROOT / part, repo / part)
+    copy_examples(repo, "recipes", "rewards", "data", "tiny-model")
     defaults = repo / "recipes" / "_defaults.yaml"
     defaults.write_text(defaults.read_text() + "namespace: alice\n")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
@@ -115,14 +114,14 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     assert model[f"{bundle}/train.py"] == (ROOT / "runner" / "jobs" / "train.py").read_bytes()
     # The training policy train.py imports travels with it.
     assert model[f"{bundle}/train_policy.py"] == (ROOT / "runner" / "jobs" / "train_policy.py").read_bytes()
-    assert model[f"{bundle}/examples/data/sft.jsonl"] == (workspace / "examples/data/sft.jsonl").read_bytes()
+    assert model[f"{bundle}/data/sft.jsonl"] == (workspace / "data/sft.jsonl").read_bytes()
     config = json.loads(spec["environment"]["RUNNER_JOB_CONFIG"])
     # The GGUF job converts exactly the commit the training job pushed, not whatever main holds by then.
     gguf_config = json.loads(gguf[0].spec["environment"]["RUNNER_JOB_CONFIG"])
     pushed = rec["train_summary"]["pushed"]
     assert gguf_config["model_repo"] == pushed["repo"] == "alice/tiny-sft" and len(pushed["commit"]) == 40
     assert gguf_config["model_revision"] == pushed["commit"] == rec["configs"]["gguf"]["model_revision"]
-    assert config["dataset_name"] == "/runner/examples/data/sft.jsonl"
+    assert config["dataset_name"] == "/runner/data/sft.jsonl"
     assert config["hub_model_id"] == "alice/tiny-sft" and config["push_to_hub"] is True
     # The card is the model repo's README, and the repo keeps its copy.
     assert model["README.md"].decode() == (workspace / "models" / "tiny-sft" / "README.md").read_text()

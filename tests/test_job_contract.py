@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_examples
 
 from runner import jobspec, planning, recipe
 
@@ -49,7 +49,7 @@ PER_METHOD = {"dpo": {"beta": 0.25}, "grpo": {"num_generations": 2, "max_complet
 
 def _loaded(name: str, *, lora: bool):
     """recipes/<name>.yaml with non-default training, LoRA and tracking values."""
-    loaded = recipe.load(ROOT / "recipes" / f"{name}.yaml")
+    loaded = recipe.load(ROOT / "examples" / "recipes" / f"{name}.yaml")
     r = loaded.recipe
     training = r.training.model_copy(update=TRAINING | PER_METHOD[r.method])
     adapter = r.adapter.model_copy(update={"lora": lora, "r": 4, "alpha": 8, "dropout": 0.1,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import a_plan, gguf_summary_json, train_summary_json
+from conftest import a_plan, gguf_summary_json, train_summary_json, copy_examples
 
 from runner import ledger
 from runner.ledger import RunRecord
@@ -105,32 +105,6 @@ def test_a_record_from_before_typed_plans_still_loads(tmp_path: Path) -> None:
     ledger.runs_path(tmp_path, "x").write_text(json.dumps({"name": "x", "runs": [doc]}))
     back = ledger.read(tmp_path, "x").runs[0]
     assert back.plan.warnings == [] and back.train_summary.pushed is None and back.gguf_summary.files == []
-
-
-def test_a_record_written_before_trl_names_loads_with_the_configs_it_fixed(tmp_path: Path) -> None:
-    """tests/data holds a run record the previous version wrote (nested `training`, `dataset`... configs):
-    it loads, and its configs read as exactly what this version derives for the same recipe and run."""
-    import shutil
-
-    from conftest import ROOT
-
-    from runner import jobspec, planning, recipe, runs
-
-    for part in ("recipes", "examples", "rewards"):
-        shutil.copytree(ROOT / part, tmp_path / part)
-    text = (ROOT / "tests" / "data" / "runs-tiny-dpo-before-trl-names.json").read_text()
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "tiny-dpo.json").write_text(text.replace("@WORKSPACE@", str(tmp_path)))
-    [rec] = ledger.read(tmp_path, "tiny-dpo").runs
-    loaded = recipe.load(tmp_path / "recipes" / "tiny-dpo.yaml")
-    plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
-    places = runs.local_places(loaded, rec.run_id, tmp_path / ".runner" / "hub")
-    assert rec.configs.train == jobspec.train_config(loaded, plan, rec.run_id, places, push=False)
-    model = Path(rec.configs.train.output_dir)
-    gguf_places = jobspec.Places(model_dir=model, gguf_dir=model.with_name(model.name + "-GGUF"),
-                                 work_dir=Path(rec.configs.train.summary_path).parent)
-    assert rec.configs.gguf == jobspec.gguf_config(loaded, gguf_places, rec.run_id, adapter=True, push=False)
-    assert rec.configs.train.beta == 0.1 and rec.configs.train.use_peft  # tiny-dpo: DPO with LoRA
 
 
 def test_one_unreadable_run_file_does_not_stop_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -315,7 +315,7 @@ def test_module_entry_point(repo: Path) -> None:
 def test_example_recipes_plan_offline(cli) -> None:
     if not (ROOT / "examples" / "tiny-model" / "config.json").exists():
         pytest.skip("tiny model not built")
-    code, doc = plan_json(cli, ROOT, "recipes")
+    code, doc = plan_json(cli, ROOT, "examples/recipes")
     assert doc["errors"] == []
     assert {p["name"] for p in doc["plans"]} >= {"tiny-sft", "tiny-dpo", "tiny-grpo"}
     assert all(p["dataset"]["status"] == "ready" for p in doc["plans"])

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_summaries_read_whole
+from conftest import ROOT, assert_summaries_read_whole, copy_examples
 
 pytest.importorskip("trl")
 pytest.importorskip("llama_cpp")
@@ -29,14 +29,13 @@ RUN_TIMEOUT = 900
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("workspace")
-    for part in ("recipes", "rewards", "examples/data"):
-        shutil.copytree(ROOT / part, repo / part)
+    copy_examples(repo, "recipes", "rewards", "data")
     model = ROOT / "examples" / "tiny-model"
     if (model / "config.json").exists():
-        shutil.copytree(model, repo / "examples" / "tiny-model")
+        shutil.copytree(model, repo / "tiny-model")
     else:
         subprocess.run([sys.executable, str(ROOT / "examples" / "build_tiny_model.py"), "--out",
-                        str(repo / "examples" / "tiny-model")], check=True, capture_output=True, timeout=300)
+                        str(repo / "tiny-model")], check=True, capture_output=True, timeout=300)
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "-A"], check=True)
@@ -178,8 +177,8 @@ def test_sft_full_is_the_main_command(workspace: Path) -> None:
 def test_sft_lora_with_an_eval_split(workspace: Path) -> None:
     # A local file has one split; slices of it make the training and the evaluation split.
     path = variant(workspace, "tiny-sft", "tiny-sft-lora", replace=(
-        "  path: examples/data/sft.jsonl\n",
-        "  path: examples/data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
+        "  path: data/sft.jsonl\n",
+        "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
     text = (workspace / path).read_text().replace("  lora: false", "  lora: true\n  r: 8")
     (workspace / path).write_text(text)
     proc = runner(workspace, path)
@@ -230,12 +229,12 @@ def test_two_process_data_parallel_sft(workspace: Path) -> None:
 
 def test_crash_in_training_ends_in_a_failed_record(workspace: Path) -> None:
     # The sample the plan reads is fine; a row beyond it lacks the mapped column, so only training finds out.
-    rows = [json.loads(line) for line in (workspace / "examples" / "data" / "sft.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (workspace / "data" / "sft.jsonl").read_text().splitlines()]
     good = rows * 4  # > 256 sampled rows
-    (workspace / "examples" / "data" / "late-bad.jsonl").write_text(
+    (workspace / "data" / "late-bad.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in good) + json.dumps({"text": "no messages here"}) + "\n")
-    path = variant(workspace, "tiny-sft", "tiny-bad", replace=("examples/data/sft.jsonl",
-                                                                "examples/data/late-bad.jsonl"))
+    path = variant(workspace, "tiny-sft", "tiny-bad", replace=("data/sft.jsonl",
+                                                                "data/late-bad.jsonl"))
     proc = runner(workspace, path)
     assert proc.returncode == 1
     run = last_run(workspace, "tiny-bad")
@@ -248,7 +247,7 @@ def test_crash_in_training_ends_in_a_failed_record(workspace: Path) -> None:
 
 def test_killed_training_resumes_from_its_checkpoint_to_the_same_final_step(workspace: Path) -> None:
     (workspace / "recipes" / "tiny-resume.yaml").write_text(
-        "base_model: ./examples/tiny-model\nmethod: sft\ndataset: examples/data/sft.jsonl\n"
+        "base_model: ./tiny-model\nmethod: sft\ndataset: data/sft.jsonl\n"
         "training:\n  max_steps: 150\n  save_steps: 10\n  learning_rate: 1e-3\n  batch_size: 8\n  grad_accum: 1\n"
         "  max_length: 128\n  warmup_ratio: 0.0\nadapter:\n  lora: false\ngguf:\n  enabled: false\n")
     path = "recipes/tiny-resume.yaml"

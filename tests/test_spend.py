@@ -16,7 +16,7 @@ from conftest import (
     gguf_summary_json,
     train_summary_json,
     write_jsonl,
-    write_recipe,
+    write_recipe, copy_examples
 )
 from hubstub import HubStub, JobScript
 
@@ -176,8 +176,7 @@ def _git(repo: Path, *args: str) -> str:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     repo = tmp_path / "ws"
-    for part in ("recipes", "rewards", "examples/data", "examples/tiny-model"):
-        shutil.copytree(ROOT / part, repo / part)
+    copy_examples(repo, "recipes", "rewards", "data", "tiny-model")
     defaults = repo / "recipes" / "_defaults.yaml"
     defaults.write_text(defaults.read_text() + "namespace: alice\n")
     _git(repo, "init", "-q")
@@ -377,7 +376,7 @@ def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli
     assert json.loads(result.out) == ["recipes/tiny-grpo.yaml"]
     after = runs.recipe_version(recipe.load(workspace / "recipes" / "tiny-grpo.yaml"))
     assert after != before["tiny-grpo"]
-    data = workspace / "examples" / "data" / "sft.jsonl"
+    data = workspace / "data" / "sft.jsonl"
     write_jsonl(data, [json.loads(line) for line in data.read_text().splitlines()][:50])
     _git(workspace, "commit", "-qam", "data")
     result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)

@@ -246,7 +246,7 @@ def test_no_recipes_found(repo: Path, cli) -> None:
 def test_example_recipes_are_valid(cli) -> None:
     if not (ROOT / "examples" / "tiny-model" / "config.json").exists():
         pytest.skip("tiny model not built")  # built by examples/build_tiny_model.py
-    result = cli("validate", "recipes", cwd=ROOT)
+    result = cli("validate", "examples/recipes", cwd=ROOT)
     assert result.code == 0, result.err
     assert {"ok: recipes/tiny-sft.yaml", "ok: recipes/tiny-dpo.yaml", "ok: recipes/tiny-grpo.yaml"} <= set(
         result.out.splitlines())

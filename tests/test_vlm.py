@@ -20,7 +20,7 @@ from conftest import (
     keys_outside,
     train_summary_json,
     write_jsonl,
-    write_recipe,
+    write_recipe, copy_examples
 )
 from hubstub import HubStub
 
@@ -180,7 +180,7 @@ def test_hub_viewer_image_cells(cli, tmp_path: Path, hub: HubStub) -> None:
 def test_inspect_and_plan_of_image_data_import_no_heavy_libraries() -> None:
     code = ("import sys\nfrom runner.cli import main\n"
             "main(['inspect', 'examples/data/vlm-dpo.parquet', '--json'])\n"
-            "main(['plan', 'recipes/tiny-vlm-dpo.yaml', '--json'])\n"
+            "main(['plan', 'examples/recipes/tiny-vlm-dpo.yaml', '--json'])\n"
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'PIL', 'datasets') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=job_env(), capture_output=True, text=True,
                           timeout=120)
@@ -304,8 +304,7 @@ def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None
     pytest.importorskip("trl")
     pytest.importorskip("llama_cpp")
     repo = tmp_path / "repo"
-    for part in ("recipes", "examples/data", "examples/tiny-vlm"):
-        shutil.copytree(ROOT / part, repo / part)
+    copy_examples(repo, "recipes", "data", "tiny-vlm")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "-A"], check=True)
@@ -367,7 +366,7 @@ def test_unsupported_vision_architecture_converts_nothing_and_says_so(tmp_path: 
 
     assert keys_outside(GgufSummary, raw) == []  # the summary of a skipped conversion is read whole too
     summary = GgufSummary.model_validate(raw)
-    loaded = recipe.load(ROOT / "recipes" / "tiny-vlm-dpo.yaml")
+    loaded = recipe.load(ROOT / "examples" / "recipes" / "tiny-vlm-dpo.yaml")
     plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
     train = jobspec.train_config(loaded, plan, "r1", jobspec.Places(tmp_path / "m", tmp_path / "g", tmp_path),
                                  push=False)

@@ -20,7 +20,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, gguf_summary_json, train_summary_json
+from conftest import ROOT, gguf_summary_json, train_summary_json, copy_examples
 from ghstub import BOT, GitHubStub
 from hubstub import HubStub, JobScript
 
@@ -119,6 +119,28 @@ def test_job_image_and_dependencies_are_pinned() -> None:
         assert re.search(r'^# exclude-newer = "\d{4}-\d\d-\d\dT', header, re.M), f"{script}.py resolves unpinned"
 
 
+def _github_glob(pattern: str) -> re.Pattern[str]:
+    """GitHub's path-filter globs: `**` crosses folders, `*` does not."""
+    parts = re.split(r"(\*\*|\*)", pattern)
+    return re.compile("".join(".*" if p == "**" else "[^/]*" if p == "*" else re.escape(p) for p in parts) + r"\Z")
+
+
+@pytest.mark.parametrize(("changed", "runs"), [
+    (["recipes/my-model.yaml"], False),
+    (["recipes/my-model.yaml", "data/train.jsonl", "rewards/score.py", "runs/my-model.json",
+      "models/my-model/README.md", "README.md"], False),
+    (["runner/cli.py"], True), (["tests/test_plan.py"], True), (["requirements/test.txt"], True),
+    (["pyproject.toml"], True), ([".github/workflows/train.yml"], True), (["recipes/a.yaml", ".ci/run"], True),
+])
+def test_the_template_tests_run_only_when_the_template_code_changes(changed: list[str], runs: bool) -> None:
+    import yaml
+
+    on = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())[True]  # YAML 1.1 reads the key `on` as True
+    for event in ("push", "pull_request"):
+        patterns = [_github_glob(p) for p in on[event]["paths"]]
+        assert any(p.match(f) for f in changed for p in patterns) is runs, (event, changed)
+
+
 def test_codeowners_cover_what_decides_spending() -> None:
     owned = {line.split()[0] for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines()
              if line.strip() and not line.startswith("#")}
@@ -134,9 +156,9 @@ def test_plan_comment_plans_the_head_itself_and_escapes_it(project, github, monk
     base = git(project, "rev-parse", "HEAD")
     git(project, "checkout", "-qb", "feature")
     evil = "@acme/admins <img src=x> [within budget](https://evil.example)"
-    (project / "examples" / "data" / "evil.jsonl").write_text(json.dumps({evil: "x"}) + "\n")
+    (project / "data" / "evil.jsonl").write_text(json.dumps({evil: "x"}) + "\n")
     text = (project / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", "name: evil")
-    head = add_recipe(project, "evil", text.replace("examples/data/sft.jsonl", "examples/data/evil.jsonl"))
+    head = add_recipe(project, "evil", text.replace("data/sft.jsonl", "data/evil.jsonl"))
     git(project, "checkout", "-q", "main")  # the trusted workflow runs on the default branch
     github.add_pull(9, head, fork=True)
     event = project.parent / "event.json"
@@ -181,8 +203,10 @@ def project(tmp_path: Path) -> Path:
     """A fork of the template: the package, workflows, recipes and example data, on main."""
     repo = tmp_path / "models"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for part in ("runner", ".github", "recipes", "rewards", "examples/data", "examples/tiny-model"):
+    for part in ("runner", ".github"):
         shutil.copytree(ROOT / part, repo / part, ignore=ignore)
+    copy_examples(repo, "recipes", "rewards", "data", "tiny-model")
+    shutil.copy(ROOT / "recipes" / "schema.json", repo / "recipes" / "schema.json")
     shutil.copytree(ROOT / "requirements", repo / "requirements")
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, repo / part)
