@@ -107,8 +107,15 @@ def from_bytes(data: bytes | memoryview, source: Literal["bytes", "path"] = "byt
 def from_path(value: str, base: Path | None) -> ImageInfo:
     """A local image file, relative to the data file's folder; only its header is read."""
     path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = base / path
+    if path.is_absolute() or ".." in path.parts or base is None:
+        # Confined like data files; said before any look at the disk, so the answer reveals nothing outside.
+        return ImageInfo(source="path", problem=f"image path '{value}' must be relative to the data file's folder, "
+                                                "without '..' (absolute paths are not read)")
+    path = base / path
+    if not path.resolve().is_relative_to(base.resolve()) or any(
+            p.is_symlink() for p in [path, *path.parents] if p.is_relative_to(base) and p != base):
+        return ImageInfo(source="path", problem=f"image path '{value}' goes through a symbolic link; "
+                                                "images must be regular files beside the data")
     try:
         with path.open("rb") as f:
             head = f.read(HEADER_BYTES)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runner.recipe import Evaluation
+from runner.errors import UserError
+from runner.recipe import Evaluation, first_symlink
 
 if TYPE_CHECKING:  # the local job launcher imports JobSpec: keep the planner out of its start-up
     from runner.plan import Plan
@@ -83,6 +84,11 @@ def shipped_files(loaded: LoadedRecipe) -> dict[str, Path]:
     if r.base_model_is_local:
         base = loaded.local(r.base_model)
         paths += sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+    # Defence in depth (validate refuses these first): never read a file through a link when shipping.
+    for value in [r.dataset.path if r.dataset.is_local else None, r.base_model if r.base_model_is_local else None,
+                  *(w.file for w in r.rewards)]:
+        if value and (link := first_symlink(loaded.root, value)):
+            raise UserError(f"{loaded.display}: '{link}' is a symbolic link; nothing is shipped through a link")
     return {p.relative_to(loaded.root).as_posix(): p for p in paths}
 
 

@@ -645,12 +645,16 @@ def _check_files(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
 
     if r.dataset.is_local:
         p = inside(r.dataset.path, ("dataset", "path"))
-        if p is not None and not p.is_file():
+        if p is not None and (link := first_symlink(loaded.root, r.dataset.path)):
+            out.append(doc.problem(("dataset", "path"), _LINK.format(link=link)))
+        elif p is not None and not p.is_file():
             out.append(doc.problem(("dataset", "path"), f"file '{r.dataset.path}' not found in the repository; "
                                    "add it, or fix the path (relative to the repository root)"))
     if r.base_model_is_local:
         p = inside(r.base_model, ("base_model",))
-        if p is not None and not (p / "config.json").is_file():
+        if p is not None and (link := first_symlink(loaded.root, r.base_model)):
+            out.append(doc.problem(("base_model",), _LINK.format(link=link)))
+        elif p is not None and not (p / "config.json").is_file():
             out.append(doc.problem(("base_model",), f"'{r.base_model}' is not a model directory (no config.json); "
                                    "point base_model at the folder with config.json and the weights"))
     for i, reward in enumerate(r.rewards):
@@ -659,10 +663,41 @@ def _check_files(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
         p = inside(reward.file, ("rewards", i, "file"))
         if p is None:
             continue
+        if not p.is_relative_to((loaded.root / REWARDS_DIR).resolve()):
+            # A reward runs inside the job beside the Hub token: only code under rewards/ (CODEOWNERS) may ship.
+            out.append(doc.problem(("rewards", i, "file"), f"reward files live under {REWARDS_DIR}/ (which "
+                                   f"CODEOWNERS reviews); move '{reward.file}' to {REWARDS_DIR}/"))
+            continue
+        if link := first_symlink(loaded.root, reward.file):
+            out.append(doc.problem(("rewards", i, "file"), _LINK.format(link=link)))
+            continue
         message = reward_function_problem(p, reward.function)
         if message:
             out.append(doc.problem(("rewards", i, "file" if "file" in message else "function"), message))
     return out
+
+
+REWARDS_DIR = "rewards"
+_LINK = ("'{link}' is a symbolic link; files a job ships must be regular files in the repository "
+         "(replace the link with the file itself)")
+
+
+def first_symlink(root: Path, relative: str) -> str | None:
+    """The first symbolic link on the way to `relative` or anywhere below it (a shipped folder), repo-relative.
+
+    A link is refused even when it points inside the repository: what is shipped must be what was reviewed,
+    and a link (to /proc/self/environ, say) would upload whatever the runner can read."""
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.abspath(root / relative))
+    for candidate in [*reversed(path.parents), path]:
+        if candidate.is_relative_to(root) and candidate != root and candidate.is_symlink():
+            return candidate.relative_to(root).as_posix()
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):  # os.walk does not follow links: they show up as entries
+            for name in sorted(dirs + files):
+                if (Path(folder) / name).is_symlink():
+                    return (Path(folder) / name).relative_to(root).as_posix()
+    return None
 
 
 def reward_function_problem(path: Path, function: str) -> str | None:

@@ -41,6 +41,40 @@ def _hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+
+HUB_TOKEN = "test-only-not-a-token-hub"  # distinctive, so a leak is easy to grep for
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """The Hub stand-in (tests/hubstub.py) as the Hub, the dataset viewer and the token's issuer."""
+    from hubstub import HubStub
+
+    with HubStub() as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.url)
+        monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", stub.url)
+        monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+        yield stub
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo` as a throwaway identity; its stdout."""
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A git checkout laid out as a team's fork with the examples as its recipes, namespace `alice`, one commit."""
+    repo = copy_examples(tmp_path / "ws", "recipes", "rewards", "data", "tiny-model")
+    defaults = repo / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "namespace: alice\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
 @dataclass
 class Result:
     code: int

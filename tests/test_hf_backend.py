@@ -18,37 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, gguf_summary_json, train_summary_json, copy_examples
+from conftest import HUB_TOKEN, ROOT, gguf_summary_json, train_summary_json
 from hubstub import HubStub, JobScript
 
 from runner.cli import main
 
-TOKEN = "test-only-not-a-token-hub-runner"  # distinctive, so a leak is easy to grep for
+TOKEN = HUB_TOKEN
 SUMMARY = train_summary_json()
 GGUF_SUMMARY = gguf_summary_json([{"quantization": "Q4_K_M", "path": "output/gguf/tiny-sft-Q4_K_M.gguf", "bytes": 1000,
                                    "sha256": "0" * 64, "smoke_test": "hi", "imatrix": False}])
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        monkeypatch.setenv("HF_ENDPOINT", stub.url)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield stub
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A git checkout of the template with a namespace set, so outputs go to alice/<recipe>."""
-    repo = tmp_path / "ws"
-    copy_examples(repo, "recipes", "rewards", "data", "tiny-model")
-    defaults = repo / "recipes" / "_defaults.yaml"
-    defaults.write_text(defaults.read_text() + "namespace: alice\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    subprocess.run(git + ["init", "-q"], check=True)
-    subprocess.run(git + ["add", "-A"], check=True)
-    subprocess.run(git + ["commit", "-qm", "init"], check=True)
-    return repo
 
 
 def scripted(hub: HubStub, *, train: JobScript | None = None) -> None:

@@ -171,14 +171,6 @@ def test_missing_local_file(cli, tmp_path: Path) -> None:
 # --- Hub datasets through the viewer stand-in ---------------------------------------------------
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        monkeypatch.setenv("HF_ENDPOINT", stub.url)
-        monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", stub.url)
-        yield stub
-
-
 def test_hub_dataset_via_viewer(cli, tmp_path: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(150)]
     hub.state.datasets["org/prefs"] = {("default", "train"): rows, ("default", "test"): rows[:10]}
@@ -204,7 +196,8 @@ def test_hub_dataset_picks_config_with_split(cli, tmp_path: Path, hub: HubStub) 
     assert missing.code == 1 and "no split 'nope' (available: en/train, fr/validation)" in missing.err
 
 
-def test_hub_dataset_not_found(cli, tmp_path: Path, hub: HubStub) -> None:
+def test_hub_dataset_not_found(cli, tmp_path: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN")  # without a token, the message says to set one
     result = cli("inspect", "org/missing", cwd=tmp_path)
     assert result.code == 1
     assert "org/missing: dataset not found or not accessible (private or gated? set HF_TOKEN)" in result.err

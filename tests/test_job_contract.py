@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, copy_examples
+from conftest import ROOT
 
 from runner import jobspec, planning, recipe
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import a_plan, gguf_summary_json, train_summary_json, copy_examples
+from conftest import a_plan, gguf_summary_json, train_summary_json
 
 from runner import ledger
 from runner.ledger import RunRecord

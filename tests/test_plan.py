@@ -186,14 +186,6 @@ def test_billing_is_per_started_minute() -> None:
 # --- the Hub side, through the real HfApi against the stand-in -----------------------------------
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        monkeypatch.setenv("HF_ENDPOINT", stub.url)
-        monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", stub.url)
-        yield stub
-
-
 def test_params_from_hub_safetensors_metadata(repo: Path, cli, hub: HubStub) -> None:
     hub.state.models["acme/custom-model"] = {"params": 2_500_000_000}
     write_recipe(repo, "c", HUB.format(name="c", model="acme/custom-model", budget=50))

@@ -14,16 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import gguf_summary_json, train_summary_json
 from hubstub import HubStub, JobScript
-from test_hf_backend import (  # noqa: F401
+from test_hf_backend import (
     GGUF_SUMMARY,
     SUMMARY,
     TOKEN,
     created,
-    hub,
     record,
     run,
     scripted,
-    workspace,
 )
 
 from runner import failures, outputs

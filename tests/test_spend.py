@@ -5,27 +5,26 @@ is the billed running time. Remote runs go through the real HfApi against the Hu
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import (
-    ROOT,
+    HUB_TOKEN,
     a_plan,
     gguf_summary_json,
     train_summary_json,
     write_jsonl,
-    write_recipe, copy_examples
+    write_recipe,
 )
-from hubstub import HubStub, JobScript
+from hubstub import JobScript
 
 from runner import ledger, planning, recipe, runs
 from runner.backends.hf import HfBackend
 from runner.cli import main
 from runner.plan import billed
 
-TOKEN = "test-only-not-a-token-spend"
+TOKEN = HUB_TOKEN
 SUMMARY = train_summary_json(final_metrics={"final_loss": 1.25})
 GGUF_SUMMARY = gguf_summary_json([{"quantization": "Q4_K_M", "path": "output/gguf/x.gguf", "bytes": 1000,
                                    "sha256": "0" * 64, "smoke_test": "hi", "imatrix": False}])
@@ -160,29 +159,9 @@ def test_deeply_nested_yaml_is_one_located_error_and_others_are_still_reported(r
 # --- the pipeline against the Hub stand-in ---------------------------------------------------------------
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        monkeypatch.setenv("HF_ENDPOINT", stub.url)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield stub
-
-
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
                           check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    repo = tmp_path / "ws"
-    copy_examples(repo, "recipes", "rewards", "data", "tiny-model")
-    defaults = repo / "recipes" / "_defaults.yaml"
-    defaults.write_text(defaults.read_text() + "namespace: alice\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "init")
-    return repo
 
 
 def run(ws: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:

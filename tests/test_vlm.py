@@ -159,14 +159,6 @@ def test_header_sizes_match_the_encoded_images() -> None:
     assert images.header_size(b"not an image at all") is None
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        monkeypatch.setenv("HF_ENDPOINT", stub.url)
-        monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", stub.url)
-        yield stub
-
-
 def test_hub_viewer_image_cells(cli, tmp_path: Path, hub: HubStub) -> None:
     rows = [{"image": {"src": f"https://datasets-server.invalid/img/{i}.jpg", "height": 448, "width": 336},
              "question": "Describe it.", "chosen": "A dog.", "rejected": "A bus.", **RLAIF_V_EXTRA} for i in range(5)]
