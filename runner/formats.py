@@ -87,7 +87,7 @@ def conversation_problem(messages: list[dict], *, needs_assistant_last: bool) ->
 
 
 def _first_problem(rows: Sequence[dict], name: str, *, needs_assistant_last: bool) -> str | None:
-    for i, v in enumerate(_column(rows, name)):
+    for i, v in enumerate(_column(rows, name), start=1):  # rows count from 1, as in the data file
         if not _is_messages(v):
             return f"row {i}: '{name}' is not a list of {{role, content}} messages"
         problem = conversation_problem(v, needs_assistant_last=needs_assistant_last)
@@ -97,7 +97,7 @@ def _first_problem(rows: Sequence[dict], name: str, *, needs_assistant_last: boo
 
 
 def _empty_string_row(rows: Sequence[dict], names: Sequence[str]) -> str | None:
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows, start=1):
         for n in names:
             v = r.get(n)
             if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
@@ -221,7 +221,7 @@ def _preferences(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict 
             return MethodVerdict(status="incompatible", reason=f"'{prompt}' must be {want} like '{chosen}'")
         form = "explicit prompt, " + ("string preferences" if strings else "conversational preferences")
     else:
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, start=1):
             a, b = r[chosen], r[rejected]
             shared = _common_prefix_len(a, b)
             if convs:
@@ -235,7 +235,7 @@ def _preferences(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict 
                 return MethodVerdict(status="incompatible",
                                      reason=f"row {i}: no 'prompt' column and chosen/rejected share no common prefix")
         form = "implicit prompt (shared start of chosen and rejected)"
-    same = next((i for i, r in enumerate(rows) if r[chosen] == r[rejected]), None)
+    same = next((i for i, r in enumerate(rows, start=1) if r[chosen] == r[rejected]), None)
     if same is not None:
         return MethodVerdict(status="incompatible", reason=f"row {same}: 'chosen' and 'rejected' are identical")
     return _Preferences(form=form, mapping=mapping, explicit_prompt=prompt is not None)
@@ -272,7 +272,7 @@ def grpo(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
                              reason="GRPO needs a 'prompt' column (columns: " + ", ".join(columns) + ")")
     values = _column(rows, prompt)
     if all(_is_messages(v) for v in values):
-        for i, v in enumerate(values):
+        for i, v in enumerate(values, start=1):
             problem = conversation_problem(v, needs_assistant_last=False)
             if problem:
                 return MethodVerdict(status="incompatible", reason=f"row {i}: '{prompt}': {problem}")
@@ -308,10 +308,10 @@ def kto(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
         return MethodVerdict(status="incompatible",
                              reason="KTO needs 'prompt', 'completion' and a boolean 'label' (columns: "
                              + ", ".join(columns) + ")")
-    bad = next((i for i, v in enumerate(_column(rows, label)) if not isinstance(v, bool)), None)
+    bad = next((i for i, v in enumerate(_column(rows, label), start=1) if not isinstance(v, bool)), None)
     if bad is not None:
         return MethodVerdict(status="incompatible",
-                             reason=f"row {bad}: '{label}' must be true or false, found {_shown(rows[bad].get(label))}")
+                             reason=f"row {bad}: '{label}' must be true or false, found {_shown(rows[bad - 1].get(label))}")
     inner = _prompt_completion(rows, prompt, completion, {})
     if inner.status == "incompatible":
         return inner
@@ -336,7 +336,7 @@ def image_columns(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
 def vision_dpo(rows: Sequence[dict], columns: Sequence[str], pictures: Sequence[str]) -> MethodVerdict:
     """TRL's vision preference format: `images` (a list per row), an explicit `prompt`, `chosen`, `rejected`."""
     column = pictures[0]
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows, start=1):
         found = images_in(r.get(column))
         if not found:
             return MethodVerdict(status="incompatible", reason=f"row {i}: no image in '{column}'")

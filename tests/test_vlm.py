@@ -126,7 +126,7 @@ def test_json_lines_with_image_paths_and_urls(cli, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data" / "missing.jsonl", [{"image": "pics/nope.png", **row}])
     missing = inspect_json(cli, tmp_path, "data/missing.jsonl")
     assert missing["methods"]["dpo"]["status"] == "incompatible"
-    assert "row 0: 'image': image file 'pics/nope.png' not found" in missing["methods"]["dpo"]["reason"]
+    assert "row 1: 'image': image file 'pics/nope.png' not found" in missing["methods"]["dpo"]["reason"]
 
 
 def test_vision_dpo_needs_an_explicit_prompt_and_an_image_per_row(cli, tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_vision_dpo_needs_an_explicit_prompt_and_an_image_per_row(cli, tmp_path:
     write_parquet(tmp_path / "gap.parquet", [{"image": pic, "prompt": "Q?", "chosen": "a", "rejected": "b"},
                                              {"image": None, "prompt": "Q?", "chosen": "a", "rejected": "b"}])
     gap = inspect_json(cli, tmp_path, "gap.parquet")["methods"]["dpo"]
-    assert gap["status"] == "incompatible" and gap["reason"] == "row 1: no image in 'image'"
+    assert gap["status"] == "incompatible" and gap["reason"] == "row 2: no image in 'image'"
 
 
 def test_image_samples_are_bounded(tmp_path: Path) -> None:
