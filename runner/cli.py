@@ -275,7 +275,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reconcile_step(root: Path, name: str, record, token: str | None, prices):
+def _reconcile_step(root: Path, name: str, record, token: str | None, prices, default_branch: str = "HEAD"):
     """The step that carries a recorded run on, from what the run fixed when it started.
 
     A local run needs nothing else: its recipe may since have changed or gone. What a Hub run may
@@ -286,7 +286,11 @@ def _reconcile_step(root: Path, name: str, record, token: str | None, prices):
 
     echo = _progress_printer()
     if record.backend == "local":
-        return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root)
+        return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root, may_train=False)
+    if not runs.on_branch(root, record.commit, default_branch):
+        # A record can name any commit; only what reached the default branch was reviewed and merged.
+        raise UserError(f"runs/{name}.json: run {record.run_id} names commit {(record.commit or '(none)')[:12]}, "
+                        f"which is not on the default branch ({default_branch}); refused")
     rel = Path(record.recipe)
     if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
         raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
@@ -295,14 +299,14 @@ def _reconcile_step(root: Path, name: str, record, token: str | None, prices):
     if source is None:
         echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
              "following its jobs only (fetch the full history to let it submit)")
-        return runs.Step(None, backend, echo, name=name, root=root)
+        return runs.Step(None, backend, echo, name=name, root=root, may_train=False)
     loaded = recipe.load(source / record.recipe, root=source)
     plan = None
     try:
         plan = planning.plan_recipe(loaded, token=token, price_table=prices)
     except UserError as e:
         echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
-    return runs.Step(loaded, backend, echo, plan=plan, root=root)
+    return runs.Step(loaded, backend, echo, plan=plan, root=root, may_train=False)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -318,7 +322,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
                 prices = prices or planning.prices(token)
-                step = _reconcile_step(root, group.name, record, token, prices)
+                step = _reconcile_step(root, group.name, record, token, prices, args.default_branch)
                 record = runs.drive(record, step, wait=args.wait)
             except runs.RunBusy:
                 print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
@@ -479,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
     p.add_argument("--backend", choices=["local", "hf"], default=None,
                    help="only runs on this backend (the reconcile workflow: hf)")
+    p.add_argument("--default-branch", default="HEAD", metavar="REF",
+                   help="a Hub run's commit must be on this branch (default: HEAD, the checked-out default branch)")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("history", help="estimated vs actual cost of every recorded run, and the median error")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from runner.jobs.train_policy import GB, GPUS, Device, GiB
+from runner.jobs.train_policy import GB, GPUS, Device, GiB  # noqa: F401 (GB, GiB: re-exported for the planner)
 
 
 class HardwareFlavor(BaseModel):

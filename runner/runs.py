@@ -121,6 +121,9 @@ class Step:
     on_update: Callable[[RunRecord], None] | None = None  # the live comment: at every state, and on progress
     update_every: float = 120.0  # seconds between progress updates
     submit: bool = True  # False (cancel): follow a job to its end, start none; the run ends canceled instead
+    # False (reconcile): follow, adopt and finish only. A first training job is started by the
+    # merge's train workflow, behind its approval, never by a later pass over run records.
+    may_train: bool = True
     name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
 
@@ -184,7 +187,7 @@ def _identity(name: str, version: str, stage: str, attempt: int = 1) -> dict[str
 
 def check_spend(plan: Plan, backend: Backend, display: str) -> None:
     """The spend gate for one run: money is spent only on a plan the gate accepts."""
-    if backend.name == "local":
+    if not backend.bills:
         return  # this machine's time: nothing is billed
     if not plan.fits or not plan.jobs:
         raise SpendRefused(f"{display}: no Hugging Face Jobs flavor fits this run (see `runner plan`); nothing submitted")
@@ -234,13 +237,13 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
     """
     summary = prior.train_summary
     assert summary is not None
-    if backend.name != "local":
+    if backend.bills:
         job = backend.find(_identity(loaded.recipe.name, prior.version, "gguf", prior.attempt), include_failed=True)
         if job is None or job.stage not in ("ERROR", "CANCELED", "DELETED"):
             raise SpendRefused(f"{loaded.display}: run {prior.run_id} says its conversion failed, but no failed GGUF "
                                f"job of attempt {prior.attempt} is on the backend; not converting again")
     where = train_config(loaded, plan, prior.run_id, _places(backend, loaded, prior.run_id, hub_dir),
-                         push=backend.name != "local")
+                         push=backend.bills)
     pushed = summary.pushed
     problem = outputs.missing_model(backend, where, summary)
     if pushed is not None and pushed.repo != where.repo:
@@ -268,7 +271,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     """A new run in state `planned`, with the training job's config derived from the recipe and saved."""
     r = loaded.recipe
     run_id = new_run_id()
-    push = backend.name != "local"
+    push = backend.bills
     check_spend(plan, backend, loaded.display)
     if push:
         if not loaded.output_repo:
@@ -329,10 +332,10 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     if fixed is None:
         raise SpendRefused(f"{where}: the run fixed no {stage} job config when it started; not submitting one")
     fixed = _with_trained_revision(record, fixed)
-    if record.push != (step.backend.name != "local"):  # the record's word against the engine's
+    if record.push != step.backend.bills:  # the record's word against the engine's
         raise SpendRefused(f"{where}: the record says push={record.push} but runs on the {step.backend.name} "
                            f"backend; not submitting the {stage} job")
-    if step.backend.name == "local":  # this machine's time: nothing is billed, and the record is its own
+    if not step.backend.bills:  # this machine's time: nothing is billed, and the record is its own
         timeout = (record.plan.timeout_seconds if record.plan else None) if stage == "train" else LOCAL_GGUF_TIMEOUT
         return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage),
                        timeout_seconds=timeout, processes=record.processes if stage == "train" else 1)
@@ -399,7 +402,13 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         setattr(record.configs, stage, found.config)
         job_id = found.id
         step.echo(f"[{stage}] adopting job {job_id} ({found.stage}): it trains this same recipe version")
+    elif stage == "train" and not step.may_train:
+        raise SpendRefused(f"run {record.run_id} ({record.recipe}): no training job of this version and attempt "
+                           "exists, and reconcile never starts one; the train workflow (the merge, behind its "
+                           "approval) or `runner run RECIPE` does")
     else:
+        if stage == "gguf" and step.backend.bills:
+            verify_training(step, record)
         job_id = step.backend.submit(spec)
     planned = step.plan.job(stage) if step.plan else None
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
@@ -409,6 +418,34 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
                                 timeout_seconds=spec.timeout_seconds,
                                 usd_per_hour=planned.usd_per_hour if planned and record.push else 0.0)
     step.echo(f"[{stage}] job {job_id} on the {step.backend.name} backend")
+
+
+def verify_training(step: Step, record: RunRecord) -> None:
+    """Before a paid conversion: this attempt's training job is on the backend, COMPLETED, and the summary it
+    pushed, read again at its pushed commit, is the one the record holds. An edited record buys nothing."""
+    where = f"run {record.run_id} ({record.recipe})"
+    ref = record.jobs.get("train")
+    # The job carries the labels of the run that submitted it: this one, or the run a conversion retry reuses.
+    owner = (ref.reused_from if ref else None) or record.run_id
+    job = step.backend.find(_identity(step.name, record.version, "train") | {"run": owner}, include_failed=True)
+    if job is None or ref is None or job.id != ref.id or job.stage != "COMPLETED":
+        seen = "no such job" if job is None else f"job {job.id} is {job.stage}"
+        raise SpendRefused(f"{where}: a GGUF job needs this attempt's training job COMPLETED on the backend "
+                           f"({seen}); not submitting the GGUF job")
+    # The summary is uploaded after the model (it names the model's commit): read it again, then check
+    # the model is at the commit it names.
+    config = _config(record, "train")
+    if owner != record.run_id and config.summary_repo_path:  # the summary sits in the owner run's bundle
+        config = config.model_copy(update={"summary_repo_path": config.summary_repo_path.replace(
+            bundle_dir(record.run_id), bundle_dir(owner), 1)})
+    raw = step.backend.summary(config)
+    again, _ = parse(TrainSummary, raw) if raw is not None else (None, None)
+    if again is None or record.train_summary is None or again.model_dump() != record.train_summary.model_dump():
+        raise SpendRefused(f"{where}: the training summary in the record is not the one the job wrote; "
+                           "not submitting the GGUF job")
+    missing = outputs.missing_model(step.backend, config, again)
+    if missing:
+        raise SpendRefused(f"{where}: {missing}; not submitting the GGUF job")
 
 
 def _check_retry(step: Step, record: RunRecord) -> None:
@@ -610,9 +647,15 @@ def _record(step: Step, record: RunRecord) -> None:
         ledger.atomic_write(card_dir / "loss.png", png)
     text = card.build(record, has_plot=png is not None)  # what the run fixed and did, whatever the recipe says now
     ledger.atomic_write(card_dir / "README.md", text)
-    # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights).
-    step.backend.publish(_config(record, "train"), {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
-                         f"recipes-runner: model card for run {record.run_id}")
+    # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights). On the
+    # Hub only to the repo the recipe at the run's commit derives: a record names it, it does not decide it.
+    target = _config(record, "train")
+    if step.backend.bills and (step.loaded is None or target.repo != step.loaded.output_repo):
+        step.echo(f"[card] not published: the record's repo {target.repo} is not the one the recipe at commit "
+                  f"{(record.commit or '?')[:12]} derives ({step.loaded.output_repo if step.loaded else 'unknown'})")
+    else:
+        step.backend.publish(target, {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
+                             f"recipes-runner: model card for run {record.run_id}")
     record.links["card"] = str((card_dir / "README.md").relative_to(step.home))
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
@@ -625,6 +668,7 @@ def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
     class Engine:  # only what derivation reads: no client, no token, no request
         name = "hf" if push else "local"
         mount = MOUNT if push else None
+        bills = push
 
     engine = Engine()
     check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]
@@ -638,6 +682,18 @@ def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
     if record.configs.gguf is not None:
         specs.append(authorize(step, record, "gguf"))
     return specs
+
+
+def on_branch(root: Path, commit: str | None, ref: str) -> bool:
+    """Whether `commit` is `ref` or one of its ancestors (git merge-base --is-ancestor)."""
+    if not commit or not all(c in "0123456789abcdef" for c in commit):
+        return False
+    try:
+        out = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", commit, ref],
+                             capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
 
 
 def snapshot(root: Path, commit: str | None) -> Path | None:

@@ -7,23 +7,15 @@ Every case ends with the same proof: no request that spends or publishes reached
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from conftest import HUB_TOKEN, git, write_jsonl
 from hubstub import HubStub
+from test_hf_backend import run, scripted
 
-from runner.cli import main
 
 
-def run(ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.chdir(ws)
-    capsys.readouterr()
-    code = main(list(args))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out + out.err
 
 
 def assert_nothing_spent_or_published(hub: HubStub) -> None:
@@ -98,3 +90,76 @@ def test_image_paths_outside_the_data_folder_are_not_read_and_reveal_nothing(rep
     # The file that exists and the one that does not get the same answer: nothing outside is looked at.
     assert reasons[0] == reasons[1] == ("row 1: 'images': image path 'PATH' must be relative to the data file's "
                                         "folder, without '..' (absolute paths are not read)")
+
+
+# --- 1, 2, 5: run records are data: they may say what a run was, never what is bought next ----------------
+
+
+def _recorded_run(hub: HubStub, ws: Path, monkeypatch, capsys) -> dict:
+    scripted(hub)
+    code, out = run(ws, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
+    assert code == 0, out
+    commit_all(ws, "the run's record, as the merge's commit-back leaves it")
+    return json.loads((ws / "runs" / "tiny-sft.json").read_text())
+
+
+def _save(ws: Path, doc: dict, message: str) -> None:
+    (ws / "runs" / "tiny-sft.json").write_text(json.dumps(doc))
+    commit_all(ws, message)
+
+
+def _spent(hub: HubStub) -> tuple[int, int]:
+    posts = [r for r in hub.state.requests if r.method != "GET"]
+    return len(hub.state.jobs), len(posts)
+
+
+def test_records_edited_to_trained_buy_no_conversion(hub, workspace, monkeypatch, capsys) -> None:
+    doc = _recorded_run(hub, workspace, monkeypatch, capsys)
+    good = doc["runs"][-1]
+    for attempt in (2, 3, 4, 5):  # the review's proof: one paid GGUF job per edited record
+        run_id = f"20261204-000000-00000{attempt}"
+        # Consistent with itself: every config names the forged run, as the runner would have derived them.
+        forged = json.loads(json.dumps(good).replace(good["run_id"], run_id)) | {"attempt": attempt,
+                                                                               "state": "trained"}
+        forged["jobs"] = {"train": good["jobs"]["train"]}
+        forged["configs"]["gguf"]["model_revision"] = None
+        doc["runs"].append(forged)
+    _save(workspace, doc, "edited records")
+    before = _spent(hub)
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 1 and out.count("not submitting the GGUF job") == 4, out
+    assert _spent(hub) == before
+
+
+def test_a_record_whose_commit_is_not_on_the_default_branch_is_refused(hub, workspace, monkeypatch,
+                                                                         capsys) -> None:
+    doc = _recorded_run(hub, workspace, monkeypatch, capsys)
+    git(workspace, "checkout", "-q", "-b", "unmerged")
+    defaults = workspace / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text().replace("max_budget_usd: 100", "max_budget_usd: 1000"))
+    commit_all(workspace, "an unreviewed cap")
+    unmerged = git(workspace, "rev-parse", "HEAD")
+    git(workspace, "checkout", "-q", "main")
+    forged = json.loads(json.dumps(doc["runs"][-1])) | {"run_id": "20261204-000000-000009", "state": "trained",
+                                                         "commit": unmerged}
+    doc["runs"].append(forged)
+    _save(workspace, doc, "a record from another branch")
+    before = _spent(hub)
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 1
+    [line] = [line for line in out.splitlines() if "20261204-000000-000009" in line]
+    assert f"runs/tiny-sft.json: run 20261204-000000-000009 names commit {unmerged[:12]}" in line
+    assert "not on the default branch" in line
+    assert _spent(hub) == before
+
+
+def test_the_card_goes_only_to_the_repo_the_recipe_derives(hub, workspace, monkeypatch, capsys) -> None:
+    doc = _recorded_run(hub, workspace, monkeypatch, capsys)
+    forged = json.loads(json.dumps(doc["runs"][-1])) | {"run_id": "20261204-000000-000007", "state": "converted"}
+    forged["configs"]["train"]["hub_model_id"] = "victim/model"
+    doc["runs"].append(forged)
+    _save(workspace, doc, "point the card elsewhere")
+    _, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert "[card] not published: the record's repo victim/model is not the one the recipe" in out, out
+    assert not [r for r in hub.state.requests if "victim" in r.path]
+    assert "victim/model" not in hub.state.repos

@@ -217,15 +217,23 @@ def test_a_tampered_planned_record_starts_no_job(hub, workspace, monkeypatch, ca
     assert ledger.read(workspace, "tiny-sft").runs[-1].state == "planned"
 
 
-def test_an_untampered_planned_record_is_carried_on_from_the_recipe(hub, workspace, monkeypatch, capsys) -> None:
+def test_reconcile_never_trains_a_planned_record_the_train_workflow_does(hub, workspace, monkeypatch,
+                                                                          capsys) -> None:
     rec = _planned_record(workspace, monkeypatch)
     hub.state.job_scripts += [JobScript(summary=SUMMARY, running=60), JobScript(summary=GGUF_SUMMARY)]
     code, out = run(workspace, monkeypatch, capsys, "reconcile")
+    assert code == 1 and "reconcile never starts one" in out, out
+    assert not hub.state.jobs and ledger.read(workspace, "tiny-sft").runs[-1].state == "planned"
+    # The train workflow (behind its approval) carries the same run on, with the recipe's own jobs.
+    code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--detach")
     assert code == 0, out
     [job] = hub.state.jobs.values()
     assert job.spec["labels"]["run"] == rec.run_id
     assert (job.spec["flavor"], job.spec["timeoutSeconds"]) == (rec.plan.jobs[0].flavor,
                                                                 rec.plan.jobs[0].timeout_seconds)
+    # Once its job exists, reconcile follows it (adopts, never submits a second one).
+    code, out = run(workspace, monkeypatch, capsys, "reconcile")
+    assert code == 0 and len(hub.state.jobs) == 1, out
     job.cancel.set()
 
 

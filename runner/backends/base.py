@@ -37,6 +37,9 @@ class JobStatus(BaseModel):
 class Backend(Protocol):
     name: str
     mount: str | None  # where a job sees the shipped repo-local inputs; None: in place
+    # What the engine can do, asked instead of its name: whether its jobs cost money (then every
+    # submission is derived from the recipe and gated, and outputs are pushed to the Hub).
+    bills: bool
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""

@@ -61,6 +61,7 @@ def _not_found(e: BaseException) -> bool:
 class HfBackend:
     name = "hf"
     mount = MOUNT
+    bills = True
 
     def __init__(self, api: Any, namespace: str, token: str, *, poll: float = 10.0, base_delay: float = 1.0,
                  echo: Callable[[str], None] | None = None) -> None:

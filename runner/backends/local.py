@@ -27,6 +27,7 @@ from runner.ledger import atomic_write
 class LocalBackend:
     name = "local"
     mount = None  # jobs read the repo's files in place
+    bills = False  # this machine's time
 
     def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
