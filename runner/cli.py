@@ -36,7 +36,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     located: list = []
     loaded, problems = _load_all(args.recipes, located)
     if not loaded and not problems:
-        located = [Problem(a, 1, 1, "", "no recipe files given or found (recipes are recipes/*.yaml)")
+        located = [Problem(a, 1, 1, "", "no recipe files given or found (recipes are recipes/*.yaml; "
+                           "copy recipes/starter.yaml.example to start one)")
                    for a in args.recipes]
         problems = [str(p) for p in located]
     if args.json:

@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx2  # huggingface_hub's HTTP client; this module is imported only on the Hub path
 
+from runner.errors import UserError
+
 RETRIABLE = frozenset({408, 429, 500, 502, 503, 504})
 PATIENCE = 30.0  # seconds of consecutive failure before a request gives up
 CREATE_JOB = re.compile(r"^/api/jobs/[^/]+/?$")  # POST here starts (and bills) a job
@@ -40,8 +42,8 @@ BEST_EFFORT = re.compile(r"^/api/(agent-harnesses|jobs/[^/]+/[^/]+/(logs|metrics
 Echo = Callable[[str], None]
 
 
-class HubUnavailable(Exception):
-    """The Hub gave no usable answer within the retry budget."""
+class HubUnavailable(UserError):
+    """The Hub gave no usable answer within the retry budget: the user's environment, said in one line."""
 
 
 class AnswerLost(Exception):
@@ -91,7 +93,8 @@ class Budget:
                 wait = min(self.base_delay * 2 ** (self._failures - 1), self.max_delay) * (1 + random.random() / 4)
         if failing + wait > self.patience:
             why = f"asked to retry in {wait:.0f} s" if asked else f"no usable answer for {failing:.0f} s"
-            raise HubUnavailable(f"{why} ({what}: {problem})")
+            raise HubUnavailable(f"the Hugging Face Hub is unavailable: {why} ({what}: {problem}); try again later, "
+                                 "or set HF_HUB_OFFLINE=1 to work with local files only")
         return wait
 
 

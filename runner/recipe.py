@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -577,11 +577,16 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        problems += _problems(e, docs)
+        found = _problems(e, docs)
+        if "name" not in doc.data:  # the name came from the file: say so, and what to change
+            found = [replace(p, message=f"{p.message} (the name comes from the file name {path.name}: rename the "
+                             "file, or set `name:`)") if p.field == "name" else p for p in found]
+        problems += found
     problems += _scan_strings(doc)
     if recipe is not None:
         loaded = LoadedRecipe(recipe, path, root, repo_defaults)
         problems += _check_files(loaded, doc)
+        problems += _name_clashes(loaded, doc)
         cap = repo_defaults.max_budget_usd
         if cap is not None and recipe.budget_usd is not None and recipe.budget_usd > cap:
             problems.append(doc.problem(("budget_usd",), f"{recipe.budget_usd:g} USD is above the repository cap "
@@ -591,6 +596,29 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
         raise RecipeInvalid(sorted(_dedupe(problems), key=lambda p: (order.get(p.file, 9), p.line, p.col)))
     assert recipe is not None
     return LoadedRecipe(recipe, path, root, repo_defaults)
+
+
+def _name_clashes(loaded: LoadedRecipe, doc: yamlsafe.Located) -> list[Problem]:
+    """Another recipe under recipes/ with the same name would share runs/<name>.json and the model repo."""
+    folder = loaded.root / "recipes"
+    if not Path(os.path.abspath(loaded.path)).is_relative_to(folder):
+        return []
+    mine = Path(os.path.abspath(loaded.path))
+    out = []
+    for other in recipe_files([str(folder)]):
+        if other.name == SCHEMA_FILE or Path(os.path.abspath(other)) == mine or other.is_symlink():
+            continue
+        try:
+            theirs = yamlsafe.load(other, display=_display(other, loaded.root))
+        except (RecipeInvalid, OSError):
+            continue  # that file reports its own problems
+        name = theirs.data.get("name", other.stem)
+        if name == loaded.recipe.name:
+            line = (theirs.where(("name",), key=True) or (1, 1))[0] if "name" in theirs.data else 1
+            origin = "" if "name" in doc.data else f" (from the file name {loaded.path.name})"
+            out.append(doc.problem(("name",), f"'{name}'{origin} is also the name of {theirs.file}:{line}; each recipe "
+                                   "needs its own name (it names runs/<name>.json and the model repo)", key=True))
+    return out
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -809,8 +837,8 @@ def recipe_files(args: Sequence[str]) -> list[Path]:
         p = Path(a)
         if p.is_dir():
             out += sorted(f for f in p.rglob("*.y*ml") if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE)
-        else:
-            out.append(p)
+        elif not (len(args) > 1 and p.name in (DEFAULTS_FILE, SCHEMA_FILE) and p.is_file()):
+            out.append(p)  # `recipes/*` by glob names the defaults and the schema too: skipped; alone, explained
     return out
 
 

@@ -269,13 +269,28 @@ def sample_hub(
             return _viewer(dataset, config, split, token, base)
         except _ViewerUnavailable as e:
             reason = str(e)
+            if e.unreachable:
+                _require_hub(dataset)
     else:
         reason = "the dataset viewer only serves the main revision"
     return _streaming(dataset, config, split, revision, token, reason)
 
 
 class _ViewerUnavailable(Exception):
-    pass
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # no answer at all (not an error status)
+
+
+def _require_hub(dataset: str) -> None:
+    """One quick look at the Hub before streaming: unreachable is one line, not minutes of library retries."""
+    from runner import hub
+
+    try:
+        hub.session().get(f"{hub.endpoint()}/api/datasets/{dataset}", timeout=HTTP_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - any transport error means the same to the user
+        raise UserError(f"{dataset}: the Hugging Face Hub is unreachable at {hub.endpoint()} ({type(e).__name__}); "
+                        "check the network, or set HF_HUB_OFFLINE=1 to check local files only") from None
 
 
 def _viewer_get(base: str, route: str, params: dict[str, str], token: str | None) -> Any:
@@ -285,7 +300,7 @@ def _viewer_get(base: str, route: str, params: dict[str, str], token: str | None
         response = hub.session().get(f"{base}/{route}", params=params, headers=hub.auth_headers(token),
                                      timeout=HTTP_TIMEOUT)
     except Exception as e:  # network errors: try streaming instead
-        raise _ViewerUnavailable(f"dataset viewer unreachable ({type(e).__name__})") from None
+        raise _ViewerUnavailable(f"dataset viewer unreachable ({type(e).__name__})", unreachable=True) from None
     if response.status_code in (401, 403, 404):
         hint = "" if token else " (private or gated? set HF_TOKEN)"
         raise UserError(f"{params.get('dataset')}: dataset not found or not accessible{hint}")
