@@ -199,6 +199,11 @@ def run_commenter(name: str, sha: str | None = None):
     pulls: dict[str, object] = {}
 
     def post(record) -> str:
+        from runner.runs import on_branch
+
+        if not sha and record.commit and not on_branch(Path.cwd(), record.commit, "HEAD"):
+            # A record may name any commit: comment only where a merge to this branch happened.
+            return f"{name}: run {record.run_id} names a commit not on this branch; nothing to comment"
         commit = sha or record.commit or os.environ.get("GITHUB_SHA", "")
         if commit not in pulls:
             pulls[commit] = github.merged_pull(repo, commit) if commit else None

@@ -12,6 +12,7 @@ from runner.evaluation import Evaluation
 from runner.jobspec import DPOJobConfig, GRPOJobConfig
 from runner.ledger import RunRecord
 from runner.recipe import looks_local_dataset
+from runner.render import code, md
 from runner.summaries import GgufSummary, LogEntry
 
 
@@ -162,9 +163,9 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
     if gguf and gguf.models:
         lines += _gguf_lines(gguf, repo)
     lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
-              f"| run | `{record.run_id}` ({record.backend} backend) |",
+              f"| run | {code(record.run_id)} ({md(record.backend)} backend) |",
               f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
-              f"| commit | `{record.commit or 'not a git checkout'}` |",
+              f"| commit | {code(record.commit or 'not a git checkout')} |",
               f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())

@@ -14,9 +14,9 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
@@ -39,10 +39,19 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Record fields that reach comments and cards are held to their shape: a record is data any merged
+# pull request can edit, so `@everyone`, HTML or a link cannot hide in a run id, a backend or a commit.
+RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+BackendName = Literal["local", "hf"]
+CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{7,40}$")]
+Slug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")]
+RecipePath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.ya?ml$")]
+
+
 class JobRef(BaseModel):
-    id: str
-    backend: str
-    flavor: str | None = None
+    id: Slug
+    backend: BackendName
+    flavor: Slug | None = None
     submitted_at: str
     finished_at: str | None = None
     stage: str = "SCHEDULING"
@@ -75,12 +84,12 @@ class Failure(BaseModel):
 
 
 class RunRecord(BaseModel):
-    run_id: str
-    recipe: str
+    run_id: RunId
+    recipe: RecipePath
     recipe_sha256: str
-    version: str = ""  # hash of the effective recipe (defaults applied): a version trains once
-    commit: str | None
-    backend: str
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]*$")] = ""  # the effective recipe's hash
+    commit: CommitSha | None
+    backend: BackendName
     state: State = "planned"
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
@@ -157,10 +166,16 @@ def read(root: Path, name: str) -> RecipeRuns:
     path = runs_path(root, name)
     if not path.exists():
         return RecipeRuns(name=name)
+    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     try:
         return RecipeRuns.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(the file)"
+        # The field and what is wrong with it, never the value: a record is untrusted text.
+        raise UserError(f"{shown}: run record is not valid: {where}: {first['msg']}; fix or move it aside") from None
     except ValueError as e:
-        raise UserError(f"{path}: run record is not valid ({str(e).splitlines()[0]}); fix or move it aside") from None
+        raise UserError(f"{shown}: run record is not valid ({str(e).splitlines()[0]}); fix or move it aside") from None
 
 
 def save(root: Path, record: RunRecord, name: str) -> None:

@@ -217,7 +217,7 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
     stage = "gguf" if "gguf" in record.jobs else "train"
     job = record.jobs.get(stage)
     out = [f"### :hourglass: {md(name)}: {record.state}", "", "| | |", "|---|---|",
-           f"| Run | `{record.run_id}` on the {record.backend} backend, attempt {record.attempt} |"]
+           f"| Run | {code(record.run_id)} on the {md(record.backend)} backend, attempt {record.attempt} |"]
     if job:
         namespace = ((record.configs.train.repo if record.configs.train else None) or "/").split("/")[0]
         where = _link(f"https://huggingface.co/jobs/{namespace}/{job.id}") if record.push and namespace else f"`{job.id}`"
@@ -252,7 +252,7 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     space = record.configs.train.trackio_space_id if record.configs.train else None
     est, actual = record.cost_usd.get("estimated"), record.cost_usd.get("actual")
     out = [f"### {mark} {md(name)}: {record.state}", "", "| | |", "|---|---|",
-           f"| Run | `{record.run_id}` on the {record.backend} backend |"]
+           f"| Run | {code(record.run_id)} on the {md(record.backend)} backend |"]
     if links.get("model"):
         out.append(f"| Model | {_link(links['model'])} |")
     if links.get("gguf"):

@@ -163,3 +163,23 @@ def test_the_card_goes_only_to_the_repo_the_recipe_derives(hub, workspace, monke
     assert "[card] not published: the record's repo victim/model is not the one the recipe" in out, out
     assert not [r for r in hub.state.requests if "victim" in r.path]
     assert "victim/model" not in hub.state.repos
+
+
+# --- 8. record fields that reach markdown are held to their shape -------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [("run_id", "@everyone"), ("backend", "<img src=x onerror=alert(1)>"),
+                                              ("commit", "[click](https://evil.example)")])
+def test_a_record_field_shaped_to_ping_or_link_does_not_load(hub, workspace, monkeypatch, capsys, field,
+                                                              value) -> None:
+    doc = _recorded_run(hub, workspace, monkeypatch, capsys)
+    doc["runs"][-1][field] = value
+    _save(workspace, doc, "a record shaped to reach a comment")
+    before = _spent(hub)
+    for command in (["reconcile", "--backend", "hf"], ["history"], ["status"]):
+        code, out = run(workspace, monkeypatch, capsys, *command)
+        assert value not in out, (command, out)
+        if command[0] == "reconcile":  # the others only read: they warn and show the rest
+            assert code == 1, (command, out)
+        assert "runs/tiny-sft.json" in out and field in out, (command, out)
+    assert _spent(hub) == before
