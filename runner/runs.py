@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import card, failures, ledger, outputs
-from runner.backends.base import Backend, JobStatus
+from runner.backends.base import FAILED, Backend, JobStatus
 from runner.backends.hf import MOUNT
 from runner.errors import UserError
 from runner.jobspec import (
@@ -210,7 +210,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
         return prior
     lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded), "train"),
                                            include_failed=True)
-    failed = prior or (lost if lost and lost.stage in ("ERROR", "CANCELED", "DELETED") else None)
+    failed = prior or (lost if lost and lost.stage in FAILED else None)
     if failed is None:
         return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes)
     what = (f"run {prior.run_id} {prior.state}" + (f": {prior.failure.reason}" if prior.failure else "")) if prior \
@@ -239,7 +239,7 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
     assert summary is not None
     if backend.bills:
         job = backend.find(_identity(loaded.recipe.name, prior.version, "gguf", prior.attempt), include_failed=True)
-        if job is None or job.stage not in ("ERROR", "CANCELED", "DELETED"):
+        if job is None or job.stage not in FAILED:
             raise SpendRefused(f"{loaded.display}: run {prior.run_id} says its conversion failed, but no failed GGUF "
                                f"job of attempt {prior.attempt} is on the backend; not converting again")
     where = train_config(loaded, plan, prior.run_id, _places(backend, loaded, prior.run_id, hub_dir),
@@ -391,7 +391,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         _check_retry(step, record)
     found = step.backend.find(_identity(step.name, record.version, stage, record.attempt),
                               include_failed=True)
-    if found and found.stage in ("ERROR", "CANCELED", "DELETED"):
+    if found and found.stage in FAILED:
         reason = (f"this recipe version's {stage} job {found.id} already ended {found.stage}; a re-trigger does not "
                   "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry`")
         record.failure = Failure(stage=stage, reason=reason)
@@ -410,6 +410,12 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         if stage == "gguf" and step.backend.bills:
             verify_training(step, record)
         job_id = step.backend.submit(spec)
+        # Another machine may have submitted the same work meanwhile: one of the two jobs survives.
+        held = step.backend.claim(_identity(step.name, record.version, stage, record.attempt), job_id)
+        if held.id != job_id:
+            if held.config:
+                setattr(record.configs, stage, held.config)  # the surviving job's config, as when adopting
+            job_id = held.id
     planned = step.plan.job(stage) if step.plan else None
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
                                 script_sha256=sha256_file(script_path(spec.script)),
@@ -425,9 +431,10 @@ def verify_training(step: Step, record: RunRecord) -> None:
     pushed, read again at its pushed commit, is the one the record holds. An edited record buys nothing."""
     where = f"run {record.run_id} ({record.recipe})"
     ref = record.jobs.get("train")
-    # The job carries the labels of the run that submitted it: this one, or the run a conversion retry reuses.
+    # A conversion retry reuses the model the previous attempt trained: that attempt's job, in its bundle.
     owner = (ref.reused_from if ref else None) or record.run_id
-    job = step.backend.find(_identity(step.name, record.version, "train") | {"run": owner}, include_failed=True)
+    attempt = record.attempt - 1 if owner != record.run_id else record.attempt
+    job = step.backend.find(_identity(step.name, record.version, "train", attempt))
     if job is None or ref is None or job.id != ref.id or job.stage != "COMPLETED":
         seen = "no such job" if job is None else f"job {job.id} is {job.stage}"
         raise SpendRefused(f"{where}: a GGUF job needs this attempt's training job COMPLETED on the backend "
@@ -453,7 +460,7 @@ def _check_retry(step: Step, record: RunRecord) -> None:
     newest = step.backend.find(_identity(step.name, record.version, "train"), include_failed=True)
     if newest and newest.labels.get("attempt", "1") == str(record.attempt):
         return  # this attempt's own job: adopted below
-    if newest is None or newest.stage not in ("ERROR", "CANCELED", "DELETED") or \
+    if newest is None or newest.stage not in FAILED or \
             newest.labels.get("attempt", "1") != str(record.attempt - 1):
         raise SpendRefused(f"run {record.run_id} ({record.recipe}): attempt {record.attempt} needs attempt "
                            f"{record.attempt - 1} of this version to have failed on the backend; not submitting")

@@ -7,12 +7,15 @@ Every case ends with the same proof: no request that spends or publishes reached
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import HUB_TOKEN, git, write_jsonl
-from hubstub import HubStub
-from test_hf_backend import run, scripted
+from hubstub import HubStub, JobScript
+from test_hf_backend import GGUF_SUMMARY, SUMMARY, run, scripted
 
 
 
@@ -183,3 +186,34 @@ def test_a_record_field_shaped_to_ping_or_link_does_not_load(hub, workspace, mon
             assert code == 1, (command, out)
         assert "runs/tiny-sft.json" in out and field in out, (command, out)
     assert _spent(hub) == before
+
+
+# --- 7. two machines, one merge: one job --------------------------------------------------------------------
+
+
+def test_two_machines_running_one_recipe_pay_for_one_job_per_stage(hub, workspace, tmp_path) -> None:
+    # The same commit checked out twice (two runners: the per-machine lock cannot see across them).
+    clones = []
+    for i in range(2):
+        clone = tmp_path / f"machine{i}"
+        subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
+        clones.append(clone)
+    hub.state.job_scripts += [JobScript(summary=SUMMARY, scheduling=1.0, running=1.0) for _ in range(2)]
+    hub.state.job_scripts += [JobScript(summary=GGUF_SUMMARY, scheduling=1.0) for _ in range(2)]
+    env = dict(os.environ) | {"HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN}
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "run", "recipes/tiny-sft.yaml", "--backend", "hf"],
+                              cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for clone in clones]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    for stage in ("train", "gguf"):
+        jobs = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == stage]
+        alive = [j for j in jobs if j.stage != "CANCELED"]
+        assert len(alive) == 1, (stage, [j.stage for j in jobs], outs)
+        # A job canceled as the loser never ran: nothing billed for it.
+        assert all(j.durations()["runningSecs"] in (0, None) for j in jobs if j.stage == "CANCELED")
+    for clone in clones:
+        rec = json.loads((clone / "runs" / "tiny-sft.json").read_text())["runs"][-1]
+        assert rec["state"] == "recorded", rec.get("failure")
+        assert rec["jobs"]["train"]["id"] == next(j.id for j in hub.state.jobs.values()
+                                                  if j.spec["labels"]["stage"] == "train" and j.stage != "CANCELED")

@@ -10,7 +10,9 @@ from pydantic import BaseModel
 from runner.jobspec import JobConfig, JobSpec
 
 Stage = Literal["SCHEDULING", "RUNNING", "COMPLETED", "ERROR", "CANCELED", "DELETED"]
-FINISHED: frozenset[str] = frozenset({"COMPLETED", "ERROR", "CANCELED", "DELETED"})
+# huggingface_hub's JobStage values, grouped once: a job that ended without its work, and any ended job.
+FAILED: frozenset[str] = frozenset({"ERROR", "CANCELED", "DELETED"})
+FINISHED: frozenset[str] = FAILED | {"COMPLETED"}
 
 
 class FoundJob(BaseModel):
@@ -43,6 +45,10 @@ class Backend(Protocol):
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""
+
+    def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
+        """After submitting `job_id`: the job that holds this work. Where two machines both submitted, the
+        oldest live job carrying `labels` wins everywhere alike, and a younger one (ours) is canceled."""
 
     def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         """The newest job carrying all these labels that has not failed or been canceled (or any, if asked)."""

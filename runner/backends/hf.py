@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runner.backends.base import FoundJob, JobSpec, JobStatus
+from runner.backends.base import FAILED, FoundJob, JobSpec, JobStatus
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
 from runner.jobspec import JobConfig, script_files
@@ -122,6 +122,24 @@ class HfBackend:
         return self._call(f"submitting the {spec.script} job", lambda **kw: self.api.run_job(**kw).id,
                           recover=created, **kwargs)
 
+    def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
+        # The Hub has no compare-and-set for jobs: both submitters look after submitting, and the order
+        # they see (creation time, then id) is the same for both, so exactly one job survives.
+        jobs = self._call("list jobs", lambda **kw: list(self.api.list_jobs(**kw)), labels=labels,
+                          namespace=self.namespace)
+        live = sorted((j for j in jobs if all((j.labels or {}).get(k) == v for k, v in labels.items())
+                       and (j.status.stage not in FAILED or j.id == job_id)),
+                      key=lambda j: (j.created_at.timestamp() if j.created_at else 0.0, j.id))
+        if not live:
+            raise UserError(f"Hugging Face Hub: job {job_id} was submitted but is not listed; not going on blind")
+        first = live[0]
+        if first.id != job_id:
+            self.echo(f"[hub] job {first.id} was submitted first for this work; canceling our {job_id}")
+            self.cancel(job_id)
+        return FoundJob(id=first.id, labels=first.labels or {},
+                        config=read_config((first.environment or {}).get("RUNNER_JOB_CONFIG")),
+                        stage=first.status.stage)
+
     def status(self, job_id: str) -> JobStatus:
         info = self._call("inspect job", self.api.inspect_job, job_id=job_id, namespace=self.namespace)
         return _status(info)
@@ -205,7 +223,7 @@ class HfBackend:
                           namespace=self.namespace)
         for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
             if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
-                    (include_failed or job.status.stage not in ("ERROR", "CANCELED", "DELETED")):
+                    (include_failed or job.status.stage not in FAILED):
                 return FoundJob(id=job.id, labels=job.labels or {}, config=read_config((job.environment or {}).get("RUNNER_JOB_CONFIG")),
                                 stage=job.status.stage)
         return None

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import FoundJob, JobStatus
+from runner.backends.base import FAILED, FoundJob, JobStatus
 from runner.jobspec import JobConfig, JobSpec, script_path
 from runner.ledger import atomic_write
 
@@ -124,6 +124,10 @@ class LocalBackend:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
             atomic_write(Path(config.output_dir) / name, data)
 
+    def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
+        # One machine: the run lock already keeps a second submitter out.
+        return FoundJob(id=job_id, labels=labels, config=None, stage=self.status(job_id).stage)
+
     def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels or not self.state_dir.exists():
             return None
@@ -134,7 +138,7 @@ class LocalBackend:
                 continue
             if all(spec.labels.get(k) == v for k, v in labels.items()):
                 stage = self.status(job_dir.name).stage
-                if include_failed or stage not in ("ERROR", "CANCELED"):
+                if include_failed or stage not in FAILED:
                     return FoundJob(id=job_dir.name, labels=spec.labels, config=spec.config, stage=stage)
         return None
 
