@@ -340,6 +340,19 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if problems or unreadable else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the first-day set-up, one line each with the fix; exit 1 when something blocks a run."""
+    from runner import doctor, hub
+
+    root = Path.cwd()
+    token = None if hub.offline() else hub.token()
+    checks = doctor.run(root, hub_api=hub.api(token) if token else None, repo=doctor.github_repo())
+    for check in checks:
+        print(check.line())
+    print(f"first recipe: {doctor.first_recipe(root)}")
+    return 1 if any(c.verdict == "fail" for c in checks) else 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
@@ -487,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-branch", default="HEAD", metavar="REF",
                    help="a Hub run's commit must be on this branch (default: HEAD, the checked-out default branch)")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("doctor", help="check the token, environments, branch protection, budget and CODEOWNERS")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("history", help="estimated vs actual cost of every recorded run, and the median error")
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")

@@ -57,6 +57,17 @@ def hub(monkeypatch: pytest.MonkeyPatch):
         yield stub
 
 
+@pytest.fixture
+def github(tmp_path: Path):
+    """The GitHub stand-in (tests/ghstub.py): one repository, acme/models, with `main` at a first commit."""
+    from ghstub import GitHubStub
+
+    with GitHubStub() as stub:
+        stub.state.artifacts_dir = tmp_path / "artifacts"
+        stub.state.commit("main", {"README.md": b"# models\n"}, "template")
+        yield stub
+
+
 def git(repo: Path, *args: str) -> str:
     """Run git in `repo` as a throwaway identity; its stdout."""
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],

@@ -35,6 +35,8 @@ class GitHubState:
     commits: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha -> {tree, parents, message}
     refs: dict[str, str] = field(default_factory=dict)  # "heads/main" -> sha
     protected: set[str] = field(default_factory=set)
+    # Deployment environments as GET /repos/{o}/{r}/environments/{name} returns them: name -> reviewers' logins
+    environments: dict[str, list[str]] = field(default_factory=dict)
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     comments: list[dict[str, Any]] = field(default_factory=list)  # {id, issue, body, user}
     artifacts_dir: Path | None = None  # <dir>/<run id>/<name>.zip, written by the upload-artifact stand-in
@@ -177,6 +179,35 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
             if method == "GET" and rest == "":
                 return self._send(200, {"full_name": state.full_name, "default_branch": "main",
                                         "url": stub.repo_url(), "name": state.name})
+            if (r := m(r"/environments/([^/]+)", rest)) and method == "GET":
+                if r[1] not in state.environments:
+                    return self._send(404, {"message": "Not Found"})
+                reviewers = [{"type": "User", "reviewer": {"login": login, "id": 100 + i, "type": "User"}}
+                             for i, login in enumerate(state.environments[r[1]])]
+                rules = [{"id": 1, "node_id": "R1", "type": "required_reviewers", "prevent_self_review": False,
+                          "reviewers": reviewers}] if reviewers else []
+                rules.append({"id": 2, "node_id": "R2", "type": "branch_policy"})
+                return self._send(200, {"id": 7, "node_id": "E7", "name": r[1], "url": f"{stub.repo_url()}/environments/{r[1]}",
+                                        "html_url": f"https://github.com/{state.full_name}/deployments/activity_log?environments_filter={r[1]}",
+                                        "created_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:00Z",
+                                        "protection_rules": rules,
+                                        "deployment_branch_policy": {"protected_branches": False,
+                                                                     "custom_branch_policies": True}})
+            if (r := m(r"/branches/([^/]+)/protection", rest)) and method == "GET":
+                if r[1] not in state.protected:
+                    return self._send(404, {"message": "Branch not protected"})
+                return self._send(200, {"url": f"{stub.repo_url()}/branches/{r[1]}/protection",
+                                        "required_pull_request_reviews": {
+                                            "url": f"{stub.repo_url()}/branches/{r[1]}/protection/required_pull_request_reviews",
+                                            "dismiss_stale_reviews": True, "require_code_owner_reviews": True,
+                                            "required_approving_review_count": 1, "require_last_push_approval": True}})
+            if (r := m(r"/branches/([^/]+)", rest)) and method == "GET":
+                sha = state.refs.get(f"heads/{r[1]}")
+                if sha is None:
+                    return self._send(404, {"message": "Branch not found"})
+                return self._send(200, {"name": r[1], "commit": {"sha": sha, "url": f"{stub.repo_url()}/commits/{sha}"},
+                                        "protected": r[1] in state.protected,
+                                        "protection_url": f"{stub.repo_url()}/branches/{r[1]}/protection"})
             if r := m(r"/issues/(\d+)", rest):
                 n = int(r[1])
                 if n not in state.pulls:

@@ -140,6 +140,10 @@ class Job:
 
 @dataclass
 class HubState:
+    # GET /api/whoami-v2 as the Hub answers it for the token in use (a classic write token by default).
+    whoami: dict[str, Any] = field(default_factory=lambda: {
+        "type": "user", "name": USER, "fullname": "Alice", "orgs": [],
+        "auth": {"type": "access_token", "accessToken": {"displayName": "ci", "role": "write"}}})
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {"params": int, "architectures": [...]}
     gated: set[str] = field(default_factory=set)
     # dataset id -> {(config, split): rows}
@@ -417,8 +421,7 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             if path == "/api/jobs/hardware":
                 return self._send(200, [self._hardware(h) for h in HARDWARE])
             if path == "/api/whoami-v2":
-                return self._send(200, {"type": "user", "name": USER, "fullname": "Alice", "orgs": [],
-                                        "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+                return self._send(200, state.whoami)
             if path.startswith("/api/jobs/"):
                 return self._jobs_get(path[len("/api/jobs/"):].split("/"), url)
             if path.startswith("/api/models/") and "/tree/" in path:

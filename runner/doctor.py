@@ -1,0 +1,187 @@
+"""`runner doctor`: is this repository ready to train by pull request? One line per check, with the fix.
+
+Checks what a team sets up on its first day: the Hub token (who, write access to the namespace,
+Jobs allowed), the GitHub environments and their reviewers, branch protection, the budget and
+the cap, CODEOWNERS, and names the first recipe to try. Reads only; never prints the token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from runner.errors import RecipeInvalid, UserError
+
+Verdict = Literal["ok", "warn", "fail", "skip"]
+PLACEHOLDER = "@your-org"
+
+
+class Check(BaseModel):
+    """One thing the repository needs; `fix` says what to change when it is not so."""
+
+    name: str
+    verdict: Verdict
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        """`[ok] name: detail`, and the fix on failure."""
+        return f"[{self.verdict}] {self.name}: {self.detail}" + (f" -> {self.fix}" if self.fix else "")
+
+
+def defaults_checks(root: Path) -> tuple[list[Check], str | None]:
+    """The budget, the cap and the namespace in recipes/_defaults.yaml; returns the namespace too."""
+    from runner import recipe, yamlsafe
+
+    path = root / "recipes" / recipe.DEFAULTS_FILE
+    if not path.is_file():
+        return [Check(name="defaults", verdict="fail", detail="recipes/_defaults.yaml is missing",
+                      fix="restore it from the template")], None
+    try:
+        doc = yamlsafe.load(path, display="recipes/_defaults.yaml").data
+    except RecipeInvalid as e:
+        return [Check(name="defaults", verdict="fail", detail=str(e.problems[0]), fix="fix the file")], None
+    namespace = doc.get("namespace")
+    cap, budget = doc.get("max_budget_usd"), doc.get("budget_usd")
+    out = [Check(name="namespace", verdict="ok", detail=f"models go to {namespace}/<recipe name>")
+           if namespace else
+           Check(name="namespace", verdict="fail", detail="no namespace: a run on HF Jobs has nowhere to push",
+                 fix="set `namespace: <your Hub user or org>` in recipes/_defaults.yaml")]
+    if cap is None:
+        out.append(Check(name="budget cap", verdict="fail", detail="no max_budget_usd: any recipe may budget anything",
+                         fix="set `max_budget_usd:` in recipes/_defaults.yaml"))
+    else:
+        out.append(Check(name="budget cap", verdict="ok",
+                         detail=f"a recipe may budget at most ${cap:g}; default budget "
+                                + (f"${budget:g}" if budget is not None else "none (each recipe sets one)")))
+    return out, namespace
+
+
+def codeowners_check(root: Path) -> Check:
+    """CODEOWNERS names real reviewers, not the template's placeholder."""
+    path = root / ".github" / "CODEOWNERS"
+    if not path.is_file():
+        return Check(name="CODEOWNERS", verdict="fail", detail=".github/CODEOWNERS is missing",
+                     fix="restore it: it decides who reviews spending and workflow changes")
+    if PLACEHOLDER in path.read_text(encoding="utf-8"):
+        return Check(name="CODEOWNERS", verdict="fail", detail=f"still names the placeholder {PLACEHOLDER}/...",
+                     fix="replace it in .github/CODEOWNERS with the team trusted with the token and the budget")
+    return Check(name="CODEOWNERS", verdict="ok", detail="names your reviewers")
+
+
+def hub_checks(api: Any, namespace: str | None) -> list[Check]:
+    """Who the token is, whether it can write to the namespace, and whether it may run Jobs there."""
+    try:
+        me = api.whoami()
+    except Exception as e:  # noqa: BLE001 - any refusal means the same: the token does not work
+        return [Check(name="Hub token", verdict="fail", detail=f"the Hub refused it ({type(e).__name__})",
+                      fix="create a fine-grained token with write access to your namespace and Jobs")]
+    user, orgs = me.get("name", "?"), [o.get("name") for o in me.get("orgs", [])]
+    access = (me.get("auth") or {}).get("accessToken") or {}
+    out = [Check(name="Hub token", verdict="ok", detail=f"authenticates as {user} ({access.get('role', '?')} token)")]
+    if namespace is None:
+        return out
+    out.append(_write_check(namespace, user, orgs, access))
+    try:
+        api.list_jobs(namespace=namespace)
+        out.append(Check(name="Jobs", verdict="ok", detail=f"the token may list and run Jobs in {namespace}"))
+    except Exception as e:  # noqa: BLE001
+        out.append(Check(name="Jobs", verdict="fail", detail=f"listing Jobs in {namespace} was refused "
+                         f"({type(e).__name__})", fix="give the token Jobs permission for the namespace, and make sure "
+                         "the account has billing set up or credits"))
+    return out
+
+
+def _write_check(namespace: str, user: str, orgs: list[str], access: dict[str, Any]) -> Check:
+    role = access.get("role")
+    if role == "fineGrained":
+        scoped = (access.get("fineGrained") or {}).get("scoped", [])
+        writes = any((s.get("entity") or {}).get("name") == namespace and "repo.write" in s.get("permissions", [])
+                     for s in scoped)
+        ok = writes
+    else:
+        ok = role in ("write", "admin") and namespace in [user, *orgs]
+    if ok:
+        return Check(name="write access", verdict="ok", detail=f"the token can create and push repos in {namespace}")
+    return Check(name="write access", verdict="fail", detail=f"the token cannot write to {namespace}",
+                 fix=f"give the token write access to {namespace} (fine-grained: repo.write on it)")
+
+
+def github_checks(repo: Any) -> list[Check]:
+    """The `training` and `reconcile` environments (with reviewers on training) and the default branch's protection."""
+    from github import GithubException
+
+    out = []
+    for name, needs_reviewers in (("training", True), ("reconcile", False)):
+        try:
+            rules = repo.get_environment(name).protection_rules or []  # the lazy client asks here
+        except GithubException:
+            out.append(Check(name=f"environment {name}", verdict="fail", detail="does not exist",
+                             fix=f"Settings > Environments > New environment `{name}`, add the secret HF_TOKEN, "
+                                 "deployment branches: main only"))
+            continue
+        reviewers = [r for rule in rules if rule.type == "required_reviewers"
+                     for r in (rule.raw_data.get("reviewers") or [])]
+        if needs_reviewers and not reviewers:
+            out.append(Check(name=f"environment {name}", verdict="warn", detail="exists, with no required reviewers: "
+                             "a merge spends without anyone approving", fix="add required reviewers to `training`"))
+        else:
+            out.append(Check(name=f"environment {name}", verdict="ok",
+                             detail=f"exists ({len(reviewers)} required reviewer(s))"))
+    branch = repo.default_branch
+    try:
+        repo.get_branch(branch).get_protection()
+        out.append(Check(name="branch protection", verdict="ok", detail=f"{branch} is protected"))
+    except GithubException as e:
+        if e.status in (401, 403):  # the workflow's token has no administration access: say so, guess nothing
+            out.append(Check(name="branch protection", verdict="skip", detail="this token cannot read it",
+                             fix=f"check Settings > Branches for {branch} yourself, or run `runner doctor` with a "
+                                 "token that has administration read access"))
+            return out
+        out.append(Check(name="branch protection", verdict="fail", detail=f"{branch} is not protected: anyone with push "
+                         "access can change what is trained", fix=f"Settings > Branches: protect {branch} (pull requests, "
+                         "Code Owners review, dismiss stale approvals, require approval of the most recent push)"))
+    return out
+
+
+def first_recipe(root: Path) -> str:
+    """What to try first: the repository's first recipe, or the starter."""
+    from runner.recipe import recipe_files
+
+    found = recipe_files([str(root / "recipes")]) if (root / "recipes").is_dir() else []
+    if found:
+        return f"runner plan {found[0].relative_to(root).as_posix()}"
+    return ("cp recipes/starter.yaml.example recipes/my-model.yaml, edit it, then runner plan recipes/my-model.yaml "
+            "(or try the local example: runner run examples/recipes/tiny-sft.yaml)")
+
+
+def run(root: Path, *, hub_api: Any | None, repo: Any | None) -> list[Check]:
+    """Every check, in the order a newcomer fixes them; a missing token or GitHub context is a skip, said."""
+    checks, namespace = defaults_checks(root)
+    checks.append(codeowners_check(root))
+    if hub_api is None:
+        checks.append(Check(name="Hub token", verdict="fail", detail="no token found",
+                            fix="set HF_TOKEN (a GitHub environment secret; locally `hf auth login`)"))
+    else:
+        checks += hub_checks(hub_api, namespace)
+    if repo is None:
+        checks.append(Check(name="GitHub", verdict="skip", detail="GITHUB_TOKEN/GITHUB_REPOSITORY not set",
+                            fix="run the `setup` workflow (Actions > setup) to check environments and protection"))
+    else:
+        try:
+            checks += github_checks(repo)
+        except UserError as e:
+            checks.append(Check(name="GitHub", verdict="fail", detail=str(e)))
+    return checks
+
+
+def github_repo() -> Any | None:
+    """The repository the environment names, or None outside GitHub Actions."""
+    from runner import github
+
+    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
+        return None
+    return github.repository()
