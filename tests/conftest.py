@@ -39,6 +39,8 @@ def _hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Tiny models: one thread each, so a test's job processes do not fight over the two cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 

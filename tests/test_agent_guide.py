@@ -17,6 +17,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
+# Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
+
 SKILL = ".agents/skills/fine-tuning-recipes/SKILL.md"
 CLAUDE_SKILL = ".claude/skills/fine-tuning-recipes/SKILL.md"
 GUIDES = ["AGENTS.md", SKILL]

@@ -238,6 +238,7 @@ def test_card_comment_and_status_show_before_and_after(tmp_path: Path, cli) -> N
     assert res.code == 0 and "ev: recorded" in res.out and "eval loss 5.5 -> 2.25" in res.out
 
 
+@pytest.mark.slow
 def test_benchmark_harness_runs_alone_and_its_failure_is_recorded(job, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The real harness, called as a job calls it, on the example model: it gets as far as fetching the

@@ -18,6 +18,10 @@ from conftest import ROOT, keys_outside
 from hubstub import HubStub
 from test_jobs import JOBS, job_env
 
+# Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
+
 TINY = ROOT / "examples" / "tiny-model"
 DATA = ROOT / "examples" / "data" / "sft.jsonl"
 TOKEN = "test-only-not-a-token-gguf"

@@ -116,6 +116,7 @@ def test_repeated_trigger_adopts_instead_of_paying_twice(hub, workspace, monkeyp
     assert len(json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]) == 1
 
 
+@pytest.mark.slow  # waits out real back-off delays
 def test_429_and_5xx_bursts_are_survived(hub, workspace, monkeypatch, capsys) -> None:
     scripted(hub)
     faults = {"POST /api/jobs/alice": [429, 503], "GET /api/jobs/alice/": [429, 500, 502, 503],
@@ -190,6 +191,7 @@ def test_hub_restart_mid_run(hub, workspace, monkeypatch, capsys) -> None:
     assert len(created(hub, "train")) == 1 and len(created(hub, "gguf")) == 1
 
 
+@pytest.mark.slow  # waits out real back-off delays
 def test_detach_status_logs_cancel(hub, workspace, monkeypatch, capsys) -> None:
     hub.state.job_scripts.append(JobScript(outlive_timeout=True, logs=["progress step=1/30 loss=2.5"]))
     code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf", "--detach")
@@ -251,6 +253,7 @@ def test_no_token_is_a_clear_error(workspace, monkeypatch, capsys) -> None:
 
 
 @pytest.mark.skipif(not shutil.which("git"), reason="git needed")
+@pytest.mark.slow
 def test_real_jobs_on_the_stand_in(hub, workspace, monkeypatch, capsys) -> None:
     """Both jobs for real inside the stand-in: train pushes to its repo, GGUF downloads it and publishes."""
     pytest.importorskip("trl")

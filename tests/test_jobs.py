@@ -15,6 +15,10 @@ from conftest import ROOT
 
 from runner import recipe
 
+# Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
+
 JOBS = ROOT / "runner" / "jobs"
 
 

@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, assert_summaries_read_whole, copy_examples
 
+# Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
+
 pytest.importorskip("trl")
 pytest.importorskip("llama_cpp")
 

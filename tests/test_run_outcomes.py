@@ -168,6 +168,7 @@ def test_failing_log_endpoint_falls_back_to_the_stage(hub, workspace, monkeypatc
     assert len(created(hub, "train")) == 1
 
 
+@pytest.mark.slow  # waits out real back-off delays
 def test_stage_polls_failing_too_are_waited_out(hub, workspace, monkeypatch, capsys) -> None:
     scripted(hub, train=JobScript(summary=SUMMARY, running=1.0))
     hub.state.faults["GET /api/jobs/alice/*/logs"] = [500] * 50
@@ -177,6 +178,7 @@ def test_stage_polls_failing_too_are_waited_out(hub, workspace, monkeypatch, cap
     assert record(workspace)["state"] == "recorded"
 
 
+@pytest.mark.slow  # waits out real back-off delays
 def test_unreachable_hub_fails_within_a_minute_with_one_line(workspace, monkeypatch, capsys) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -263,6 +265,7 @@ def test_cancel_reads_as_canceled_everywhere(hub, workspace, monkeypatch, capsys
     assert "tiny-sft: canceled" in out and "the training job was canceled" in out and "failed" not in out
 
 
+@pytest.mark.slow  # waits out real back-off delays
 def test_reconcile_saves_the_stage_and_exits_nonzero_when_the_run_failed(hub, workspace, monkeypatch,
                                                                         capsys) -> None:
     hub.state.job_scripts.append(JobScript(outlive_timeout=True, logs=["loading"]))  # ended below

