@@ -139,7 +139,8 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
         github.fetch_commit(Path.cwd(), head)
         tree = runs.snapshot(Path.cwd(), head)
         if tree is None:
-            raise UserError(f"the files of commit {head[:12]} cannot be read as data (missing, or links out of the tree)")
+            raise UserError(f"the files of commit {head[:12]} cannot be read as data "
+                            "(missing, or links out of the tree)")
         paths = _changed(pr.base.sha, head, tree=tree)
         plans, problems = _plan_tree(paths, tree)
         body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
@@ -241,7 +242,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_changed)
 
-    p = sub.add_parser("comment-plan", help="in a workflow_run job: plan the PR's head in trusted code and post it as the sticky comment")
+    p = sub.add_parser("comment-plan", help="in a workflow_run job: plan the PR's head in trusted code and post it "
+                                            "as the sticky comment")
     p.set_defaults(func=cmd_comment_plan)
 
     p = sub.add_parser("pr-check", help="in a pull request: validate and plan the changed recipes into DIR")

@@ -141,9 +141,10 @@ def github_checks(repo: Any) -> list[Check]:
                              fix=f"check Settings > Branches for {branch} yourself, or run `runner doctor` with a "
                                  "token that has administration read access"))
             return out
-        out.append(Check(name="branch protection", verdict="fail", detail=f"{branch} is not protected: anyone with push "
-                         "access can change what is trained", fix=f"Settings > Branches: protect {branch} (pull requests, "
-                         "Code Owners review, dismiss stale approvals, require approval of the most recent push)"))
+        out.append(Check(name="branch protection", verdict="fail",
+                         detail=f"{branch} is not protected: anyone with push access can change what is trained",
+                         fix=f"Settings > Branches: protect {branch} (pull requests, Code Owners review, dismiss "
+                             "stale approvals, require approval of the most recent push)"))
     return out
 
 

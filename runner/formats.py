@@ -227,7 +227,8 @@ def _preferences(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict 
             if convs:
                 if shared == 0:
                     return MethodVerdict(status="incompatible",
-                                         reason=f"row {i}: no 'prompt' column and chosen/rejected share no prompt turns")
+                                         reason=f"row {i}: no 'prompt' column and chosen/rejected share no "
+                                         "prompt turns")
                 problem = conversation_problem(a, needs_assistant_last=True)
                 if problem:
                     return MethodVerdict(status="incompatible", reason=f"row {i}: '{chosen}': {problem}")
@@ -284,7 +285,8 @@ def grpo(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
     elif all(_is_str(v) for v in values):
         form = "plain-text prompts"
     else:
-        return MethodVerdict(status="incompatible", reason=f"'{prompt}' must be a string or a message list in every row")
+        return MethodVerdict(status="incompatible",
+                             reason=f"'{prompt}' must be a string or a message list in every row")
     empty = _empty_string_row(rows, [prompt])
     if empty:
         return MethodVerdict(status="incompatible", reason=empty)
@@ -311,7 +313,8 @@ def kto(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
     bad = next((i for i, v in enumerate(_column(rows, label), start=1) if not isinstance(v, bool)), None)
     if bad is not None:
         return MethodVerdict(status="incompatible",
-                             reason=f"row {bad}: '{label}' must be true or false, found {_shown(rows[bad - 1].get(label))}")
+                             reason=f"row {bad}: '{label}' must be true or false, "
+                             f"found {_shown(rows[bad - 1].get(label))}")
     inner = _prompt_completion(rows, prompt, completion, {})
     if inner.status == "incompatible":
         return inner
@@ -360,7 +363,8 @@ def vision_dpo(rows: Sequence[dict], columns: Sequence[str], pictures: Sequence[
 
 
 def _text_only(method: str, column: str) -> MethodVerdict:
-    return MethodVerdict(status="incompatible", reason=f"'{column}' holds images; {method.upper()} here trains text-only "
+    return MethodVerdict(status="incompatible",
+                         reason=f"'{column}' holds images; {method.upper()} here trains text-only "
                          "models and would drop them (vision-language models train with DPO: method: dpo)")
 
 

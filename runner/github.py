@@ -104,7 +104,8 @@ def fetch_commit(root: Path, sha: str) -> None:
 
     The token reaches git as an HTTP header through the environment (GIT_CONFIG_*), never on a command line.
     """
-    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True).returncode == 0:
+    present = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True)
+    if present.returncode == 0:
         return
     env = dict(os.environ)
     token = os.environ.get("GITHUB_TOKEN", "").strip()

@@ -28,9 +28,9 @@ from runner.hardware import FLAVOR_NAMES
 DEFAULTS_FILE = "_defaults.yaml"
 SCHEMA_FILE = "schema.json"  # recipes/schema.json: the published JSON Schema, `runner schema`
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S",
-              "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
-              "IQ1_M", "IQ1_S")
+GGUF_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_L", "Q3_K_M",
+              "Q3_K_S", "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS",
+              "IQ2_XXS", "IQ1_M", "IQ1_S")
 # Must match BUILTIN_REWARDS in runner/jobs/train.py (a test checks it).
 BUILTIN_REWARDS = ("exact_answer", "think_format", "concise")
 LORA_AUTO_THRESHOLD = 3_000_000_000  # parameters; `lora: auto` turns LoRA on above this
@@ -254,7 +254,8 @@ class Reward(_Strict):
             if self.file is not None or self.function is not None:
                 raise ValueError("give either 'builtin' or 'file' with 'function', not both")
             if self.builtin not in BUILTIN_REWARDS:
-                raise ValueError(f"unknown built-in reward '{self.builtin}'{_did_you_mean(self.builtin, BUILTIN_REWARDS)}"
+                hint = _did_you_mean(self.builtin, BUILTIN_REWARDS)
+                raise ValueError(f"unknown built-in reward '{self.builtin}'{hint}"
                                  f"; built-ins are {', '.join(BUILTIN_REWARDS)}")
         elif self.file is None or self.function is None:
             raise ValueError("a reward needs 'builtin: NAME', or 'file: PATH.py' with 'function: NAME'")

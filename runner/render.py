@@ -220,7 +220,8 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
            f"| Run | {code(record.run_id)} on the {md(record.backend)} backend, attempt {record.attempt} |"]
     if job:
         namespace = ((record.configs.train.repo if record.configs.train else None) or "/").split("/")[0]
-        where = _link(f"https://huggingface.co/jobs/{namespace}/{job.id}") if record.push and namespace else f"`{job.id}`"
+        where = _link(f"https://huggingface.co/jobs/{namespace}/{job.id}") if record.push and namespace \
+            else code(job.id)
         out.append(f"| {stage.upper()} job | {where} ({md(job.stage)}) |")
         elapsed = _elapsed(job.submitted_at, now)
         out.append(f"| Elapsed | {_duration(elapsed / 3600)} |")
@@ -247,7 +248,8 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
 
 def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     """The comment on a merged pull request: what training produced, where, and for how much."""
-    mark = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}.get(record.state, ":hourglass:")
+    marks = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}
+    mark = marks.get(record.state, ":hourglass:")
     links = record.links
     space = record.configs.train.trackio_space_id if record.configs.train else None
     est, actual = record.cost_usd.get("estimated"), record.cost_usd.get("actual")
@@ -257,8 +259,9 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
         out.append(f"| Model | {_link(links['model'])} |")
     if links.get("gguf"):
         out.append(f"| GGUF | {_link(links['gguf'])} |")
+    project = record.configs.train.project if record.configs.train else name
     out.append("| Trackio | " + (_link(f"https://huggingface.co/spaces/{space}") if space else
-                                 f"project `{md(record.configs.train.project if record.configs.train else name)}` (local logs; "
+                                 f"project `{md(project)}` (local logs; "
                                  "set tracking.space for a dashboard)")
                + " |")
     if record.state == "recorded":
@@ -277,7 +280,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
         out += ["", f"**{verb} in {md(f.stage)}:** {md(f.reason)}", "",
                 "Fix the recipe (or the data) in a new pull request, or train this version again on purpose: "
                 "Actions > train > Run workflow with `retry` (`runner run RECIPE --backend hf --retry`).",
-                "" if not f.checkpoint_on_hub else "A checkpoint reached the Hub (`last-checkpoint/`): a rerun can resume.",
+                "" if not f.checkpoint_on_hub else
+                "A checkpoint reached the Hub (`last-checkpoint/`): a rerun can resume.",
                 "", "<details><summary>Log tail</summary>", "", "```",
                 *[line.replace("```", "'''") for line in f.log_tail[-20:]], "```", "</details>"]
     return "\n".join(out) + "\n"

@@ -190,7 +190,8 @@ def check_spend(plan: Plan, backend: Backend, display: str) -> None:
     if not backend.bills:
         return  # this machine's time: nothing is billed
     if not plan.fits or not plan.jobs:
-        raise SpendRefused(f"{display}: no Hugging Face Jobs flavor fits this run (see `runner plan`); nothing submitted")
+        raise SpendRefused(f"{display}: no Hugging Face Jobs flavor fits this run (see `runner plan`); "
+                           "nothing submitted")
     if plan.refusal:
         raise SpendRefused(f"{display}: {plan.refusal}; nothing submitted")
 
@@ -222,7 +223,8 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     if prior is not None and prior.failure is not None and prior.failure.stage == "gguf" and prior.train_summary:
         return _reconvert(loaded, plan, backend, prior, hub_dir=hub_dir, echo=echo, what=what)
     attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
-    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior else lost.config is not None and backend.checkpoint_saved(lost.config)
+    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior \
+        else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
                  retry_of=prior.run_id if prior else None, resume=resume)

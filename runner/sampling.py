@@ -159,7 +159,8 @@ def _json_array(path: Path, name: str, limit: int, size: int) -> tuple[list[dict
                     buf += chunk
                     continue
                 line = buf[: e.pos].count("\n") + 1
-                raise UserError(f"{name}: not valid JSON near row {len(rows)} ({e.msg}, line {line} of the read window)") from None
+                raise UserError(f"{name}: not valid JSON near row {len(rows) + 1} ({e.msg}, line {line} of the "
+                                "read window)") from None
             if not isinstance(row, dict):
                 raise UserError(f"{name}: array element {len(rows)} must be a JSON object, found {type(row).__name__}")
             rows.append(row)

@@ -224,7 +224,8 @@ class HfBackend:
         for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
             if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
                     (include_failed or job.status.stage not in FAILED):
-                return FoundJob(id=job.id, labels=job.labels or {}, config=read_config((job.environment or {}).get("RUNNER_JOB_CONFIG")),
+                config = read_config((job.environment or {}).get("RUNNER_JOB_CONFIG"))
+                return FoundJob(id=job.id, labels=job.labels or {}, config=config,
                                 stage=job.status.stage)
         return None
 

@@ -72,7 +72,8 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 SMOKE_PROMPT = "Hello"
 # Tokenizer files llama.cpp's converter reads besides tokenizer.json; a fine-tuned save may lack them.

@@ -375,7 +375,8 @@ def check_rows(method: str, data) -> None:
     form = next((cols for cols in REQUIRED[method] if all(c in data.column_names for c in cols)), None)
     if form is None:
         wanted = " or ".join("+".join(cols) for cols in REQUIRED[method])
-        raise JobError(f"{method.upper().replace('VISION-', 'vision ')} needs columns {wanted} after the column mapping "
+        shown = method.upper().replace("VISION-", "vision ")
+        raise JobError(f"{shown} needs columns {wanted} after the column mapping "
                        f"(columns: {', '.join(data.column_names)})")
     for column in form:
         if column == "images":  # counted in Arrow: reading the column would decode every image
