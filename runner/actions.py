@@ -73,8 +73,9 @@ def cmd_changed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_tree(paths: list[str], tree: Path, located: list | None = None) -> tuple[list, list[str]]:
-    """Validate and plan recipe files read from `tree` as data, with the built-in prices and no token."""
+def _plan_tree(paths: list[str], tree: Path, located: list | None = None,
+               read_token: str | None = None) -> tuple[list, list[str]]:
+    """Validate and plan recipe files read from `tree` as data, with the built-in prices and no write token."""
     from runner import planning, recipe
 
     loaded, problems = [], []
@@ -85,7 +86,31 @@ def _plan_tree(paths: list[str], tree: Path, located: list | None = None) -> tup
             problems += [str(p) for p in e.problems]
             if located is not None:
                 located += e.problems
-    return planning.plan_all(loaded, None, problems), problems
+    plans = planning.plan_all(loaded, read_token, problems)
+    if read_token:  # what the token read may be private: the comment says verdicts, columns and counts, no rows
+        plans = [_without_rows(p) for p in plans]
+    return plans, problems
+
+
+def _without_rows(plan):
+    """A plan of a Hub dataset with its data-derived reasons (which can quote values) replaced by their status."""
+    from runner.recipe import looks_local_dataset
+
+    if looks_local_dataset(plan.dataset_path):
+        return plan
+    withheld = "details withheld (read with HF_READ_TOKEN; run `runner inspect` locally to see them)"
+    verdict = plan.dataset.model_copy(update={"reason": withheld})
+    warnings = [w for w in plan.warnings if not w.startswith("dataset not ready")]
+    return plan.model_copy(update={"dataset": verdict, "warnings": warnings})
+
+
+def _read_token(event: dict) -> str | None:
+    """The optional read-only token, for pull requests from this repository's own branches only: a fork could
+    point a recipe at any dataset the token can read."""
+    run = event.get("workflow_run") or {}
+    here = (event.get("repository") or {}).get("full_name")
+    own = bool(here) and (run.get("head_repository") or {}).get("full_name") == here
+    return (os.environ.get("HF_READ_TOKEN") or None) if own else None
 
 
 def cmd_pr_check(args: argparse.Namespace) -> int:
@@ -125,7 +150,8 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
     from runner import github, render, runs
     from runner.render import COMMENT_MARKER
 
-    run = github.event().get("workflow_run") or {}
+    event = github.event()
+    run = event.get("workflow_run") or {}
     head = str(run.get("head_sha") or "")
     if not run.get("id") or not head:
         raise UserError("not a workflow_run event: no workflow_run.id / head_sha in the payload")
@@ -142,7 +168,7 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
             raise UserError(f"the files of commit {head[:12]} cannot be read as data "
                             "(missing, or links out of the tree)")
         paths = _changed(pr.base.sha, head, tree=tree)
-        plans, problems = _plan_tree(paths, tree)
+        plans, problems = _plan_tree(paths, tree, read_token=_read_token(event))
         body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
     except UserError as e:  # never leave an older plan standing for a newer head
         body = render.plan_markdown([], [f"plan unavailable for {head[:12]}: {str(e).splitlines()[0]}"], commit=head)

@@ -146,6 +146,8 @@ class HubState:
         "auth": {"type": "access_token", "accessToken": {"displayName": "ci", "role": "write"}}})
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {"params": int, "architectures": [...]}
     gated: set[str] = field(default_factory=set)
+    private_datasets: set[str] = field(default_factory=set)  # the viewer serves these only with `read_token`
+    read_token: str = "test-only-not-a-token-hub-read"
     # dataset id -> {(config, split): rows}
     datasets: dict[str, dict[tuple[str, str], list[dict]]] = field(default_factory=dict)
     hardware_prices: dict[str, int] = field(default_factory=dict)  # override micro-USD per minute
@@ -635,6 +637,10 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
 
         def _dataset(self, q: dict[str, str]) -> dict | None:
             ds = state.datasets.get(q.get("dataset", ""))
+            if ds is not None and q.get("dataset") in state.private_datasets and \
+                    self.headers.get("Authorization", "") != f"Bearer {state.read_token}":
+                # The viewer answers a private dataset without the right token as if it did not exist.
+                ds = None
             if ds is None:
                 self._send(404, {"error": "The dataset does not exist."}, {"X-Error-Code": "DatasetNotFoundError"})
             return ds

