@@ -33,7 +33,7 @@ from runner.hardware import HardwareFlavor
 from runner.jobs import train_policy as policy
 from runner.modelfacts import ModelFacts
 from runner.pricing import Option, choose_flavor
-from runner.recipe import LoadedRecipe
+from runner.recipe import DEFAULTS_FILE, LoadedRecipe
 from runner.workload import Workload, workload
 
 # Re-exported: what records, tests and the planning edge import from the plan.
@@ -223,6 +223,11 @@ def jobs_and_gate(loaded: LoadedRecipe, w: Workload, flavors: Sequence[HardwareF
             g_hours = gguf_hours(w.facts, len(r.gguf.quantizations), r.gguf.imatrix)
             jobs.append(planned_job("gguf", converter, g_hours, recommended_timeout(g_hours)))
     gated = spend_gate(jobs, r.budget_usd, loaded.defaults.max_budget_usd)
+    total_cap = loaded.defaults.max_total_usd
+    worst = sum(j.max_cost_usd for j in gated.jobs)
+    if total_cap is not None and worst > total_cap:  # one recipe alone above what a whole merge may spend
+        problems.append(f"worst case ${worst:.2f} is above max_total_usd ${total_cap:g} (the most one merge may "
+                        f"spend, in {DEFAULTS_FILE}); lower the budget or raise the cap")
     refusal = "; ".join(problems + ([gated.refusal] if gated.refusal else [])) or None
     submitted = next((j for j in gated.jobs if j.stage == "train"), None)
     timeouts = _timeout_notes(r.timeout_seconds, submitted) if submitted else []
