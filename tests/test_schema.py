@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import ROOT, write_recipe
+from conftest import ROOT, write_jsonl, write_recipe
 
 from runner import yamlsafe
 
@@ -149,3 +149,45 @@ def test_refusals_say_the_fix(repo: Path, cli) -> None:
     unknown = by_field["trainig"]
     assert (unknown["line"], unknown["column"]) == (4, 1)
     assert unknown["message"] == "unknown field 'trainig' (did you mean 'training'?)"
+
+
+# --- schema = runner: the same verdict on every recipe of a corpus ---------------------------------------
+
+BASE = "base_model: ./models/tiny\nmethod: sft\ndataset: data/sft.jsonl\n"
+CORPUS = {
+    "minimal": (BASE, True),
+    "hub ids": ("base_model: Qwen/Qwen3-0.6B\nmethod: sft\ndataset: org/chats\n", True),
+    "lora yes": (BASE + "adapter:\n  lora: yes\n", True),  # YAML: yes is true, for editors and the runner alike
+    "lora maybe": (BASE + "adapter:\n  lora: maybe\n", False),
+    "dotdot data": ("base_model: ./models/tiny\nmethod: sft\ndataset: ../data/sft.jsonl\n", False),
+    "absolute data": ("base_model: ./models/tiny\nmethod: sft\ndataset: /etc/passwd.json\n", False),
+    "dotdot model": ("base_model: ./models/../models/tiny\nmethod: sft\ndataset: data/sft.jsonl\n", False),
+    "bad hub id": ("base_model: Qwen//Qwen3\nmethod: sft\ndataset: data/sft.jsonl\n", False),
+    "double dash hub id": ("base_model: a--b/c\nmethod: sft\ndataset: data/sft.jsonl\n", False),
+    "local data without suffix": ("base_model: ./models/tiny\nmethod: sft\ndataset: ./data/sft\n", False),
+    "expression": (BASE + "output:\n  repo: acme/${{ secrets.HF_TOKEN }}\n", False),
+    "expression in a description": (BASE + "tracking:\n  project: x${{github.token}}\n", False),
+    "iq without imatrix": (BASE + "gguf:\n  quantizations: [Q4_K_M, IQ4_XS]\n", False),
+    "iq with imatrix": (BASE + "gguf:\n  quantizations: [IQ4_XS]\n  imatrix: true\n", True),
+    "rewards on sft": (BASE + "rewards:\n  - builtin: concise\n", False),
+    "grpo without rewards": ("base_model: ./models/tiny\nmethod: grpo\ndataset: data/grpo.jsonl\n", False),
+    "grpo with a reward": ("base_model: ./models/tiny\nmethod: grpo\ndataset: data/grpo.jsonl\n"
+                           "rewards:\n  - file: rewards/r.py\n    function: score\n", True),
+    "reward outside rewards/": ("base_model: ./models/tiny\nmethod: grpo\ndataset: data/grpo.jsonl\n"
+                                "rewards:\n  - file: scripts/r.py\n    function: score\n", False),
+    "unknown field": (BASE + "trainin:\n  epochs: 1\n", False),
+    "bad slug": ("name: Not A Slug\n" + BASE, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_the_schema_and_the_runner_give_the_same_verdict(repo: Path, cli, case: str) -> None:
+    text, valid = CORPUS[case]
+    write_jsonl(repo / "data" / "grpo.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
+    for folder in ("rewards", "scripts"):
+        (repo / folder).mkdir(exist_ok=True)
+        (repo / folder / "r.py").write_text("def score(completions, **kwargs):\n    return [0.0 for _ in completions]\n")
+    path = write_recipe(repo, "corpus", text)
+    by_schema = not list(validator(cli).iter_errors(yamlsafe.load(path).data))
+    by_runner = cli("validate", "recipes/corpus.yaml", cwd=repo).code == 0
+    assert (by_schema, by_runner) == (valid, valid), case
