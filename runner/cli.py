@@ -56,7 +56,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from runner.recipe import json_schema
 
-    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    if args.markdown:
+        from runner.reference import markdown
+
+        print(markdown(json_schema()), end="")
+    else:
+        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -426,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema (published as recipes/schema.json)")
+    p.add_argument("--markdown", action="store_true", help="the recipe reference page (docs/recipe-reference.md)")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("new", help="write recipes/NAME.yaml from a model and a dataset, checked and planned")

@@ -191,3 +191,16 @@ def test_the_schema_and_the_runner_give_the_same_verdict(repo: Path, cli, case: 
     by_schema = not list(validator(cli).iter_errors(yamlsafe.load(path).data))
     by_runner = cli("validate", "recipes/corpus.yaml", cwd=repo).code == 0
     assert (by_schema, by_runner) == (valid, valid), case
+
+
+def test_the_recipe_reference_is_generated_from_the_schema_and_up_to_date(cli) -> None:
+    result = cli("schema", "--markdown")
+    assert result.code == 0
+    committed = (ROOT / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
+    assert committed == result.out, "regenerate: runner schema --markdown > docs/recipe-reference.md"
+    schema = json.loads(cli("schema").out)
+    for field in schema["properties"]:  # every top-level field, and every field of every section
+        assert f"| `{field}`" in committed
+    for section in schema["$defs"].values():
+        for field, node in section["properties"].items():
+            assert f"| `{field}`" in committed and node.get("description", "")[:40] in committed
