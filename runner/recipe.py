@@ -324,9 +324,13 @@ class Evaluation(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
+        from runner.benchmarks import task_problem
+
         for task in v:
             if not TASK.match(task):
                 raise ValueError(f"'{task}' is not a task name (lowercase letters, digits, '_', '-', '.')")
+            if problem := task_problem(task):
+                raise ValueError(problem)
         if len(set(v)) != len(v):
             raise ValueError("a task is listed twice")
         return v

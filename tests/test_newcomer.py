@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from conftest import write_recipe
 
 RECIPE = "base_model: ./models/tiny\nmethod: sft\ndataset: data/sft.jsonl\n"
@@ -53,3 +54,28 @@ def test_an_unreachable_hub_is_one_line_and_quick(tmp_path: Path, cli) -> None:
     [line] = result.err.strip().splitlines()
     assert line.startswith("error: org/some-data: the Hugging Face Hub is unreachable at http://127.0.0.1:9")
     assert "HF_HUB_OFFLINE=1" in line and "report it" not in line and "Retry" not in result.err
+
+
+def test_an_unknown_evaluation_task_fails_validate_not_the_paid_job(repo: Path, cli) -> None:
+    write_recipe(repo, "bench", RECIPE + "evaluation:\n  tasks: [gsm8k, ifevl]\n")
+    result = cli("validate", "recipes/bench.yaml", cwd=repo)
+    assert result.code == 1
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("recipes/bench.yaml:5:") and "evaluation.tasks" in line
+    assert "'ifevl' is not a task of lm-eval" in line and "did you mean ifeval" in line
+    write_recipe(repo, "bench", RECIPE + "evaluation:\n  tasks: [gsm8k, ifeval, mmlu]\n")
+    assert cli("validate", "recipes/bench.yaml", cwd=repo).code == 0
+
+
+@pytest.mark.slow
+def test_the_shipped_task_list_is_the_locked_lm_evals() -> None:
+    pytest.importorskip("lm_eval")
+    from importlib.metadata import version
+
+    from lm_eval.tasks import TaskManager
+
+    from runner.benchmarks import known_tasks
+
+    shipped_version, names = known_tasks()
+    assert shipped_version == f"lm-eval {version('lm-eval')}"  # refresh: python -m runner.benchmarks
+    assert names == frozenset(TaskManager().all_tasks)
