@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from runner.errors import UserError
 from runner.recipe import Evaluation, first_symlink
@@ -233,74 +233,6 @@ class JobConfigs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train: TrainConfig | None = None
     gguf: GgufJobConfig | None = None  # None: the run converts nothing
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_layout(cls, data: object) -> object:
-        """Records written before the configs used TRL's names (nested `training`, `dataset`...) still load."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        if isinstance(out.get("train"), dict) and "training" in out["train"]:
-            out["train"] = _train_from_nested(out["train"])
-        if isinstance(out.get("gguf"), dict) and isinstance(out["gguf"].get("dataset"), dict):
-            out["gguf"] = _gguf_from_nested(out["gguf"])
-        return out
-
-
-def _dataset_from_nested(d: dict) -> dict:
-    return {"dataset_name": d.get("source"), "dataset_config": d.get("config"),
-            "dataset_train_split": d.get("split") or "train", "dataset_test_split": d.get("eval_split"),
-            "dataset_revision": d.get("revision"), "dataset_columns": d.get("columns")}
-
-
-def _summary_from_nested(c: dict) -> dict:
-    upload = c.get("summary_upload") or {}
-    return {"summary_path": c.get("summary_path"), "summary_repo": upload.get("repo"),
-            "summary_repo_path": upload.get("path")}
-
-
-def _train_from_nested(c: dict) -> dict:
-    """A training config as the runner wrote it before TRL's names: the same values, renamed."""
-    t, m, lora, tracking = c.get("training") or {}, c.get("model") or {}, c.get("lora") or {}, c.get("tracking") or {}
-    method = c.get("method")
-    out = {
-        "run_id": c.get("run_id"), "method": method, **_dataset_from_nested(c.get("dataset") or {}),
-        "eval_fraction": (c.get("dataset") or {}).get("eval_fraction") or 0.0,
-        "evaluation": c.get("evaluation") or {}, "rewards": c.get("rewards") or [],
-        "pin_batch": t.get("pin_batch", False), "packing_mode": t.get("packing", "auto"),
-        "gradient_checkpointing_mode": t.get("gradient_checkpointing", "auto"), "strategy": t.get("strategy", "auto"),
-        "sequence_tokens": t.get("sequence_tokens"), "model_params": m.get("params"),
-        "model_active_params": m.get("active_params"), "model_hidden_size": m.get("hidden_size"),
-        "model_num_layers": m.get("num_layers"), "model_vocab_size": m.get("vocab_size"),
-        "model_architecture": m.get("architecture"), "model_name_or_path": c.get("base_model"),
-        "use_peft": bool(c.get("lora")), **({"lora_r": lora["r"], "lora_alpha": lora["alpha"],
-                                             "lora_dropout": lora["dropout"],
-                                             "lora_target_modules": lora["target_modules"]} if lora else {}),
-        "num_train_epochs": t.get("epochs"), "max_steps": t.get("max_steps") or -1,
-        "learning_rate": t.get("learning_rate"), "lr_scheduler_type": t.get("lr_scheduler", "cosine"),
-        "warmup_steps": t.get("warmup_ratio", 0.0), "per_device_train_batch_size": t.get("batch_size"),
-        "gradient_accumulation_steps": t.get("grad_accum"), "seed": t.get("seed", 42),
-        "save_steps": t.get("save_steps") or 100, "push_to_hub": bool(c.get("hub_repo")),
-        "hub_model_id": c.get("hub_repo"), "hub_private_repo": c.get("private", True),
-        "project": tracking.get("project") or "recipes-runner", "trackio_space_id": tracking.get("space_id"),
-        "run_name": c.get("run_id"), "resume_from_checkpoint": "last-checkpoint" if c.get("resume_from_checkpoint")
-        else None, "output_dir": c.get("output_dir"), **_summary_from_nested(c),
-    }
-    if method in ("sft", "dpo"):
-        out["max_length"] = t.get("max_length")
-    if method == "dpo" and t.get("beta") is not None:
-        out["beta"] = t["beta"]
-    if method == "grpo":
-        out |= {"num_generations": t.get("num_generations") or 8,
-                "max_completion_length": t.get("max_completion_length") or 256}
-    return out
-
-
-def _gguf_from_nested(c: dict) -> dict:
-    keep = ("name", "model_dir", "model_repo", "base_model", "quantizations", "imatrix", "model_id", "hub_repo",
-            "private", "output_dir")
-    return {k: c[k] for k in keep if k in c} | _dataset_from_nested(c["dataset"]) | _summary_from_nested(c)
 
 
 class JobSpec(BaseModel):

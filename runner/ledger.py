@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from runner.errors import UserError
 from runner.evaluation import Evaluation
 from runner.jobspec import JobConfigs
+from runner.migrations import CURRENT, upgrade
 from runner.plan import Plan, billed
 from runner.summaries import GgufSummary, TrainSummary
 
@@ -139,6 +140,7 @@ class RunRecord(BaseModel):
 
 
 class RecipeRuns(BaseModel):
+    schema_version: int = CURRENT  # the file's layout (runner/migrations.py upgrades older ones)
     name: str
     runs: list[RunRecord] = Field(default_factory=list)
 
@@ -168,7 +170,8 @@ def read(root: Path, name: str) -> RecipeRuns:
         return RecipeRuns(name=name)
     shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     try:
-        return RecipeRuns.model_validate_json(path.read_text(encoding="utf-8"))
+        doc = upgrade(json.loads(path.read_text(encoding="utf-8")), shown)
+        return RecipeRuns.model_validate(doc)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(the file)"

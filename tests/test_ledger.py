@@ -10,6 +10,7 @@ import pytest
 from conftest import a_plan, gguf_summary_json, train_summary_json
 
 from runner import ledger
+from runner.errors import UserError
 from runner.ledger import RunRecord
 from runner.summaries import GgufSummary, TrainSummary
 
@@ -126,3 +127,17 @@ def test_one_unreadable_run_file_does_not_stop_the_others(tmp_path: Path, capsys
     assert json.loads(out.out)["runs"][0]["run_id"] == "r1" and "broken.json" in out.err
     assert main(["reconcile"]) == 1  # nothing to carry on, but a file a person must look at
     assert "error: " in capsys.readouterr().err
+
+
+def test_records_carry_their_layout_version_and_a_newer_one_is_refused_in_one_line(tmp_path: Path, cli) -> None:
+    ledger.save(tmp_path, RunRecord(run_id="r1", recipe="recipes/x.yaml", recipe_sha256="0" * 64, commit=None,
+                                    backend="local", plan=a_plan()), "x")
+    path = tmp_path / "runs" / "x.json"
+    doc = json.loads(path.read_text())
+    assert doc["schema_version"] == 1 and ledger.read(tmp_path, "x").runs[0].run_id == "r1"
+    path.write_text(json.dumps(doc | {"schema_version": 2}))
+    with pytest.raises(UserError, match=r"runs/x.json: written by a newer runner \(schema_version 2; this one reads up "
+                                         r"to 1\); update the runner"):
+        ledger.read(tmp_path, "x")
+    result = cli("history", cwd=tmp_path)
+    assert "written by a newer runner" in result.out + result.err and "Traceback" not in result.err
