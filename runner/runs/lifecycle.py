@@ -1,76 +1,45 @@
-"""After the merge: train, convert, record. The same steps whatever the backend.
-
-A run is the state machine in runner/ledger.py. `advance` moves it one step and saves
-the record, so any process (this one, a re-run, a scheduled `runner reconcile`) can
-pick a run up wherever the last one stopped. Jobs carry labels (recipe, run, commit,
-stage) so a repeated submission adopts the job already running instead of paying twice.
-"""
+"""A run's life: begin (or adopt, or retry), start, and advance state by state until it is recorded,
+failed or canceled; one process at a time per recipe on this machine, one job per stage on the Hub."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import queue
-import secrets
-import subprocess
-import tarfile
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from runner import card, failures, ledger, outputs
 from runner.backends.base import FAILED, Backend, JobStatus
-from runner.backends.hf import MOUNT
 from runner.errors import UserError
+from runner.gitrepo import git_commit
 from runner.jobspec import (
     JOB_MODULES,
-    GgufJobConfig,
     JobConfig,
-    JobConfigs,
-    JobSpec,
-    Places,
     bundle_dir,
-    gguf_config,
-    hf_places,
     script_path,
-    shipped_files,
     train_config,
 )
-from runner.ledger import Failure, JobRef, Progress, RunRecord
+from runner.ledger import Failure, JobRef, RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
+from runner.runs.follow import _finished
+from runner.runs.gate import _fix_configs, authorize, check_spend
+from runner.runs.step import (
+    LOG_TAIL,
+    Echo,
+    RunBusy,
+    SpendRefused,
+    Step,
+    _config,
+    _identity,
+    _places,
+    new_run_id,
+    recipe_version,
+    sha256_file,
+)
 from runner.summaries import GgufSummary, TrainSummary, parse
-
-LOG_TAIL = 30
-LOCAL_GGUF_TIMEOUT = 3600
-Echo = Callable[[str], None]
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def local_places(loaded: LoadedRecipe, run_id: str, hub_dir: Path) -> Places:
-    """The local stand-in for the Hub: <hub_dir>/<namespace>/<name>[-GGUF]."""
-    repo = loaded.output_repo or f"local/{loaded.recipe.name}"
-    return Places(model_dir=hub_dir / repo, gguf_dir=hub_dir / f"{repo}-GGUF",
-                  work_dir=loaded.root / ".runner" / "runs" / run_id)
 
 
 @contextlib.contextmanager
@@ -90,110 +59,11 @@ def run_lock(root: Path, name: str) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class RunBusy(UserError):
-    """Another process holds this recipe's run lock: it is already carrying the run on."""
-
-
-class SpendRefused(UserError):
-    """The spend gate refused a submission: nothing was sent that costs money."""
-
-
-@dataclass
-class Step:
-    """Everything `advance` needs besides the record.
-
-    A run carries on with what it fixed when it started (its job configs and plan, in the record).
-    For the Hugging Face backend `loaded` is also the recipe as the runner's own code reads it, as of
-    the record's commit, and `plan` its fresh plan: a Hub submission is derived from these two as
-    well and checked by the spend gate, so an edited record cannot spend; without them a Hub run's
-    jobs are followed but none is submitted. A local run needs neither: its recipe file may since
-    have changed or gone.
-    """
-
-    loaded: LoadedRecipe | None
-    backend: Backend
-    echo: Echo = print
-    plan: Plan | None = None
-    root: Path | None = None  # where runs/ and models/ are written; default: the recipe's repository
-    hub_dir: Path | None = None  # the local backend's stand-in for the Hub
-    follow_seconds: float | None = None  # follow jobs at most this long, then leave the run to reconcile
-    started: float = field(default_factory=time.monotonic)
-    on_update: Callable[[RunRecord], None] | None = None  # the live comment: at every state, and on progress
-    update_every: float = 120.0  # seconds between progress updates
-    submit: bool = True  # False (cancel): follow a job to its end, start none; the run ends canceled instead
-    # False (reconcile): follow, adopt and finish only. A first training job is started by the
-    # merge's train workflow, behind its approval, never by a later pass over run records.
-    may_train: bool = True
-    name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
-    _last_update: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.loaded is not None:
-            self.name = self.name or self.loaded.recipe.name
-            self.root = self.root or self.loaded.root
-        if not self.name or self.root is None:
-            raise ValueError("a Step needs a loaded recipe, or a name and a root")
-
-    def updated(self, record: RunRecord, *, progress: bool = False) -> None:
-        """Tell the live view; progress only every `update_every` seconds (a state change always)."""
-        if self.on_update is None or (progress and time.monotonic() - self._last_update < self.update_every):
-            return
-        self._last_update = time.monotonic()
-        try:
-            self.on_update(record)
-        except UserError as e:  # a comment that cannot be posted must not stop the run
-            self.echo(f"[comment] not updated: {str(e).splitlines()[0]}")
-
-    def time_left(self) -> float | None:
-        return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
-
-    @property
-    def home(self) -> Path:
-        assert self.root is not None  # set in __post_init__
-        return self.root
-
-
-def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
-    if backend.mount:
-        return hf_places(backend.mount)
-    return local_places(loaded, run_id, hub_dir or loaded.root / ".runner" / "hub")
-
-
-def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
-    """sha256 of every repo-local file the job trains with (data, reward files, a local base model)."""
-    return {rel: sha256_file(path) for rel, path in sorted(shipped_files(loaded).items())}
-
-
-def recipe_version(loaded: LoadedRecipe) -> str:
-    """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships."""
-    h = hashlib.sha256(loaded.recipe.model_dump_json().encode())
-    for rel, digest in shipped_digests(loaded).items():
-        h.update(f"\0{rel}\0{digest}".encode())
-    return h.hexdigest()[:16]
-
-
 def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None = None) -> RunRecord | None:
     """The newest run of this recipe version on this backend, whatever its state."""
     version = recipe_version(loaded)
     runs = ledger.read(root or loaded.root, loaded.recipe.name).runs
     return next((r for r in reversed(runs) if r.backend == backend.name and r.version == version), None)
-
-
-def _identity(name: str, version: str, stage: str, attempt: int = 1) -> dict[str, str]:
-    """The labels that say what a job trains, whichever run submitted it (a retry is a new attempt)."""
-    labels = {"recipe": name, "version": version, "stage": stage}
-    return labels | ({"attempt": str(attempt)} if attempt > 1 else {})
-
-
-def check_spend(plan: Plan, backend: Backend, display: str) -> None:
-    """The spend gate for one run: money is spent only on a plan the gate accepts."""
-    if not backend.bills:
-        return  # this machine's time: nothing is billed
-    if not plan.fits or not plan.jobs:
-        raise SpendRefused(f"{display}: no Hugging Face Jobs flavor fits this run (see `runner plan`); "
-                           "nothing submitted")
-    if plan.refusal:
-        raise SpendRefused(f"{display}: {plan.refusal}; nothing submitted")
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
@@ -297,91 +167,6 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     return record
 
 
-def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
-    return _identity(name, record.version, stage, record.attempt) | {"run": record.run_id,
-                                                                     "commit": (record.commit or "none")[:12]}
-
-
-def _fix_configs(step: Step, record: RunRecord) -> None:
-    """Fix every job's config at the start: later steps read these, whatever the recipe file says by then."""
-    record.configs = JobConfigs(train=_derived_config(step, record, "train"))
-    assert step.loaded is not None
-    if step.loaded.recipe.gguf.enabled:
-        record.configs = JobConfigs(train=record.configs.train, gguf=_derived_config(step, record, "gguf"))
-
-
-def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
-    """The job's config as the runner's code derives it from the recipe and its plan (never from the record)."""
-    loaded, plan = step.loaded, step.plan
-    assert loaded is not None and plan is not None
-    if stage == "train":
-        places = _places(step.backend, loaded, record.run_id, step.hub_dir)
-        return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume)
-    places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
-    return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push)
-
-
-def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
-    """The job to submit: the config the run fixed at its start; on the Hub also derived again from the
-    recipe and re-checked by the spend gate, and refused where the record disagrees.
-
-    Run records are data any merged pull request can edit: they may say what a run was, never what
-    is submitted next on the Hub. So there the version, the output repo, the job config and the planned
-    flavor and timeout must all equal what the recipe at the run's commit gives, or nothing is submitted.
-    """
-    where = f"run {record.run_id} ({record.recipe})"
-    fixed = getattr(record.configs, stage)
-    if fixed is None:
-        raise SpendRefused(f"{where}: the run fixed no {stage} job config when it started; not submitting one")
-    fixed = _with_trained_revision(record, fixed)
-    if record.push != step.backend.bills:  # the record's word against the engine's
-        raise SpendRefused(f"{where}: the record says push={record.push} but runs on the {step.backend.name} "
-                           f"backend; not submitting the {stage} job")
-    if not step.backend.bills:  # this machine's time: nothing is billed, and the record is its own
-        timeout = (record.plan.timeout_seconds if record.plan else None) if stage == "train" else LOCAL_GGUF_TIMEOUT
-        return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage),
-                       timeout_seconds=timeout, processes=record.processes if stage == "train" else 1)
-    loaded, plan = step.loaded, step.plan
-    if loaded is None or plan is None:
-        raise SpendRefused(f"{where}: no plan derived from the recipe; not submitting the {stage} job from a record")
-    check_spend(plan, step.backend, where)
-    version = recipe_version(loaded)
-    if record.version != version:
-        raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
-                           f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
-    train = record.configs.train
-    if (train.repo if train else None) != loaded.output_repo:
-        raise SpendRefused(f"{where}: the record's output repo differs from the recipe's ({loaded.output_repo}); "
-                           f"not submitting the {stage} job")
-    expected = _with_trained_revision(record, _derived_config(step, record, stage))
-    if fixed != expected:
-        theirs, ours = fixed.model_dump(), expected.model_dump()
-        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-        raise SpendRefused(f"{where}: the record's {stage} job config differs from the recipe's "
-                           f"({', '.join(keys)}); not submitting")
-    planned = plan.job(stage)
-    recorded = record.plan.job(stage) if record.plan else None
-    if planned is None:
-        raise SpendRefused(f"{where}: the plan has no {stage} job; nothing submitted")
-    if recorded is not None and (recorded.flavor, recorded.timeout_seconds) != \
-            (planned.flavor, planned.timeout_seconds):
-        raise SpendRefused(f"{where}: the record plans {stage} on {recorded.flavor} for "
-                           f"{recorded.timeout_seconds} s, the recipe's plan on {planned.flavor} for "
-                           f"{planned.timeout_seconds} s; not submitting")
-    return JobSpec(script=stage, config=fixed, labels=_labels(record, step.name, stage), flavor=planned.flavor,
-                   timeout_seconds=planned.timeout_seconds, processes=record.processes if stage == "train" else 1,
-                   bundle_repo=loaded.output_repo, bundle_dir=bundle_dir(record.run_id),
-                   files={k: str(v) for k, v in shipped_files(loaded).items()})
-
-
-def _with_trained_revision(record: RunRecord, config: JobConfig) -> JobConfig:
-    """A GGUF config pinned to the commit the training job pushed (known only once it has): what it converts."""
-    pushed = record.train_summary.pushed if record.train_summary else None
-    if not isinstance(config, GgufJobConfig) or config.model_repo is None or pushed is None:
-        return config
-    return config.model_copy(update={"model_revision": pushed.commit})
-
-
 def _submit(step: Step, record: RunRecord, stage: str) -> None:
     spec = authorize(step, record, stage)
     setattr(record.configs, stage, spec.config)  # as submitted: a GGUF config now names the model's commit
@@ -466,74 +251,6 @@ def _check_retry(step: Step, record: RunRecord) -> None:
             newest.labels.get("attempt", "1") != str(record.attempt - 1):
         raise SpendRefused(f"run {record.run_id} ({record.recipe}): attempt {record.attempt} needs attempt "
                            f"{record.attempt - 1} of this version to have failed on the backend; not submitting")
-
-
-def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatus | None:
-    """The job's final status; None while it runs (and we are not waiting)."""
-    job_id = record.jobs[stage].id
-    if wait:
-        for line in _follow(step, job_id):
-            step.echo(f"[{stage}] {line}")
-            if stage == "train" and _progress(record, line):
-                step.updated(record, progress=True)
-    elif stage == "train":  # not following: the job's latest progress line, for status and the live comment
-        for line in step.backend.logs(job_id):
-            _progress(record, line)
-    status = step.backend.status(job_id)
-    while wait and not status.finished and (step.time_left() is None or step.time_left() > 0):
-        time.sleep(0.2)  # logs can end a moment before the status does
-        status = step.backend.status(job_id)
-    job = record.jobs[stage]
-    if status.stage != job.stage:
-        step.echo(f"[{stage}] job {job_id}: {job.stage} -> {status.stage}")
-        job.stage = status.stage
-    if status.running_seconds is not None:
-        job.running_seconds = status.running_seconds
-    if not status.finished:
-        ledger.save(step.home, record, step.name)  # the last seen stage survives this process
-        return None
-    job.finished_at = ledger.now()
-    submitted = time.mktime(time.strptime(job.submitted_at, "%Y-%m-%dT%H:%M:%SZ"))
-    finished = time.mktime(time.strptime(job.finished_at, "%Y-%m-%dT%H:%M:%SZ"))
-    record.seconds[stage] = max(finished - submitted, 0.0)
-    record.cost_usd["actual"] = record.actual_usd()
-    return status
-
-
-def _progress(record: RunRecord, line: str) -> bool:
-    """Keep the job's latest `progress step=S/T loss=L` line in the record; True if it was one."""
-    m = failures.PROGRESS.match(line.strip())
-    if not m:
-        return False
-    loss = float(m.group(3)) if m.group(3) else (record.progress.loss if record.progress else None)
-    record.progress = Progress(step=int(m.group(1)), total=int(m.group(2)), loss=loss)
-    return True
-
-
-def _follow(step: Step, job_id: str) -> Iterator[str]:
-    """The job's log lines, until it ends or the follow window closes (a quiet stream cannot hold it open)."""
-    if step.follow_seconds is None:
-        yield from step.backend.logs(job_id, follow=True)
-        return
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for line in step.backend.logs(job_id, follow=True):
-                lines.put(line)
-        except Exception as e:  # noqa: BLE001 - the job's status, not its log, decides the run
-            lines.put(f"(log stream ended: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while (left := step.time_left()) is not None and left > 0:
-        try:
-            line = lines.get(timeout=min(left, 5.0))
-        except queue.Empty:
-            continue
-        if line is None:
-            return
-        yield line
 
 
 def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
@@ -629,21 +346,6 @@ def _converted(step: Step, record: RunRecord) -> None:
     record.move("converted")
 
 
-def _config(record: RunRecord, stage: str) -> JobConfig:
-    """The config the run fixed for `stage`; a record without one cannot be carried on."""
-    config = getattr(record.configs, stage)
-    if config is None:
-        raise UserError(f"run {record.run_id} ({record.recipe}): the record has no {stage} job config")
-    return config
-
-
-def _local_gguf_places(record: RunRecord) -> Places:
-    train = _config(record, "train")
-    model_dir = Path(train.output_dir)
-    return Places(model_dir=model_dir, gguf_dir=model_dir.with_name(model_dir.name + "-GGUF"),
-                  work_dir=Path(train.summary_path).parent)
-
-
 def _record(step: Step, record: RunRecord) -> None:
     """Write the model card (and loss plot) into the repo, and beside the weights."""
     start = time.monotonic()
@@ -669,70 +371,6 @@ def _record(step: Step, record: RunRecord) -> None:
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
     step.echo(f"[done] {name}: card {record.links['card']}, record runs/{name}.json")
-
-
-def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
-    """The jobs a run of this recipe would submit, derived and gated exactly as `start` and `advance` do."""
-
-    class Engine:  # only what derivation reads: no client, no token, no request
-        name = "hf" if push else "local"
-        mount = MOUNT if push else None
-        bills = push
-
-    engine = Engine()
-    check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]
-    record = RunRecord(run_id="dry-run", recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
-                       version=recipe_version(loaded), commit=git_commit(loaded.root), backend=engine.name,
-                       plan=plan, push=push,
-                       processes=max(plan.devices, 1) if push else 1)
-    step = Step(loaded, engine, plan=plan)  # type: ignore[arg-type]
-    _fix_configs(step, record)
-    specs = [authorize(step, record, "train")]
-    if record.configs.gguf is not None:
-        specs.append(authorize(step, record, "gguf"))
-    return specs
-
-
-def on_branch(root: Path, commit: str | None, ref: str) -> bool:
-    """Whether `commit` is `ref` or one of its ancestors (git merge-base --is-ancestor)."""
-    if not commit or not all(c in "0123456789abcdef" for c in commit):
-        return False
-    try:
-        out = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", commit, ref],
-                             capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0
-
-
-def snapshot(root: Path, commit: str | None) -> Path | None:
-    """The repository as of `commit` (git archive), where a reconcile reads the recipe and what it ships."""
-    if not commit or not all(c in "0123456789abcdef" for c in commit):
-        return None
-    target = root / ".runner" / "snapshots" / commit
-    if target.is_dir():
-        return target
-    tmp = target.with_name(commit + ".tmp")
-    try:
-        out = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit], capture_output=True,
-                             timeout=300)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    import io
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-            tar.extractall(tmp, filter="data")  # refuses links out of the tree and absolute paths
-    except (tarfile.TarError, OSError):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
-    tmp.rename(target)
-    return target
 
 
 def cancel(record: RunRecord, step: Step) -> RunRecord:
