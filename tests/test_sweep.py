@@ -1,0 +1,169 @@
+"""Sweeps: a recipe's `sweep:` expands into trials that are ordinary recipes, planned and gated as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import write_recipe
+
+from runner import planning, runs
+from runner import recipe as recipe_mod
+from runner import sweep as sweeps
+from runner.errors import RecipeInvalid
+
+BASE = """\
+name: demo
+base_model: ./models/tiny
+method: sft
+dataset:
+  path: data/sft.jsonl
+budget_usd: 5
+"""
+
+GRID = BASE + """\
+sweep:
+  grid:
+    training.learning_rate: [1e-4, 2e-4]
+    adapter.r: [8, 16]
+"""
+
+
+def _load(repo: Path, text: str) -> recipe_mod.LoadedRecipe:
+    return recipe_mod.load(write_recipe(repo, "demo", text))
+
+
+def test_grid_expands_to_every_combination_as_recipes(repo: Path) -> None:
+    loaded = _load(repo, GRID)
+    trials = sweeps.expand(loaded.recipe)
+    got = [(t.recipe.training.learning_rate, t.recipe.adapter.r) for t in trials]
+    assert got == [(1e-4, 8), (1e-4, 16), (2e-4, 8), (2e-4, 16)]
+    assert all(t.recipe.sweep is None for t in trials)
+    assert len({t.id for t in trials}) == 4
+    assert trials[0].suffix == "learning-rate0.0001-r8"
+
+
+def test_trials_list_and_trial_ids_are_stable_across_order_and_other_trials(repo: Path) -> None:
+    a = sweeps.expand(_load(repo, BASE + "sweep:\n  trials:\n    - {training.epochs: 2, adapter.r: 8}\n").recipe)
+    b = sweeps.expand(_load(repo, BASE + "sweep:\n  trials:\n    - {training.epochs: 3}\n"
+                                  "    - {adapter.r: 8, training.epochs: 2}\n").recipe)
+    assert [t.recipe.training.epochs for t in b] == [3.0, 2.0]
+    assert a[0].id == b[1].id
+
+
+def test_trial_version_is_the_recipe_with_the_overrides(repo: Path) -> None:
+    """A trial's run version equals that of the plain recipe written with the same values: records, retries and
+    reconcile treat it as any run, and adding a trial does not change the others' versions."""
+    loaded = _load(repo, GRID)
+    trial = sweeps.expand(loaded.recipe)[3]
+    trial_version = runs.recipe_version(dataclasses.replace(loaded, recipe=trial.recipe))
+    plain = _load(repo, BASE + "training:\n  learning_rate: 2e-4\nadapter:\n  r: 16\n")
+    assert trial_version == runs.recipe_version(plain)
+    versions = {runs.recipe_version(dataclasses.replace(loaded, recipe=t.recipe))
+                for t in sweeps.expand(loaded.recipe)}
+    assert len(versions) == 4
+
+
+@pytest.mark.parametrize(("sweep_yaml", "line", "field", "message"), [
+    ("sweep:\n  grid:\n    training.learning_rat: [1e-4]\n", 9, "sweep.grid.training.learning_rat",
+     "unknown field 'learning_rat' in training (did you mean training.learning_rate?)"),
+    ("sweep:\n  grid:\n    dataset.path: [a.jsonl]\n", 9, "sweep.grid.dataset.path",
+     "'dataset.path' is not an override path"),
+    ("sweep:\n  grid:\n    training.learning_rate: [1e-4, 5]\n", 9, "sweep.grid.training.learning_rate[1]",
+     "trial learning-rate5: Input should be less than or equal to 1"),
+    ("sweep:\n  trials:\n    - {adapter.r: 8}\n    - {adapter.r: 0}\n", 10, "sweep.trials[1].adapter.r",
+     "trial r0: Input should be greater than or equal to 1"),
+    ("sweep:\n  trials:\n    - {adapter.r: 8}\n    - {adapter.r: 8}\n", 10, "sweep.trials[1]",
+     "the same trial is listed twice"),
+    ("sweep:\n  grid:\n    adapter.r: [1, 2, 3]\n    training.seed: [1, 2, 3]\n", 7, "sweep",
+     "9 trials, above max_sweep_trials 8"),
+    ("sweep:\n  metric: eval_loss\n", 8, "sweep", "set exactly one of grid"),
+])
+def test_bad_sweeps_are_located_errors(repo: Path, cli, sweep_yaml: str, line: int, field: str,
+                                       message: str) -> None:
+    write_recipe(repo, "demo", BASE + sweep_yaml)
+    result = cli("validate", "recipes/demo.yaml", cwd=repo)
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"recipes/demo.yaml:{line}:"), lines[0]
+    assert f" {field}: " in lines[0] and message in lines[0], lines[0]
+    assert "Traceback" not in result.err
+
+
+def test_trial_cap_comes_from_defaults(repo: Path) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("max_sweep_trials: 2\n")
+    with pytest.raises(RecipeInvalid, match="4 trials, above max_sweep_trials 2"):
+        _load(repo, GRID)
+    (repo / "recipes" / "_defaults.yaml").write_text("max_sweep_trials: 4\n")
+    assert len(sweeps.expand(_load(repo, GRID).recipe)) == 4
+
+
+R = sweeps.TrialResult
+
+
+@pytest.mark.parametrize(("results", "metric", "mode", "winner", "reason"), [
+    ([R(id="a", suffix="a", metrics={"eval_loss": 1.2}), R(id="b", suffix="b", metrics={"eval_loss": 0.9})],
+     "eval_loss", "min", "b", "b: lowest eval_loss 0.9 of 2 trials"),
+    ([R(id="a", suffix="a", metrics={"gsm8k": 0.3}), R(id="b", suffix="b", metrics={"gsm8k": 0.2})],
+     "gsm8k", "max", "a", "a: highest gsm8k 0.3 of 2 trials"),
+    ([R(id="a", suffix="a", metrics={"eval_loss": 1.0}), R(id="b", suffix="b", metrics={"eval_loss": 1.0})],
+     "eval_loss", "min", "a", "a: lowest"),
+    ([R(id="a", suffix="a"), R(id="b", suffix="b", metrics={"eval_loss": float("nan")}),
+      R(id="c", suffix="c", metrics={"eval_loss": 2.0})],
+     "eval_loss", "min", "c", "2 trial(s) without eval_loss could not win"),
+    ([R(id="a", suffix="a"), R(id="b", suffix="b", metrics={"train_loss": 1.0})],
+     "eval_loss", "min", None, "no winner: none of the 2 trials reported eval_loss (1 failed"),
+])
+def test_pick_winner(results, metric, mode, winner, reason) -> None:
+    verdict = sweeps.pick_winner(results, metric, mode)
+    assert verdict.winner == winner
+    assert reason in verdict.reason
+
+
+@pytest.mark.parametrize(("metric", "mode", "direction"), [
+    ("eval_loss", None, "min"), ("perplexity", None, "min"), ("gsm8k", None, "max"), ("gsm8k", "min", "min")])
+def test_metric_direction(metric, mode, direction) -> None:
+    assert sweeps.Sweep(trials=[{"adapter.r": 8}], metric=metric, mode=mode).direction == direction
+
+
+PRICED = "hardware: t4-small\ntimeout: 1h\noutput:\n  repo: acme/demo\n"
+
+
+def _plans(loaded: recipe_mod.LoadedRecipe) -> sweeps.SweepPlan:
+    prices = planning.prices(None)
+
+    def plan_one(r: recipe_mod.Recipe):
+        return planning.plan_recipe(dataclasses.replace(loaded, recipe=r), token=None, price_table=prices)
+    return sweeps.plan_sweep(sweeps.expand(loaded.recipe), plan_one, loaded.recipe.budget_usd)
+
+
+def test_sweep_plan_sums_worst_cases_and_converts_once(repo: Path) -> None:
+    loaded = _load(repo, GRID.replace("budget_usd: 5", "budget_usd: 50") + PRICED)
+    sp = _plans(loaded)
+    trains = [tp.plan.job("train").max_cost_usd for tp in sp.trials]
+    gguf = max(tp.plan.job("gguf").max_cost_usd for tp in sp.trials)
+    assert sp.worst_usd == pytest.approx(sum(trains) + gguf, abs=0.01)
+    assert sp.refusal is None and sp.ok
+    text = sweeps.markdown(sp)
+    assert len([ln for ln in text.splitlines() if ln.startswith("| `")]) == 4
+    assert f"| **total** | 4 trials (the winner's GGUF conversion included) | | ${sp.estimate_usd:.2f} | " \
+           f"${sp.worst_usd:.2f} |" in text
+    assert "within budget as a whole" in text
+
+
+def test_sweep_over_budget_as_a_whole_is_one_refusal_with_the_numbers(repo: Path) -> None:
+    """Each trial fits the budget alone; the four together do not."""
+    loaded = _load(repo, GRID.replace("budget_usd: 5", "budget_usd: 1") + PRICED)
+    sp = _plans(loaded)
+    assert all(tp.plan.refusal is None for tp in sp.trials)
+    assert sp.worst_usd > 1 and not sp.ok
+    assert sp.refusal == (f"sweep over budget: 4 trials may cost ${sp.worst_usd:.2f} together in the worst case "
+                          f"(estimate ${sp.estimate_usd:.2f}), above budget_usd $1.00; raise budget_usd to at least "
+                          f"${sp.worst_usd:.2f}, drop trials, or lower the timeout")
+    assert sweeps.markdown(sp).count("**refused**") == 1
+
+
+def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
+    assert sweeps.expand(_load(repo, BASE).recipe) == []
