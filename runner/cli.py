@@ -353,6 +353,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(c.verdict == "fail" for c in checks) else 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a run the recipe's current model (models/current.json), or on merge move the Hub tags (--apply)."""
+    from runner import hub, promote
+
+    root = Path.cwd()
+    if args.apply:
+        for line in promote.sync(root, hub.api()):
+            print(line)
+        return 0
+    if not (args.name and args.run_id):
+        raise UserError("usage: runner promote NAME RUN_ID (or --apply on merge)")
+    promote.promote(root, args.name, args.run_id)
+    print(f"{promote.CURRENT_FILE}: {args.name} -> {args.run_id}; on merge the Hub tag '{promote.TAG}' moves to it")
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
@@ -508,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("promote", help="make a recorded run the recipe's current model (moves the Hub tag on merge)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="recipe name")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one of its recorded runs (runner history)")
+    p.add_argument("--apply", action="store_true", help="move every promoted model's Hub tag (what the merge runs)")
+    p.set_defaults(func=cmd_promote)
 
     actions.add_commands(sub)
     return parser

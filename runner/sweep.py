@@ -126,7 +126,7 @@ def expand(recipe: Recipe) -> list[Trial]:
 
 def _entries(sweep: Sweep) -> list[tuple[dict[str, Scalar], dict[str, tuple[str | int, ...]]]]:
     """Each trial's overrides, with the YAML path of the entry that set each value (for located errors)."""
-    out = []
+    out: list[tuple[dict[str, Scalar], dict[str, tuple[str | int, ...]]]] = []
     if sweep.trials is not None:
         for i, t in enumerate(sweep.trials):
             out.append((dict(t), {p: ("sweep", "trials", i, p) for p in t}))
@@ -148,9 +148,9 @@ def problems(recipe: Recipe, doc: yamlsafe.Located, max_trials: int | None) -> l
     bad = {p: why for p in dict.fromkeys(paths) if (why := _path_problem(p))}
     out = []
     for path, why in bad.items():
-        where = ("sweep", "grid", path) if sweep.grid else next(
+        key: tuple[str | int, ...] = ("sweep", "grid", path) if sweep.grid else next(
             ("sweep", "trials", i, path) for i, t in enumerate(sweep.trials or []) if path in t)
-        out.append(doc.problem(where, why, key=True))
+        out.append(doc.problem(key, why, key=True))
     entries = _entries(sweep)
     if len(entries) > cap:
         out.append(doc.problem(("sweep",), f"{len(entries)} trials, above max_sweep_trials {cap} in "
@@ -168,8 +168,8 @@ def problems(recipe: Recipe, doc: yamlsafe.Located, max_trials: int | None) -> l
         except ValidationError as e:
             for err in e.errors():
                 loc = tuple(err["loc"])
-                path = f"{loc[0]}.{loc[1]}" if len(loc) >= 2 and f"{loc[0]}.{loc[1]}" in overrides else None
-                at = where[path] if path else next(iter(where.values()))
+                field = f"{loc[0]}.{loc[1]}" if len(loc) >= 2 else ""
+                at = where.get(field) or next(iter(where.values()))  # a cross-field check: the trial's first entry
                 out.append(doc.problem(at, f"trial {suffix(overrides)}: {err['msg'].removeprefix('Value error, ')}"))
     return list({str(p): p for p in out}.values())  # a value refused in several grid combinations: said once
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,61 @@ def test_bad_gate_is_a_located_error(repo: Path, cli) -> None:
     assert result.code == 1
     assert result.err.strip() == ("recipes/demo.yaml:8:16: evaluation.gate.eval_loss: 'must_fall' is not one of "
                                   "must_drop (did you mean 'must_drop'?)")
+
+
+# --- promotion ------------------------------------------------------------------------------------------------
+
+def _record(root: Path, run_id: str, *, state: str = "recorded", commit: str | None = None) -> None:
+    from conftest import train_summary_json
+
+    from runner import ledger
+    from runner.summaries import TrainSummary
+
+    pushed = {"repo": "acme/demo", "commit": commit} if commit else None
+    ledger.save(root, ledger.RunRecord(run_id=run_id, recipe="recipes/demo.yaml", recipe_sha256="0" * 64,
+                                       commit=None, backend="hf", state=state,
+                                       train_summary=TrainSummary.model_validate(train_summary_json(pushed=pushed))),
+                "demo")
+
+
+def test_promote_then_merge_moves_the_tag_on_the_hub(repo: Path, cli, hub) -> None:
+    from runner import hub as hub_mod
+
+    first = hub.commit("acme/demo", {"model.safetensors": b"one"})
+    second = hub.commit("acme/demo", {"model.safetensors": b"two"})
+    _record(repo, "r1", commit=first)
+    _record(repo, "r2", commit=second)
+
+    result = cli("promote", "demo", "r1", cwd=repo)
+    assert result.code == 0, result.err
+    assert json.loads((repo / "models" / "current.json").read_text()) == {"models": {"demo": "r1"}}
+    assert not hub.state.repos["acme/demo"].tags  # the pull request only edits the file
+    assert cli("promote", "--apply", cwd=repo).out.strip() == f"acme/demo: prod -> {first[:12]} (run r1 of demo)"
+    api = hub_mod.api()  # the endpoint the runner uses, read from the environment now
+    assert [(t.name, t.target_commit) for t in api.list_repo_refs("acme/demo").tags] == [("prod", first)]
+
+    assert cli("promote", "demo", "r2", cwd=repo).code == 0
+    assert cli("promote", "--apply", cwd=repo).code == 0
+    assert [(t.name, t.target_commit) for t in api.list_repo_refs("acme/demo").tags] == [("prod", second)]
+    moves = [(r.method, r.path) for r in hub.state.requests if "/tag/" in r.path]
+    assert moves == [("POST", f"/api/models/acme/demo/tag/{first}"), ("DELETE", "/api/models/acme/demo/tag/prod"),
+                     ("POST", f"/api/models/acme/demo/tag/{second}")]
+    again = cli("promote", "--apply", cwd=repo)  # a rerun of the merge moves nothing
+    assert again.code == 0 and again.out == ""
+    assert len([r for r in hub.state.requests if "/tag/" in r.path]) == 3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("demo", "nope"), "'nope' is not a run of 'demo' (latest: r1, r2, r3)"),
+    (("demo", "r2"), "run r2 is failed: only a recorded run can be promoted"),
+    (("demo", "r3"), "run r3 pushed no model to the Hub (trained locally)"),
+    (("other", "r1"), "no runs recorded for 'other'"),
+])
+def test_promote_refuses_what_cannot_be_current(repo: Path, cli, args, message) -> None:
+    _record(repo, "r1", commit="a" * 40)
+    _record(repo, "r2", state="failed", commit="b" * 40)
+    _record(repo, "r3")
+    result = cli("promote", *args, cwd=repo)
+    assert result.code == 1
+    assert result.err.startswith("error: ") and message in result.err, result.err
+    assert not (repo / "models" / "current.json").exists()
