@@ -20,16 +20,19 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
+from runner.gates import GateVerdict
 from runner.jobspec import JobConfigs
 from runner.plan import Plan, billed
 from runner.summaries import GgufSummary, TrainSummary
 
-State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
-TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
+State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "rejected", "failed",
+                "canceled"]
+# rejected: trained, but missed the recipe's evaluation.gate (the numbers in `gate`): weights stay private, no GGUF
+TERMINAL: frozenset[str] = frozenset({"recorded", "rejected", "failed", "canceled"})
 NEXT: dict[str, tuple[str, ...]] = {
     "planned": ("training", "trained", "failed", "canceled"),  # trained: a retry that reuses a verified model
     "training": ("trained", "failed", "canceled"),
-    "trained": ("converting", "recorded", "failed", "canceled"),
+    "trained": ("converting", "recorded", "rejected", "failed", "canceled"),
     "converting": ("converted", "failed", "canceled"),
     "converted": ("recorded", "failed", "canceled"),
 }
@@ -100,6 +103,8 @@ class RunRecord(BaseModel):
     gguf_summary: GgufSummary | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     evaluation: Evaluation | None = None  # held-out metrics before/after, samples, benchmark scores
+    gate: GateVerdict | None = None  # the recipe's evaluation.gate over this run's numbers (None: no gate)
+    trial: str | None = None  # the sweep trial id this run trains (runner/sweep.py), None outside a sweep
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)

@@ -149,3 +149,19 @@ def test_promote_refuses_what_cannot_be_current(repo: Path, cli, args, message) 
     assert result.code == 1
     assert result.err.startswith("error: ") and message in result.err, result.err
     assert not (repo / "models" / "current.json").exists()
+
+
+def test_a_rejected_run_is_terminal_and_keeps_the_numbers(repo: Path) -> None:
+    from runner import ledger
+
+    verdict = judge(Gate(eval_loss="must_drop"), _s(eval_loss=1.0), _s(eval_loss=1.3))
+    _record(repo, "r1", state="trained", commit="a" * 40)
+    record = ledger.read(repo, "demo").runs[0]
+    record.gate = verdict
+    record.move("rejected")
+    ledger.save(repo, record, "demo")
+    again = ledger.read(repo, "demo").runs[0]
+    assert again.state == "rejected" and again.terminal
+    assert again.gate is not None and again.gate.reasons == ["eval_loss must drop: 1 -> 1.3"]
+    with pytest.raises(ValueError, match="cannot go from rejected to converting"):
+        again.move("converting")
