@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
-from runner.gates import GateVerdict
+from runner.gates import Gate, GateVerdict
 from runner.jobspec import JobConfigs
 from runner.plan import Plan, billed
 from runner.summaries import GgufSummary, TrainSummary
@@ -103,7 +103,8 @@ class RunRecord(BaseModel):
     gguf_summary: GgufSummary | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     evaluation: Evaluation | None = None  # held-out metrics before/after, samples, benchmark scores
-    gate: GateVerdict | None = None  # the recipe's evaluation.gate over this run's numbers (None: no gate)
+    gate_rule: Gate | None = None  # the recipe's evaluation.gate when the run started: what judges it
+    gate: GateVerdict | None = None  # gate_rule over this run's numbers, once trained (None: no gate)
     trial: str | None = None  # the sweep trial id this run trains (runner/sweep.py), None outside a sweep
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual

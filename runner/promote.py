@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from runner import ledger
 from runner.errors import UserError
+from runner.gates import Scores, scores
 
 CURRENT_FILE = Path("models") / "current.json"
 TAG = "prod"
@@ -96,3 +97,10 @@ def sync(root: Path, api: Any, tag: str = TAG) -> list[str]:
         if move_tag(api, repo, commit, tag):
             moved.append(f"{repo}: {tag} -> {commit[:12]} (run {run_id} of {name})")
     return moved
+
+
+def current_scores(root: Path, name: str) -> Scores | None:
+    """The numbers of the recipe's current model (None: none promoted, or its run has no evaluation)."""
+    run_id = read(root).models.get(name)
+    run = next((r for r in ledger.read(root, name).runs if r.run_id == run_id), None) if run_id else None
+    return scores(run.evaluation) if run is not None and run.evaluation is not None else None

@@ -165,3 +165,30 @@ def test_a_rejected_run_is_terminal_and_keeps_the_numbers(repo: Path) -> None:
     assert again.gate is not None and again.gate.reasons == ["eval_loss must drop: 1 -> 1.3"]
     with pytest.raises(ValueError, match="cannot go from rejected to converting"):
         again.move("converting")
+
+
+def test_a_run_that_got_worse_is_rejected_with_no_gguf_and_no_card(tmp_path_factory) -> None:
+    """For real on the local backend: a learning rate far too high makes the held-out loss rise; the gate
+    `eval_loss: must_drop` ends the run rejected with the numbers, and no conversion job is started."""
+    pytest.importorskip("trl")
+    from test_run_local import runner, variant
+    from test_run_local import workspace as make_workspace
+
+    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    path = variant(repo, "tiny-sft", "tiny-sft-worse", replace=(
+        "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
+    text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 8").replace("learning_rate: 1e-3",
+                                                                                      "learning_rate: 1.0")
+    (repo / path).write_text(text + "  gate:\n    eval_loss: must_drop\n")
+    proc = runner(repo, path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    run = json.loads((repo / "runs" / "tiny-sft-worse.json").read_text())["runs"][-1]
+    assert run["state"] == "rejected"
+    assert [h["state"] for h in run["history"]] == ["planned", "training", "trained", "rejected"]
+    assert "gguf" not in run["jobs"]
+    assert run["gate"]["passed"] is False
+    before, after = (next(m[k] for m in run["evaluation"]["metrics"] if m["name"] == "eval_loss")
+                     for k in ("before", "after"))
+    assert after >= before
+    assert run["gate"]["reasons"] == [f"eval_loss must drop: {before:.4g} -> {after:.4g}"]
+    assert not (repo / "models" / "tiny-sft-worse" / "README.md").exists()
