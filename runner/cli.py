@@ -167,6 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs.check_spend(plan, backend, loaded.display)  # before any upload or job
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
+    if loaded.recipe.sweep is not None:
+        return _run_sweep(loaded, backend, token, echo, hub_dir)
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
          f"(worst case ${plan.max_cost_usd:.2f})")
@@ -185,6 +187,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         echo(f"[detach] run {record.run_id} is {record.state}; `runner reconcile` carries it on")
         return 0
     return 0 if record.state == "recorded" else 1
+
+
+def _run_sweep(loaded, backend, token, echo, hub_dir: Path) -> int:
+    """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py)."""
+    import dataclasses
+
+    from runner import planning, sweeprun
+
+    prices = planning.prices(token)
+    outcome = sweeprun.run(loaded, backend, lambda r: planning.plan_recipe(dataclasses.replace(loaded, recipe=r),
+                                                                          token=token, price_table=prices),
+                           echo=echo, hub_dir=hub_dir)
+    print(json.dumps({"sweep": outcome.verdict.reason, "winner": outcome.verdict.winner,
+                      "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()}}))
+    return 0 if outcome.winner is not None and outcome.winner.state == "recorded" else 1
 
 
 def _latest(target: str):

@@ -124,6 +124,9 @@ class Step:
     # False (reconcile): follow, adopt and finish only. A first training job is started by the
     # merge's train workflow, behind its approval, never by a later pass over run records.
     may_train: bool = True
+    # A sweep's trial waits at `trained` until its sweep names it the winner (runner/sweeprun.py); reconcile
+    # never converts or records a trial on its own.
+    sweep_winner: str | None = None
     name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
 
@@ -586,6 +589,8 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         else:
             _converted(step, record)
     elif state == "trained":
+        if record.trial is not None and record.trial != step.sweep_winner:
+            return False
         if record.gate is not None and not record.gate.passed:
             step.echo(f"[gate] run {record.run_id} {record.gate.line()}: not published, no GGUF")
             record.move("rejected")

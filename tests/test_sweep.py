@@ -167,3 +167,38 @@ def test_sweep_over_budget_as_a_whole_is_one_refusal_with_the_numbers(repo: Path
 
 def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
     assert sweeps.expand(_load(repo, BASE).recipe) == []
+
+
+def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
+    """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
+    held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
+    import json
+
+    pytest.importorskip("trl")
+    pytest.importorskip("llama_cpp")
+    from test_run_local import runner, variant
+    from test_run_local import workspace as make_workspace
+
+    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    path = variant(repo, "tiny-sft", "tiny-sweep", replace=(
+        "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
+    text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 6")
+    (repo / path).write_text(text + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 1e-3]\n"
+                                    "    training.seed: [1, 2]\n")
+    proc = runner(repo, path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs_ = json.loads((repo / "runs" / "tiny-sweep.json").read_text())["runs"]
+    assert len(runs_) == 4 and len({r["version"] for r in runs_}) == 4
+    assert {r["trial"] for r in runs_} == set(out["trials"])
+    losses = {r["trial"]: next(m["after"] for m in r["evaluation"]["metrics"] if m["name"] == "eval_loss")
+              for r in runs_}
+    best = min(losses, key=losses.__getitem__)
+    assert out["winner"] == best
+    by_trial = {r["trial"]: r for r in runs_}
+    assert by_trial[best]["state"] == "recorded" and by_trial[best]["jobs"]["gguf"]["stage"] == "COMPLETED"
+    for trial, r in by_trial.items():
+        if trial != best:
+            assert r["state"] == "rejected" and "gguf" not in r["jobs"]
+            assert r["gate"]["reasons"][0].startswith(f"lost the sweep to trial {best}")
+    assert (repo / "models" / "tiny-sweep" / "README.md").exists()
