@@ -59,7 +59,7 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
             active.append(tp.trial.id)
             echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
         for tid in active:
-            records[tid] = runs.drive(records[tid], steps[tid], wait=width == 1)
+            records[tid] = _carry(records[tid], steps[tid], parallel=width > 1)
         if any(not _held(r) for r in records.values()):
             time.sleep(POLL_SECONDS)
     results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(records[tp.trial.id]))
@@ -74,6 +74,23 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
         step = dataclasses.replace(steps[verdict.winner], sweep_winner=verdict.winner)
         winner = records[verdict.winner] = runs.drive(records[verdict.winner], step, wait=True)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner)
+
+
+def _carry(record: RunRecord, step: runs.Step, *, parallel: bool) -> RunRecord:
+    """One trial one step on: alone, driven to `trained`; in parallel, submitted, then left until its job ends
+    (reading a running job's logs would hold the loop), then driven the rest of the way."""
+    if not parallel:
+        return runs.drive(record, step, wait=True)
+    if record.state == "planned":
+        with runs.run_lock(step.home, step.name) as mine:
+            if not mine:
+                raise runs.RunBusy(f"another runner process is advancing {step.name}; try again later")
+            runs.advance(record, step, wait=False)  # planned -> training: the job is submitted, not followed
+        return record
+    job = record.jobs.get("train")
+    if record.state == "training" and job is not None and not step.backend.status(job.id).finished:
+        return record
+    return runs.drive(record, step, wait=False)
 
 
 def _held(record: RunRecord) -> bool:

@@ -202,3 +202,66 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_f
             assert r["state"] == "rejected" and "gguf" not in r["jobs"]
             assert r["gate"]["reasons"][0].startswith(f"lost the sweep to trial {best}")
     assert (repo / "models" / "tiny-sweep" / "README.md").exists()
+
+
+# --- on the Hub stand-in ----------------------------------------------------------------------------------------
+
+HUB_SWEEP = ("sweep:\n  grid:\n    training.learning_rate: [1e-4, 2e-4]\n    training.seed: [1, 2]\n"
+             "  parallel: 4\nhardware: t4-small\ntimeout: 1h\n")
+
+
+def _sweep_workspace(workspace: Path, budget: float) -> str:
+    from conftest import git
+
+    path = workspace / "recipes" / "tiny-sft.yaml"
+    path.write_text(path.read_text() + HUB_SWEEP + f"budget_usd: {budget}\n")
+    git(workspace, "commit", "-qam", "sweep")
+    return "recipes/tiny-sft.yaml"
+
+
+def _summary(after: float) -> dict:
+    from conftest import train_summary_json
+
+    return train_summary_json(evaluation={"held_out": "split test", "rows": 10, "metrics": [
+        {"name": "eval_loss", "before": 2.0, "after": after}]})
+
+
+def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(hub, workspace, monkeypatch,
+                                                                              capsys) -> None:
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    losses = [1.5, 1.2, 0.9, 1.1]
+    hub.state.job_scripts += [JobScript(running=8.0, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 5), "--backend", "hf")
+    assert code == 0, out
+    train = sorted((j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"),
+                   key=lambda j: j.created_at)
+    gguf = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
+    assert len(train) == 4 and len(gguf) == 1
+    # In parallel: every trial was submitted before the first one finished.
+    assert max(j.created_at for j in train) < min(j.finished_at for j in train)
+    runs_ = json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]
+    by_version = {r["version"]: r for r in runs_}
+    assert len(by_version) == 4
+    winner = next(r for r in runs_ if r["state"] == "recorded")
+    assert winner["evaluation"]["metrics"][0]["after"] == 0.9
+    assert gguf[0].spec["labels"]["version"] == winner["version"]
+    assert sorted(r["state"] for r in runs_) == ["recorded", "rejected", "rejected", "rejected"]
+
+
+def test_a_sweep_over_budget_on_the_hub_is_one_refusal_and_no_job(hub, workspace, monkeypatch, capsys) -> None:
+    from test_hf_backend import run
+
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 1), "--backend", "hf")
+    assert code == 1
+    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "sweep over budget: 4 trials may cost $" in lines[0], out
+    assert "above budget_usd $1.00" in lines[0]
+    assert not hub.state.jobs
