@@ -103,19 +103,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from runner import hub, planning, render
 
     loaded, problems = _load_all(args.recipes)
-    plans = planning.plan_all(loaded, None if hub.offline() else hub.token(), problems)
+    token = None if hub.offline() else hub.token()
+    plans = planning.plan_all(loaded, token, problems)
+    sweeps = _sweep_plans(loaded, token)
+    problems += [f"{name}: {sp.refusal}" for name, sp in sweeps.items() if sp.refusal]
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
     if args.json:
         print(json.dumps({"ok": not problems and all(p.ok for p in plans), "errors": problems,
-                          "plans": [p.model_dump(mode="json") | {"ok": p.ok} for p in plans]}, ensure_ascii=False))
+                          "plans": [p.model_dump(mode="json") | {"ok": p.ok} for p in plans],
+                          "sweeps": {n: sp.model_dump(mode="json") for n, sp in sweeps.items()}}, ensure_ascii=False))
     elif args.markdown:
         print(render.plan_markdown(plans, problems))
+        for name, sp in sweeps.items():  # one line per trial and the total, gated as a whole
+            print(f"\n#### Sweep of {name}\n\n{_sweep_markdown(sp)}")
     else:
         for line in problems:
             print(line, file=sys.stderr)
         print("\n\n".join(render.plan_text(p) for p in plans))
+        for name, sp in sweeps.items():
+            print(f"\nsweep of {name}:\n{_sweep_markdown(sp)}")
     return 0 if not problems and all(p.ok for p in plans) else 1
+
+
+def _sweep_plans(loaded: list, token: str | None) -> dict:
+    """recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
+    import dataclasses
+
+    from runner import planning, sweep
+
+    out = {}
+    prices = planning.prices(token) if any(lr.recipe.sweep for lr in loaded) else None
+    for lr in loaded:
+        if lr.recipe.sweep is not None and prices is not None:
+            def plan_one(r, lr=lr):
+                return planning.plan_recipe(dataclasses.replace(lr, recipe=r), token=token, price_table=prices)
+            out[lr.display] = sweep.plan_sweep(sweep.expand(lr.recipe), plan_one, lr.recipe.budget_usd)
+    return out
+
+
+def _sweep_markdown(sp) -> str:
+    from runner import sweep
+
+    return sweep.markdown(sp)
 
 
 def _backend(name: str, root: Path, repo: str | None = None):

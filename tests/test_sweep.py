@@ -265,3 +265,16 @@ def test_a_sweep_over_budget_on_the_hub_is_one_refusal_and_no_job(hub, workspace
     assert len(lines) == 1 and "sweep over budget: 4 trials may cost $" in lines[0], out
     assert "above budget_usd $1.00" in lines[0]
     assert not hub.state.jobs
+
+
+def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, cli) -> None:
+    write_recipe(repo, "demo", GRID.replace("budget_usd: 5", "budget_usd: 50") + PRICED)
+    ok = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
+    assert ok.code == 0, ok.err
+    assert "#### Sweep of recipes/demo.yaml" in ok.out
+    assert len([ln for ln in ok.out.splitlines() if ln.startswith("| `")]) == 4
+    assert "| **total** | 4 trials" in ok.out and "within budget as a whole" in ok.out
+    write_recipe(repo, "demo", GRID.replace("budget_usd: 5", "budget_usd: 1") + PRICED)
+    refused = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
+    assert refused.code == 1
+    assert refused.out.count("sweep over budget: 4 trials may cost") == 2  # the errors list, and the sweep's verdict
