@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner import card, failures, gates, ledger, outputs, promote
 from runner.backends.base import FAILED, Backend, JobStatus
@@ -169,7 +170,11 @@ def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
 
 def recipe_version(loaded: LoadedRecipe) -> str:
     """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships."""
-    h = hashlib.sha256(loaded.recipe.model_dump_json().encode())
+    r = loaded.recipe
+    # Fields added later count only when set, so a recipe that does not use them keeps the version it had.
+    unset: dict[str, Any] = ({"sweep": True} if r.sweep is None else {}) | \
+        ({"evaluation": {"gate"}} if r.evaluation.gate is None else {})
+    h = hashlib.sha256(r.model_dump_json(exclude=unset).encode())
     for rel, digest in shipped_digests(loaded).items():
         h.update(f"\0{rel}\0{digest}".encode())
     return h.hexdigest()[:16]
