@@ -108,19 +108,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from runner import hub, planning, render
 
     loaded, problems = _load_all(args.recipes)
-    plans = planning.plan_all(loaded, None if hub.offline() else hub.token(), problems)
+    token = None if hub.offline() else hub.token()
+    plans = planning.plan_all(loaded, token, problems)
+    sweeps = _sweep_plans(loaded, token)
+    problems += [f"{name}: {sp.refusal}" for name, sp in sweeps.items() if sp.refusal]
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
     if args.json:
         print(json.dumps({"ok": not problems and all(p.ok for p in plans), "errors": problems,
-                          "plans": [p.model_dump(mode="json") | {"ok": p.ok} for p in plans]}, ensure_ascii=False))
+                          "plans": [p.model_dump(mode="json") | {"ok": p.ok} for p in plans],
+                          "sweeps": {n: sp.model_dump(mode="json") for n, sp in sweeps.items()}}, ensure_ascii=False))
     elif args.markdown:
         print(render.plan_markdown(plans, problems))
+        for name, sp in sweeps.items():  # one line per trial and the total, gated as a whole
+            print(f"\n#### Sweep of {name}\n\n{_sweep_markdown(sp)}")
     else:
         for line in problems:
             print(line, file=sys.stderr)
         print("\n\n".join(render.plan_text(p) for p in plans))
+        for name, sp in sweeps.items():
+            print(f"\nsweep of {name}:\n{_sweep_markdown(sp)}")
     return 0 if not problems and all(p.ok for p in plans) else 1
+
+
+def _sweep_plans(loaded: list, token: str | None) -> dict:
+    """recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
+    import dataclasses
+
+    from runner import planning, sweep
+
+    out = {}
+    prices = planning.prices(token) if any(lr.recipe.sweep for lr in loaded) else None
+    for lr in loaded:
+        if lr.recipe.sweep is not None and prices is not None:
+            def plan_one(r, lr=lr):
+                return planning.plan_recipe(dataclasses.replace(lr, recipe=r), token=token, price_table=prices)
+            out[lr.display] = sweep.plan_sweep(sweep.expand(lr.recipe), plan_one, lr.recipe.budget_usd)
+    return out
+
+
+def _sweep_markdown(sp) -> str:
+    from runner import sweep
+
+    return sweep.markdown(sp)
 
 
 def _backend(name: str, root: Path, repo: str | None = None):
@@ -172,6 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs.check_spend(plan, backend, loaded.display)  # before any upload or job
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
+    if loaded.recipe.sweep is not None:
+        return _run_sweep(loaded, backend, token, echo, hub_dir)
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
          f"(worst case ${plan.max_cost_usd:.2f})")
@@ -190,6 +222,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         echo(f"[detach] run {record.run_id} is {record.state}; `runner reconcile` carries it on")
         return 0
     return 0 if record.state == "recorded" else 1
+
+
+def _run_sweep(loaded, backend, token, echo, hub_dir: Path) -> int:
+    """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py)."""
+    import dataclasses
+
+    from runner import planning, sweeprun
+
+    prices = planning.prices(token)
+    outcome = sweeprun.run(loaded, backend, lambda r: planning.plan_recipe(dataclasses.replace(loaded, recipe=r),
+                                                                          token=token, price_table=prices),
+                           echo=echo, hub_dir=hub_dir)
+    print(json.dumps({"sweep": outcome.verdict.reason, "winner": outcome.verdict.winner,
+                      "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()}}))
+    return 0 if outcome.winner is not None and outcome.winner.state == "recorded" else 1
 
 
 def _latest(target: str):
@@ -358,6 +405,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(c.verdict == "fail" for c in checks) else 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a run the recipe's current model (models/current.json), or on merge move the Hub tags (--apply)."""
+    from runner import hub, promote
+
+    root = Path.cwd()
+    if args.apply:
+        for line in promote.sync(root, hub.api()):
+            print(line)
+        return 0
+    if not (args.name and args.run_id):
+        raise UserError("usage: runner promote NAME RUN_ID (or --apply on merge)")
+    promote.promote(root, args.name, args.run_id)
+    print(f"{promote.CURRENT_FILE}: {args.name} -> {args.run_id}; on merge the Hub tag '{promote.TAG}' moves to it")
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
@@ -514,6 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("promote", help="make a recorded run the recipe's current model (moves the Hub tag on merge)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="recipe name")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one of its recorded runs (runner history)")
+    p.add_argument("--apply", action="store_true", help="move every promoted model's Hub tag (what the merge runs)")
+    p.set_defaults(func=cmd_promote)
 
     actions.add_commands(sub)
     return parser

@@ -20,17 +20,20 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
+from runner.gates import Gate, GateVerdict
 from runner.jobspec import JobConfigs
 from runner.migrations import CURRENT, upgrade
 from runner.plan import Plan, billed
 from runner.summaries import GgufSummary, TrainSummary
 
-State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "failed", "canceled"]
-TERMINAL: frozenset[str] = frozenset({"recorded", "failed", "canceled"})
+State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "rejected", "failed",
+                "canceled"]
+# rejected: trained, but missed the recipe's evaluation.gate (the numbers in `gate`): weights stay private, no GGUF
+TERMINAL: frozenset[str] = frozenset({"recorded", "rejected", "failed", "canceled"})
 NEXT: dict[str, tuple[str, ...]] = {
     "planned": ("training", "trained", "failed", "canceled"),  # trained: a retry that reuses a verified model
     "training": ("trained", "failed", "canceled"),
-    "trained": ("converting", "recorded", "failed", "canceled"),
+    "trained": ("converting", "recorded", "rejected", "failed", "canceled"),
     "converting": ("converted", "failed", "canceled"),
     "converted": ("recorded", "failed", "canceled"),
 }
@@ -101,6 +104,9 @@ class RunRecord(BaseModel):
     gguf_summary: GgufSummary | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     evaluation: Evaluation | None = None  # held-out metrics before/after, samples, benchmark scores
+    gate_rule: Gate | None = None  # the recipe's evaluation.gate when the run started: what judges it
+    gate: GateVerdict | None = None  # gate_rule over this run's numbers, once trained (None: no gate)
+    trial: str | None = None  # the sweep trial id this run trains (runner/sweep.py), None outside a sweep
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)

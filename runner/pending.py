@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-TERMINAL = {"recorded", "failed", "canceled"}
+TERMINAL = {"recorded", "rejected", "failed", "canceled"}
 
 
 def pending(root: Path) -> bool:

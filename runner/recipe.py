@@ -21,8 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runner import sweep as sweeps
 from runner import yamlsafe
 from runner.errors import Problem, RecipeInvalid
+from runner.gates import Gate
 from runner.hardware import FLAVOR_NAMES
 
 DEFAULTS_FILE = "_defaults.yaml"
@@ -320,6 +322,8 @@ class Evaluation(_Strict):
     max_new_tokens: int = Field(128, ge=1, le=4096, description="length bound of each sample answer (greedy)")
     tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run after training")
     task_limit: int = Field(100, ge=1, le=100_000, description="samples per benchmark task")
+    gate: Gate | None = Field(None, description="what the run must show to publish as the recipe's current model "
+                              "(see docs/gates.md)")
 
     @field_validator("tasks")
     @classmethod
@@ -381,6 +385,8 @@ class Recipe(_Strict):
     tracking: Tracking = Field(Tracking(), description="Trackio experiment tracking")
     budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="most this recipe may cost in USD; the "
                                      "plan fails above it (capped by max_budget_usd in recipes/_defaults.yaml)")
+    sweep: sweeps.Sweep | None = Field(None, description="train several trials that override a few hyperparameters "
+                                       "and keep the best (see docs/sweeps.md)")
 
     @field_validator("name")
     @classmethod
@@ -454,6 +460,8 @@ class RepoDefaults(_Strict):
     max_budget_usd: float | None = Field(None, gt=0)
     max_total_usd: float | None = Field(None, gt=0, description="the most all recipes of one merge may cost together "
                                         "in the worst case, USD; the plan check fails above it")
+    max_sweep_trials: int = Field(sweeps.DEFAULT_MAX_TRIALS, ge=1, le=64, description="the most trials a recipe's "
+                                  "sweep may list")
 
     @field_validator("namespace")
     @classmethod
@@ -630,6 +638,7 @@ def load(path: Path | str, *, root: Path | None = None) -> LoadedRecipe:
         loaded = LoadedRecipe(recipe, path, root, repo_defaults)
         problems += _check_files(loaded, doc)
         problems += _name_clashes(loaded, doc)
+        problems += sweeps.problems(recipe, doc, repo_defaults.max_sweep_trials)
         cap = repo_defaults.max_budget_usd
         if cap is not None and recipe.budget_usd is not None and recipe.budget_usd > cap:
             problems.append(doc.problem(("budget_usd",), f"{recipe.budget_usd:g} USD is above the repository cap "

@@ -49,13 +49,23 @@ def _table(title: str, props: dict[str, Any], required: list[str]) -> list[str]:
     return out + [""]
 
 
+def _ref(node: dict[str, Any]) -> str | None:
+    found = node.get("$ref") or (node.get("items") or {}).get("$ref") or \
+        next((n["$ref"] for n in node.get("anyOf", []) if "$ref" in n), None)
+    return found.rsplit("/", 1)[1] if found else None
+
+
 def markdown(schema: dict[str, Any]) -> str:
-    """The whole reference page."""
+    """The whole reference page: the top level, then each section by where it sits (nested ones included)."""
     lines = [HEADER, *_table("Top level", schema["properties"], schema.get("required", []))]
-    for name, node in schema["properties"].items():
-        ref = node.get("$ref") or (node.get("items") or {}).get("$ref") or \
-            next((n["$ref"] for n in node.get("anyOf", []) if "$ref" in n), None)
-        if ref:
-            section = schema["$defs"][ref.rsplit("/", 1)[1]]
-            lines += _table(f"`{name}`", section["properties"], section.get("required", []))
+    queue = [(name, _ref(node)) for name, node in schema["properties"].items()]
+    shown: set[str] = set()
+    while queue:
+        where, ref = queue.pop(0)
+        if ref is None or ref in shown:
+            continue
+        shown.add(ref)
+        section = schema["$defs"][ref]
+        lines += _table(f"`{where}`", section["properties"], section.get("required", []))
+        queue += [(f"{where}.{name}", _ref(node)) for name, node in section["properties"].items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -63,12 +63,14 @@ def _now() -> str:
 class Repo:
     private: bool
     commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (oid, full tree)
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> commit oid
 
     def tree(self, revision: str = "main") -> tuple[str, dict[str, bytes]] | None:
         if not self.commits:
             return None
         if revision == "main":
             return self.commits[-1]
+        revision = self.tags.get(revision, revision)
         return next((c for c in self.commits if c[0] == revision), None)
 
 
@@ -409,6 +411,45 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
 
         # --- verbs ---------------------------------------------------------------------------------
 
+        def do_DELETE(self) -> None:
+            begun = self._begin()
+            if begun is None:
+                return
+            path = begun[0].path
+            if path.startswith("/api/models/") and "/tag/" in path:
+                repo_id, tag = path[len("/api/models/"):].split("/tag/", 1)
+                repo = state.repos.get(repo_id)
+                if repo is None:
+                    return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                if repo.tags.pop(unquote(tag), None) is None:
+                    return self._send(404, {"error": "Tag not found"}, {"X-Error-Code": "RevisionNotFound"})
+                return self._send(200, {})
+            return self._send(404, {"error": "Not Found"})
+
+        # Refs and tags as the Hub answers them: GET .../refs, POST .../tag/{revision} {"tag"}, DELETE .../tag/{tag}
+        def _refs(self, repo_id: str) -> None:
+            repo = state.repos.get(repo_id)
+            if repo is None:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            head = repo.commits[-1][0] if repo.commits else None
+            branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": head}] if head else []
+            tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in sorted(repo.tags.items())]
+            return self._send(200, {"branches": branches, "tags": tags, "converts": []})
+
+        def _create_tag(self, repo_id: str, revision: str) -> None:
+            body = self._json()
+            repo = state.repos.get(repo_id)
+            if repo is None:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            found = repo.tree(unquote(revision))
+            if found is None:
+                return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+            tag = str(body.get("tag") or "")
+            if not tag or tag in repo.tags:
+                return self._send(409, {"error": f"Tag {tag} already exists" if tag else "tag is required"})
+            repo.tags[tag] = found[0]
+            return self._send(200, {})
+
         def do_HEAD(self) -> None:
             begun = self._begin()
             if begun:
@@ -426,6 +467,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, state.whoami)
             if path.startswith("/api/jobs/"):
                 return self._jobs_get(path[len("/api/jobs/"):].split("/"), url)
+            if path.startswith("/api/models/") and path.endswith("/refs"):
+                return self._refs(path[len("/api/models/"):-len("/refs")])
             if path.startswith("/api/models/") and "/tree/" in path:
                 return self._tree(path[len("/api/models/"):])
             if path.startswith("/api/models/"):
@@ -454,6 +497,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 body = self._json()
                 return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                                                    "oid": None} for f in body.get("files", [])]})
+            if path.startswith("/api/models/") and "/tag/" in path:
+                return self._create_tag(*path[len("/api/models/"):].split("/tag/", 1))
             if path.startswith("/api/models/") and "/commit/" in path:
                 return self._commit(path[len("/api/models/"):].split("/commit/")[0])
             parts = path[len("/api/jobs/"):].split("/") if path.startswith("/api/jobs/") else []

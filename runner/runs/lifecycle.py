@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from runner import card, failures, ledger, outputs
+from runner import card, failures, gates, ledger, outputs, promote
 from runner.backends.base import FAILED, Backend, JobStatus
 from runner.errors import UserError
 from runner.gitrepo import git_commit
@@ -156,7 +156,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
         backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
-        attempt=attempt, retry_of=retry_of, resume=resume,
+        attempt=attempt, retry_of=retry_of, resume=resume, gate_rule=r.evaluation.gate,
     )
     record.history.append({"state": "planned", "at": record.created_at})
     step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir)
@@ -305,7 +305,12 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
         else:
             _converted(step, record)
     elif state == "trained":
-        if record.configs.gguf is None:  # what the run fixed at its start, not what the recipe says now
+        if record.trial is not None and record.trial != step.sweep_winner:
+            return False
+        if record.gate is not None and not record.gate.passed:
+            step.echo(f"[gate] run {record.run_id} {record.gate.line()}: not published, no GGUF")
+            record.move("rejected")
+        elif record.configs.gguf is None:  # what the run fixed at its start, not what the recipe says now
             _record(step, record)
         else:
             _submit(step, record, "gguf")
@@ -329,7 +334,17 @@ def _trained(step: Step, record: RunRecord) -> None:
     record.train_summary = summary
     record.metrics = dict(summary.final_metrics)
     record.evaluation = summary.evaluation
+    if record.gate_rule is not None:
+        record.gate = _judge(step, record)
     record.move("trained")
+
+
+def _judge(step: Step, record: RunRecord) -> gates.GateVerdict:
+    """The run's gate over its numbers before and after training, and the recipe's current model's."""
+    ev = record.evaluation
+    before, after = (gates.scores(ev, after=False), gates.scores(ev)) if ev else (gates.Scores(), gates.Scores())
+    current = promote.current_scores(step.home, step.name)
+    return gates.judge(record.gate_rule, before, after, current)
 
 
 def _converted(step: Step, record: RunRecord) -> None:

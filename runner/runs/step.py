@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner.backends.base import Backend
 from runner.errors import UserError
@@ -80,6 +81,9 @@ class Step:
     # False (reconcile): follow, adopt and finish only. A first training job is started by the
     # merge's train workflow, behind its approval, never by a later pass over run records.
     may_train: bool = True
+    # A sweep's trial waits at `trained` until its sweep names it the winner (runner/sweeprun.py); reconcile
+    # never converts or records a trial on its own.
+    sweep_winner: str | None = None
     name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
 
@@ -122,7 +126,11 @@ def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
 
 def recipe_version(loaded: LoadedRecipe) -> str:
     """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships."""
-    h = hashlib.sha256(loaded.recipe.model_dump_json().encode())
+    r = loaded.recipe
+    # Fields added later count only when set, so a recipe that does not use them keeps the version it had.
+    unset: dict[str, Any] = ({"sweep": True} if r.sweep is None else {}) | \
+        ({"evaluation": {"gate"}} if r.evaluation.gate is None else {})
+    h = hashlib.sha256(r.model_dump_json(exclude=unset).encode())
     for rel, digest in shipped_digests(loaded).items():
         h.update(f"\0{rel}\0{digest}".encode())
     return h.hexdigest()[:16]

@@ -1,0 +1,280 @@
+"""Sweeps: a recipe's `sweep:` expands into trials that are ordinary recipes, planned and gated as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import write_recipe
+
+from runner import planning, runs
+from runner import recipe as recipe_mod
+from runner import sweep as sweeps
+from runner.errors import RecipeInvalid
+
+BASE = """\
+name: demo
+base_model: ./models/tiny
+method: sft
+dataset:
+  path: data/sft.jsonl
+budget_usd: 5
+"""
+
+GRID = BASE + """\
+sweep:
+  grid:
+    training.learning_rate: [1e-4, 2e-4]
+    adapter.r: [8, 16]
+"""
+
+
+def _load(repo: Path, text: str) -> recipe_mod.LoadedRecipe:
+    return recipe_mod.load(write_recipe(repo, "demo", text))
+
+
+def test_grid_expands_to_every_combination_as_recipes(repo: Path) -> None:
+    loaded = _load(repo, GRID)
+    trials = sweeps.expand(loaded.recipe)
+    got = [(t.recipe.training.learning_rate, t.recipe.adapter.r) for t in trials]
+    assert got == [(1e-4, 8), (1e-4, 16), (2e-4, 8), (2e-4, 16)]
+    assert all(t.recipe.sweep is None for t in trials)
+    assert len({t.id for t in trials}) == 4
+    assert trials[0].suffix == "learning-rate0.0001-r8"
+
+
+def test_trials_list_and_trial_ids_are_stable_across_order_and_other_trials(repo: Path) -> None:
+    a = sweeps.expand(_load(repo, BASE + "sweep:\n  trials:\n    - {training.epochs: 2, adapter.r: 8}\n").recipe)
+    b = sweeps.expand(_load(repo, BASE + "sweep:\n  trials:\n    - {training.epochs: 3}\n"
+                                  "    - {adapter.r: 8, training.epochs: 2}\n").recipe)
+    assert [t.recipe.training.epochs for t in b] == [3.0, 2.0]
+    assert a[0].id == b[1].id
+
+
+def test_trial_version_is_the_recipe_with_the_overrides(repo: Path) -> None:
+    """A trial's run version equals that of the plain recipe written with the same values: records, retries and
+    reconcile treat it as any run, and adding a trial does not change the others' versions."""
+    loaded = _load(repo, GRID)
+    trial = sweeps.expand(loaded.recipe)[3]
+    trial_version = runs.recipe_version(dataclasses.replace(loaded, recipe=trial.recipe))
+    plain = _load(repo, BASE + "training:\n  learning_rate: 2e-4\nadapter:\n  r: 16\n")
+    assert trial_version == runs.recipe_version(plain)
+    versions = {runs.recipe_version(dataclasses.replace(loaded, recipe=t.recipe))
+                for t in sweeps.expand(loaded.recipe)}
+    assert len(versions) == 4
+
+
+@pytest.mark.parametrize(("sweep_yaml", "line", "field", "message"), [
+    ("sweep:\n  grid:\n    training.learning_rat: [1e-4]\n", 9, "sweep.grid.training.learning_rat",
+     "unknown field 'learning_rat' in training (did you mean training.learning_rate?)"),
+    ("sweep:\n  grid:\n    dataset.path: [a.jsonl]\n", 9, "sweep.grid.dataset.path",
+     "'dataset.path' is not an override path"),
+    ("sweep:\n  grid:\n    training.learning_rate: [1e-4, 5]\n", 9, "sweep.grid.training.learning_rate[1]",
+     "trial learning-rate5: Input should be less than or equal to 1"),
+    ("sweep:\n  trials:\n    - {adapter.r: 8}\n    - {adapter.r: 0}\n", 10, "sweep.trials[1].adapter.r",
+     "trial r0: Input should be greater than or equal to 1"),
+    ("sweep:\n  trials:\n    - {adapter.r: 8}\n    - {adapter.r: 8}\n", 10, "sweep.trials[1]",
+     "the same trial is listed twice"),
+    ("sweep:\n  grid:\n    adapter.r: [1, 2, 3]\n    training.seed: [1, 2, 3]\n", 7, "sweep",
+     "9 trials, above max_sweep_trials 8"),
+    ("sweep:\n  metric: eval_loss\n", 8, "sweep", "set exactly one of grid"),
+])
+def test_bad_sweeps_are_located_errors(repo: Path, cli, sweep_yaml: str, line: int, field: str,
+                                       message: str) -> None:
+    write_recipe(repo, "demo", BASE + sweep_yaml)
+    result = cli("validate", "recipes/demo.yaml", cwd=repo)
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"recipes/demo.yaml:{line}:"), lines[0]
+    assert f" {field}: " in lines[0] and message in lines[0], lines[0]
+    assert "Traceback" not in result.err
+
+
+def test_trial_cap_comes_from_defaults(repo: Path) -> None:
+    (repo / "recipes" / "_defaults.yaml").write_text("max_sweep_trials: 2\n")
+    with pytest.raises(RecipeInvalid, match="4 trials, above max_sweep_trials 2"):
+        _load(repo, GRID)
+    (repo / "recipes" / "_defaults.yaml").write_text("max_sweep_trials: 4\n")
+    assert len(sweeps.expand(_load(repo, GRID).recipe)) == 4
+
+
+R = sweeps.TrialResult
+
+
+@pytest.mark.parametrize(("results", "metric", "mode", "winner", "reason"), [
+    ([R(id="a", suffix="a", metrics={"eval_loss": 1.2}), R(id="b", suffix="b", metrics={"eval_loss": 0.9})],
+     "eval_loss", "min", "b", "b: lowest eval_loss 0.9 of 2 trials"),
+    ([R(id="a", suffix="a", metrics={"gsm8k": 0.3}), R(id="b", suffix="b", metrics={"gsm8k": 0.2})],
+     "gsm8k", "max", "a", "a: highest gsm8k 0.3 of 2 trials"),
+    ([R(id="a", suffix="a", metrics={"eval_loss": 1.0}), R(id="b", suffix="b", metrics={"eval_loss": 1.0})],
+     "eval_loss", "min", "a", "a: lowest"),
+    ([R(id="a", suffix="a"), R(id="b", suffix="b", metrics={"eval_loss": float("nan")}),
+      R(id="c", suffix="c", metrics={"eval_loss": 2.0})],
+     "eval_loss", "min", "c", "2 trial(s) without eval_loss could not win"),
+    ([R(id="a", suffix="a"), R(id="b", suffix="b", metrics={"train_loss": 1.0})],
+     "eval_loss", "min", None, "no winner: none of the 2 trials reported eval_loss (1 failed"),
+])
+def test_pick_winner(results, metric, mode, winner, reason) -> None:
+    verdict = sweeps.pick_winner(results, metric, mode)
+    assert verdict.winner == winner
+    assert reason in verdict.reason
+
+
+@pytest.mark.parametrize(("metric", "mode", "direction"), [
+    ("eval_loss", None, "min"), ("perplexity", None, "min"), ("gsm8k", None, "max"), ("gsm8k", "min", "min")])
+def test_metric_direction(metric, mode, direction) -> None:
+    assert sweeps.Sweep(trials=[{"adapter.r": 8}], metric=metric, mode=mode).direction == direction
+
+
+PRICED = "hardware: t4-small\ntimeout: 1h\noutput:\n  repo: acme/demo\n"
+
+
+def _plans(loaded: recipe_mod.LoadedRecipe) -> sweeps.SweepPlan:
+    prices = planning.prices(None)
+
+    def plan_one(r: recipe_mod.Recipe):
+        return planning.plan_recipe(dataclasses.replace(loaded, recipe=r), token=None, price_table=prices)
+    return sweeps.plan_sweep(sweeps.expand(loaded.recipe), plan_one, loaded.recipe.budget_usd)
+
+
+def test_sweep_plan_sums_worst_cases_and_converts_once(repo: Path) -> None:
+    loaded = _load(repo, GRID.replace("budget_usd: 5", "budget_usd: 50") + PRICED)
+    sp = _plans(loaded)
+    trains = [tp.plan.job("train").max_cost_usd for tp in sp.trials]
+    gguf = max(tp.plan.job("gguf").max_cost_usd for tp in sp.trials)
+    assert sp.worst_usd == pytest.approx(sum(trains) + gguf, abs=0.01)
+    assert sp.refusal is None and sp.ok
+    text = sweeps.markdown(sp)
+    assert len([ln for ln in text.splitlines() if ln.startswith("| `")]) == 4
+    assert f"| **total** | 4 trials (the winner's GGUF conversion included) | | ${sp.estimate_usd:.2f} | " \
+           f"${sp.worst_usd:.2f} |" in text
+    assert "within budget as a whole" in text
+
+
+def test_sweep_over_budget_as_a_whole_is_one_refusal_with_the_numbers(repo: Path) -> None:
+    """Each trial fits the budget alone; the four together do not."""
+    loaded = _load(repo, GRID.replace("budget_usd: 5", "budget_usd: 1") + PRICED)
+    sp = _plans(loaded)
+    assert all(tp.plan.refusal is None for tp in sp.trials)
+    assert sp.worst_usd > 1 and not sp.ok
+    assert sp.refusal == (f"sweep over budget: 4 trials may cost ${sp.worst_usd:.2f} together in the worst case "
+                          f"(estimate ${sp.estimate_usd:.2f}), above budget_usd $1.00; raise budget_usd to at least "
+                          f"${sp.worst_usd:.2f}, drop trials, or lower the timeout")
+    assert sweeps.markdown(sp).count("**refused**") == 1
+
+
+def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
+    assert sweeps.expand(_load(repo, BASE).recipe) == []
+
+
+def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
+    """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
+    held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
+    import json
+
+    pytest.importorskip("trl")
+    pytest.importorskip("llama_cpp")
+    from test_run_local import runner, variant
+    from test_run_local import workspace as make_workspace
+
+    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    path = variant(repo, "tiny-sft", "tiny-sweep", replace=(
+        "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
+    text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 6")
+    (repo / path).write_text(text + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 1e-3]\n"
+                                    "    training.seed: [1, 2]\n")
+    proc = runner(repo, path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs_ = json.loads((repo / "runs" / "tiny-sweep.json").read_text())["runs"]
+    assert len(runs_) == 4 and len({r["version"] for r in runs_}) == 4
+    assert {r["trial"] for r in runs_} == set(out["trials"])
+    losses = {r["trial"]: next(m["after"] for m in r["evaluation"]["metrics"] if m["name"] == "eval_loss")
+              for r in runs_}
+    best = min(losses, key=losses.__getitem__)
+    assert out["winner"] == best
+    by_trial = {r["trial"]: r for r in runs_}
+    assert by_trial[best]["state"] == "recorded" and by_trial[best]["jobs"]["gguf"]["stage"] == "COMPLETED"
+    for trial, r in by_trial.items():
+        if trial != best:
+            assert r["state"] == "rejected" and "gguf" not in r["jobs"]
+            assert r["gate"]["reasons"][0].startswith(f"lost the sweep to trial {best}")
+    assert (repo / "models" / "tiny-sweep" / "README.md").exists()
+
+
+# --- on the Hub stand-in ----------------------------------------------------------------------------------------
+
+HUB_SWEEP = ("sweep:\n  grid:\n    training.learning_rate: [1e-4, 2e-4]\n    training.seed: [1, 2]\n"
+             "  parallel: 4\nhardware: t4-small\ntimeout: 1h\n")
+
+
+def _sweep_workspace(workspace: Path, budget: float) -> str:
+    from conftest import git
+
+    path = workspace / "recipes" / "tiny-sft.yaml"
+    path.write_text(path.read_text() + HUB_SWEEP + f"budget_usd: {budget}\n")
+    git(workspace, "commit", "-qam", "sweep")
+    return "recipes/tiny-sft.yaml"
+
+
+def _summary(after: float) -> dict:
+    from conftest import train_summary_json
+
+    return train_summary_json(evaluation={"held_out": "split test", "rows": 10, "metrics": [
+        {"name": "eval_loss", "before": 2.0, "after": after}]})
+
+
+def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(hub, workspace, monkeypatch,
+                                                                              capsys) -> None:
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    losses = [1.5, 1.2, 0.9, 1.1]
+    hub.state.job_scripts += [JobScript(running=8.0, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 5), "--backend", "hf")
+    assert code == 0, out
+    train = sorted((j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"),
+                   key=lambda j: j.created_at)
+    gguf = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
+    assert len(train) == 4 and len(gguf) == 1
+    # In parallel: every trial was submitted before the first one finished.
+    assert max(j.created_at for j in train) < min(j.finished_at for j in train)
+    runs_ = json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]
+    by_version = {r["version"]: r for r in runs_}
+    assert len(by_version) == 4
+    winner = next(r for r in runs_ if r["state"] == "recorded")
+    assert winner["evaluation"]["metrics"][0]["after"] == 0.9
+    assert gguf[0].spec["labels"]["version"] == winner["version"]
+    assert sorted(r["state"] for r in runs_) == ["recorded", "rejected", "rejected", "rejected"]
+
+
+def test_a_sweep_over_budget_on_the_hub_is_one_refusal_and_no_job(hub, workspace, monkeypatch, capsys) -> None:
+    from test_hf_backend import run
+
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 1), "--backend", "hf")
+    assert code == 1
+    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "sweep over budget: 4 trials may cost $" in lines[0], out
+    assert "above budget_usd $1.00" in lines[0]
+    assert not hub.state.jobs
+
+
+def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, cli) -> None:
+    write_recipe(repo, "demo", GRID.replace("budget_usd: 5", "budget_usd: 50") + PRICED)
+    ok = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
+    assert ok.code == 0, ok.err
+    assert "#### Sweep of recipes/demo.yaml" in ok.out
+    assert len([ln for ln in ok.out.splitlines() if ln.startswith("| `")]) == 4
+    assert "| **total** | 4 trials" in ok.out and "within budget as a whole" in ok.out
+    write_recipe(repo, "demo", GRID.replace("budget_usd: 5", "budget_usd: 1") + PRICED)
+    refused = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
+    assert refused.code == 1
+    assert refused.out.count("sweep over budget: 4 trials may cost") == 2  # the errors list, and the sweep's verdict
