@@ -107,7 +107,7 @@ def test_the_hub_token_never_meets_write_access() -> None:
             assert job.get("environment") in ("training", "reconcile"), f"{workflow}:{name} needs an environment"
         elif perms.get("contents") == "write":
             assert "secrets." not in text, f"{workflow}:{name} can write and sees a secret"
-    assert holders == 3  # train, reconcile and the read-only setup check
+    assert holders == 4  # train, promote (on merge), reconcile and the read-only setup check
 
 
 def test_job_image_and_dependencies_are_pinned() -> None:
