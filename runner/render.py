@@ -248,7 +248,8 @@ def run_markdown(name: str, record: RunRecord, blob_url: str, now: datetime | No
 
 def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
     """The comment on a merged pull request: what training produced, where, and for how much."""
-    marks = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:"}
+    marks = {"recorded": ":white_check_mark:", "failed": ":x:", "canceled": ":no_entry:",
+             "rejected": ":no_entry_sign:"}
     mark = marks.get(record.state, ":hourglass:")
     links = record.links
     space = record.configs.train.trackio_space_id if record.configs.train else None
@@ -274,6 +275,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.evaluation:
         out += evaluation_markdown(record.evaluation)
+    if record.state == "rejected" and record.gate is not None:  # trained, then held back by its quality gate
+        out += ["", f"**Rejected by its quality gate:** {md(record.gate.line())}; not published, no GGUF job."]
     if record.failure:
         f = record.failure
         verb = "Canceled" if record.state == "canceled" else "Failed"

@@ -192,3 +192,18 @@ def test_a_run_that_got_worse_is_rejected_with_no_gguf_and_no_card(tmp_path_fact
     assert after >= before
     assert run["gate"]["reasons"] == [f"eval_loss must drop: {before:.4g} -> {after:.4g}"]
     assert not (repo / "models" / "tiny-sft-worse" / "README.md").exists()
+
+
+def test_the_run_comment_says_a_run_was_rejected_by_its_gate() -> None:
+    from conftest import a_plan
+
+    from runner import render
+    from runner.gates import GateVerdict
+    from runner.ledger import RunRecord
+
+    record = RunRecord(run_id="r1", recipe="recipes/x.yaml", recipe_sha256="0" * 64, commit=None, backend="local",
+                       state="rejected", plan=a_plan(),
+                       gate=GateVerdict(passed=False, reasons=["eval_loss rose: 1.20 -> 1.35"]))
+    body = render.run_markdown("x", record, "https://github.com/acme/models/blob/main")
+    assert ":no_entry_sign:" in body and "Rejected by its quality gate" in body and "1.35" in body
+    assert ":hourglass:" not in body
