@@ -141,3 +141,10 @@ def test_records_carry_their_layout_version_and_a_newer_one_is_refused_in_one_li
         ledger.read(tmp_path, "x")
     result = cli("history", cwd=tmp_path)
     assert "written by a newer runner" in result.out + result.err and "Traceback" not in result.err
+
+
+def test_every_state_that_can_move_has_exactly_one_handler() -> None:
+    from runner.runs.lifecycle import HANDLERS
+
+    movable = {state for state, nexts in ledger.NEXT.items() if nexts}
+    assert set(HANDLERS) == movable

@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner import card, failures, gates, ledger, outputs, promote
@@ -280,45 +280,64 @@ def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
     step.echo(f"[{stage}] failed: {record.failure.reason}")
 
 
-def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
-    """Move the run one step and save it. Returns False when it must wait for a job to finish."""
-    state = record.state
-    if not step.submit and state in ("planned", "trained", "converted"):
-        record.move("canceled")  # canceled between jobs: nothing more is submitted or recorded
-        ledger.save(step.home, record, step.name)
-        step.updated(record)
-        return True
-    if state == "planned":
-        if not record.push and record.configs.train:
-            Path(record.configs.train.summary_path).parent.mkdir(parents=True, exist_ok=True)
-        _submit(step, record, "train")
-        record.move("training")
-    elif state in ("training", "converting"):
-        stage = "train" if state == "training" else "gguf"
-        status = _finished(step, record, stage, wait)
-        if status is None:
-            return False
-        if status.stage != "COMPLETED":
-            _fail(step, record, stage, status)
-        elif stage == "train":
-            _trained(step, record)
-        else:
-            _converted(step, record)
-    elif state == "trained":
-        if record.trial is not None and record.trial != step.sweep_winner:
-            return False
-        if record.gate is not None and not record.gate.passed:
-            step.echo(f"[gate] run {record.run_id} {record.gate.line()}: not published, no GGUF")
-            record.move("rejected")
-        elif record.configs.gguf is None:  # what the run fixed at its start, not what the recipe says now
-            _record(step, record)
-        else:
-            _submit(step, record, "gguf")
-            record.move("converting")
-    elif state == "converted":
+def _from_planned(step: Step, record: RunRecord, wait: bool) -> bool:
+    if not record.push and record.configs.train:
+        Path(record.configs.train.summary_path).parent.mkdir(parents=True, exist_ok=True)
+    _submit(step, record, "train")
+    record.move("training")
+    return True
+
+
+def _from_running(step: Step, record: RunRecord, wait: bool) -> bool:
+    """training or converting: the job's end decides the next state."""
+    stage = "train" if record.state == "training" else "gguf"
+    status = _finished(step, record, stage, wait)
+    if status is None:
+        return False
+    if status.stage != "COMPLETED":
+        _fail(step, record, stage, status)
+    elif stage == "train":
+        _trained(step, record)
+    else:
+        _converted(step, record)
+    return True
+
+
+def _from_trained(step: Step, record: RunRecord, wait: bool) -> bool:
+    if record.trial is not None and record.trial != step.sweep_winner:
+        return False  # a sweep's trial waits until its sweep names the winner
+    if record.gate is not None and not record.gate.passed:
+        step.echo(f"[gate] run {record.run_id} {record.gate.line()}: not published, no GGUF")
+        record.move("rejected")
+    elif record.configs.gguf is None:  # what the run fixed at its start, not what the recipe says now
         _record(step, record)
     else:
-        return False
+        _submit(step, record, "gguf")
+        record.move("converting")
+    return True
+
+
+def _from_converted(step: Step, record: RunRecord, wait: bool) -> bool:
+    _record(step, record)
+    return True
+
+
+# One handler per state that can move (runner/ledger.py NEXT): each moves the run on
+# and says whether it did (False: it waits for a job, or for its sweep).
+HANDLERS: dict[str, Callable[[Step, RunRecord, bool], bool]] = {
+    "planned": _from_planned, "training": _from_running, "trained": _from_trained,
+    "converting": _from_running, "converted": _from_converted,
+}
+
+
+def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
+    """Move the run one step and save it. Returns False when it must wait for a job to finish."""
+    if not step.submit and record.state in ("planned", "trained", "converted"):
+        record.move("canceled")  # canceled between jobs: nothing more is submitted or recorded
+    else:
+        handler = HANDLERS.get(record.state)
+        if handler is None or not handler(step, record, wait):
+            return False
     ledger.save(step.home, record, step.name)
     step.updated(record)
     return True
