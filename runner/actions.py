@@ -69,8 +69,26 @@ def _changed(base: str | None, head: str, only: str | None = None, tree: Path | 
 
 def cmd_changed(args: argparse.Namespace) -> int:
     paths = _changed(args.base, args.head, args.only)
+    if args.matrix:  # the train workflow's matrix: its concurrency group is the recipe's name, not its path
+        print(json.dumps([{"recipe": p, "name": _name_or_stem(p)} for p in paths]))
+        return 0
     print(json.dumps(paths) if args.json else "\n".join(paths))
     return 0
+
+
+def _name_or_stem(path: str) -> str:
+    """The recipe's name, read as data: its `name:` when that is a slug, else its file name (the default name).
+
+    Not the validated name: two files with one name are refused by validation, and must still share a group."""
+    import re
+
+    from runner import yamlsafe
+
+    try:
+        name = yamlsafe.load(Path(path), display=path).data.get("name")
+    except (UserError, ValueError, OSError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", name) else Path(path).stem
 
 
 def _plan_tree(paths: list[str], tree: Path, located: list | None = None,
@@ -266,6 +284,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", default="HEAD")
     p.add_argument("--only", default=None, metavar="RECIPE", help="just this recipe file, checked to be one")
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--matrix", action="store_true", help="print a JSON list of {recipe, name} (the train matrix)")
     p.set_defaults(func=cmd_changed)
 
     p = sub.add_parser("comment-plan", help="in a workflow_run job: plan the PR's head in trusted code and post it "

@@ -372,6 +372,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     prices = None
     unreadable: list[str] = []
     for group in ledger.all_runs(root, unreadable):
+        if args.recipes and group.name not in args.recipes:  # the reconcile workflow: one recipe per matrix job
+            continue
         for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
             try:
                 prices = prices or planning.prices(token)
@@ -387,6 +389,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"{group.name}: run {record.run_id} {record.state}"
                   + (f": {record.failure.reason}" if record.state == "failed" and record.failure else ""))
             problems += record.state in ("failed", "canceled") and args.wait
+    if args.recipes:  # another recipe's unreadable file is its own matrix job's to report
+        unreadable = [u for u in unreadable if any(u.startswith(f"runs/{n}.json:") for n in args.recipes)]
     for line in unreadable:  # the other recipes' runs went on; this file needs a person
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems or unreadable else 0
@@ -563,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
+    p.add_argument("recipes", nargs="*", metavar="NAME", help="only these recipes' runs (default: all)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
     p.add_argument("--backend", choices=["local", "hf"], default=None,
                    help="only runs on this backend (the reconcile workflow: hf)")

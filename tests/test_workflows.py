@@ -141,6 +141,48 @@ def test_the_template_tests_run_only_when_the_template_code_changes(changed: lis
         assert any(p.match(f) for f in changed for p in patterns) is runs, (event, changed)
 
 
+def test_train_and_reconcile_share_one_group_per_recipe_name(cli, project) -> None:
+    import yaml
+
+    train = yaml.safe_load((WORKFLOWS / "train.yml").read_text())["jobs"]
+    reconcile = yaml.safe_load((WORKFLOWS / "reconcile.yml").read_text())["jobs"]
+    for job in (train["train"], reconcile["reconcile"]):
+        assert job["concurrency"] == {"group": "recipe-${{ matrix.name }}", "cancel-in-progress": False}
+    assert "--matrix" in train["changed"]["steps"][-2]["run"]
+    for job in (train["train"], train["record"]):
+        assert job["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.changed.outputs.recipes) }}"}
+    for job in (reconcile["reconcile"], reconcile["commit"]):
+        assert job["strategy"]["matrix"] == {"name": "${{ fromJSON(needs.pending.outputs.names) }}"}
+    assert 'runner reconcile --backend hf "$NAME"' in [s.get("run") for s in reconcile["reconcile"]["steps"]]
+    # Two files naming the same recipe (validation refuses them, the merge must still not run them side by
+    # side) get one name in the matrix: one group, so they queue and the second adopts the first's job.
+    source = (project / "recipes" / "tiny-sft.yaml").read_text()
+    (project / "recipes" / "copy-of-tiny.yaml").write_text(source)
+    (project / "recipes" / "no-name.yaml").write_text(source.replace("name: tiny-sft\n", ""))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "copies")
+    result = cli("changed", "--base", "0" * 40, "--matrix", cwd=project)
+    assert result.code == 0, result.err
+    names = {m["recipe"]: m["name"] for m in json.loads(result.out)}
+    assert names["recipes/tiny-sft.yaml"] == names["recipes/copy-of-tiny.yaml"] == "tiny-sft"
+    assert names["recipes/no-name.yaml"] == "no-name"  # the name a recipe without one gets: its file's
+    # reconcile's matrix: the recipes with an unfinished Hub run, read from runs/ with the standard library.
+    (project / "runs").mkdir()
+    (project / "runs" / "tiny-sft.json").write_text(json.dumps({"name": "tiny-sft", "runs": [
+        {"backend": "hf", "state": "training"}]}))
+    (project / "runs" / "done.json").write_text(json.dumps({"name": "done", "runs": [
+        {"backend": "hf", "state": "recorded"}, {"backend": "local", "state": "training"}]}))
+    (project / "runs" / "broken.json").write_text("{not json")  # reconcile must say why: it is in the matrix
+    out = subprocess.run([sys.executable, "-m", "runner.pending"], cwd=project, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert out.splitlines() == ['names=["broken", "tiny-sft"]', "pending=true"]
+    # `runner reconcile NAME` carries on that recipe's runs only, and reports only its own unreadable file.
+    result = cli("reconcile", "--backend", "hf", "other", cwd=project)
+    assert result.code == 0 and result.err == "", result.err
+    result = cli("reconcile", "--backend", "hf", "broken", cwd=project)
+    assert result.code == 1 and "runs/broken.json" in result.err and "tiny-sft" not in result.err, result.err
+
+
 def test_codeowners_cover_what_decides_spending() -> None:
     owned = {line.split()[0] for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines()
              if line.strip() and not line.startswith("#")}
