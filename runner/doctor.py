@@ -17,6 +17,8 @@ from runner.errors import RecipeInvalid, UserError
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
 PLACEHOLDER = "@your-org"
+PLAN_CHECK = "Validate and plan changed recipes"  # the `plan` workflow's job: the check a merge must pass
+BILLING = "https://huggingface.co/settings/billing"
 
 
 class Check(BaseModel):
@@ -85,14 +87,29 @@ def hub_checks(api: Any, namespace: str | None) -> list[Check]:
     if namespace is None:
         return out
     out.append(_write_check(namespace, user, orgs, access))
-    try:
-        api.list_jobs(namespace=namespace)
-        out.append(Check(name="Jobs", verdict="ok", detail=f"the token may list and run Jobs in {namespace}"))
-    except Exception as e:  # noqa: BLE001
-        out.append(Check(name="Jobs", verdict="fail", detail=f"listing Jobs in {namespace} was refused "
-                         f"({type(e).__name__})", fix="give the token Jobs permission for the namespace, and make sure "
-                         "the account has billing set up or credits"))
+    out.append(_jobs_check(api, me, namespace, access))
     return out
+
+
+def _jobs_check(api: Any, me: dict[str, Any], namespace: str, access: dict[str, Any]) -> Check:
+    """The token may run Jobs in the namespace, and the namespace can pay for them."""
+    scoped = (access.get("fineGrained") or {}).get("scoped", []) if access.get("role") == "fineGrained" else None
+    if scoped is not None and not any((s.get("entity") or {}).get("name") == namespace
+                                      and "job.write" in s.get("permissions", []) for s in scoped):
+        return Check(name="Jobs", verdict="fail", detail=f"the fine-grained token may not start Jobs in {namespace}",
+                     fix=f"edit the token: allow Jobs (job.write) on {namespace}")
+    try:
+        next(iter(api.list_jobs(namespace=namespace)), None)  # a lazy iterator: the first page is the request
+    except Exception as e:  # noqa: BLE001
+        return Check(name="Jobs", verdict="fail", detail=f"listing Jobs in {namespace} was refused "
+                     f"({type(e).__name__})", fix="give the token Jobs permission for the namespace, and make sure "
+                     "the account has billing set up or credits")
+    owner = me if me.get("name") == namespace else next((o for o in me.get("orgs", []) if o.get("name") == namespace),
+                                                          {})
+    if owner.get("canPay") is False:  # the Hub answers the first submission with 402 Payment Required
+        return Check(name="Jobs", verdict="fail", detail=f"{namespace} cannot pay for Jobs (no credits, no payment "
+                     "method)", fix=f"add credits or a payment method: {BILLING}")
+    return Check(name="Jobs", verdict="ok", detail=f"the token may list and run Jobs in {namespace}")
 
 
 def _write_check(namespace: str, user: str, orgs: list[str], access: dict[str, Any]) -> Check:
@@ -112,12 +129,16 @@ def _write_check(namespace: str, user: str, orgs: list[str], access: dict[str, A
 
 def github_checks(repo: Any) -> list[Check]:
     """The `training` and `reconcile` environments (with reviewers on training) and the default branch's protection."""
+    import logging
+
     from github import GithubException
 
+    logging.getLogger("github").setLevel(logging.WARNING)  # PyGithub logs each refusal; here a 403 is an answer
     out = []
     for name, needs_reviewers in (("training", True), ("reconcile", False)):
         try:
-            rules = repo.get_environment(name).protection_rules or []  # the lazy client asks here
+            env = repo.get_environment(name)
+            rules = env.protection_rules or []  # the lazy client asks here
         except GithubException:
             out.append(Check(name=f"environment {name}", verdict="fail", detail="does not exist",
                              fix=f"Settings > Environments > New environment `{name}`, add the secret HF_TOKEN, "
@@ -128,24 +149,64 @@ def github_checks(repo: Any) -> list[Check]:
         if needs_reviewers and not reviewers:
             out.append(Check(name=f"environment {name}", verdict="warn", detail="exists, with no required reviewers: "
                              "a merge spends without anyone approving", fix="add required reviewers to `training`"))
+        elif reviewers and not needs_reviewers:
+            out.append(Check(name=f"environment {name}", verdict="warn", detail="has required reviewers: every "
+                             "scheduled run waits for an approval", fix=f"remove them (`{name}` only carries on runs "
+                             "that were approved)"))
         else:
             out.append(Check(name=f"environment {name}", verdict="ok",
                              detail=f"exists ({len(reviewers)} required reviewer(s))"))
+        if env.deployment_branch_policy is None:
+            out.append(Check(name=f"environment {name} branches", verdict="warn", detail="any branch's workflow may "
+                             "read its HF_TOKEN", fix=f"Settings > Environments > {name} > Deployment branches: main"))
+    return out + protection_checks(repo)
+
+
+def protection_checks(repo: Any) -> list[Check]:
+    """The default branch's protection, rule by rule: what the README's security section asks for."""
+    from github import GithubException
+
     branch = repo.default_branch
+    out: list[Check] = []
+    found = None
     try:
-        repo.get_branch(branch).get_protection()
-        out.append(Check(name="branch protection", verdict="ok", detail=f"{branch} is protected"))
+        found = repo.get_branch(branch)
+        rules = found.get_protection()
     except GithubException as e:
-        if e.status in (401, 403):  # the workflow's token has no administration access: say so, guess nothing
-            out.append(Check(name="branch protection", verdict="skip", detail="this token cannot read it",
-                             fix=f"check Settings > Branches for {branch} yourself, or run `runner doctor` with a "
-                                 "token that has administration read access"))
-            return out
+        if e.status in (401, 403):  # GITHUB_TOKEN cannot read the rules; the branch still says if it has any
+            if found is None:
+                return [Check(name="branch protection", verdict="skip", detail="this token cannot read the branch",
+                              fix=f"check Settings > Branches for {branch} yourself")]
+            if found.protected:
+                return [Check(name="branch protection", verdict="ok", detail=f"{branch} is protected (its rules "
+                              "need a token with administration read access to check)")]
+            return [Check(name="branch protection", verdict="fail", detail=f"{branch} is not protected",
+                          fix=f"Settings > Branches: protect {branch}")]
         out.append(Check(name="branch protection", verdict="fail",
                          detail=f"{branch} is not protected: anyone with push access can change what is trained",
                          fix=f"Settings > Branches: protect {branch} (pull requests, Code Owners review, dismiss "
                              "stale approvals, require approval of the most recent push)"))
-    return out
+        return out
+    reviews = rules.required_pull_request_reviews
+    checks = rules.required_status_checks
+    wanted = [
+        ("pull requests with an approval", reviews is not None and reviews.required_approving_review_count >= 1,
+         "require a pull request with at least one approval"),
+        ("Code Owners review", reviews is not None and reviews.require_code_owner_reviews,
+         "require review from Code Owners"),
+        ("dismiss stale approvals", reviews is not None and reviews.dismiss_stale_reviews,
+         "dismiss stale pull request approvals when new commits are pushed"),
+        ("approval of the most recent push", reviews is not None and reviews.require_last_push_approval,
+         "require approval of the most recent reviewable push"),
+        ("the plan check", checks is not None and PLAN_CHECK in (checks.contexts or []),
+         f"require the status check `{PLAN_CHECK}`"),
+    ]
+    missing = [(what, fix) for what, ok, fix in wanted if not ok]
+    if not missing:
+        return [Check(name="branch protection", verdict="ok", detail=f"{branch} is protected: "
+                      + ", ".join(what for what, _, _ in wanted))]
+    return [Check(name="branch protection", verdict="warn", detail=f"{branch} is protected without {what}",
+                  fix=f"Settings > Branches > {branch}: {fix}") for what, fix in missing]
 
 
 def first_recipe(root: Path) -> str:

@@ -37,6 +37,10 @@ class GitHubState:
     protected: set[str] = field(default_factory=set)
     # Deployment environments as GET /repos/{o}/{r}/environments/{name} returns them: name -> reviewers' logins
     environments: dict[str, list[str]] = field(default_factory=dict)
+    open_environments: set[str] = field(default_factory=set)  # deployment branches: any (no branch policy)
+    # Branch protection as the settings page writes it: branch -> fields overriding the default (everything on).
+    protection: dict[str, dict[str, Any]] = field(default_factory=dict)
+    admin_read: bool = True  # False: the token may not read protection rules (GITHUB_TOKEN never may: 403)
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     comments: list[dict[str, Any]] = field(default_factory=list)  # {id, issue, body, user}
     artifacts_dir: Path | None = None  # <dir>/<run id>/<name>.zip, written by the upload-artifact stand-in
@@ -186,21 +190,31 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                              for i, login in enumerate(state.environments[r[1]])]
                 rules = [{"id": 1, "node_id": "R1", "type": "required_reviewers", "prevent_self_review": False,
                           "reviewers": reviewers}] if reviewers else []
-                rules.append({"id": 2, "node_id": "R2", "type": "branch_policy"})
+                if r[1] not in state.open_environments:
+                    rules.append({"id": 2, "node_id": "R2", "type": "branch_policy"})
                 return self._send(200, {"id": 7, "node_id": "E7", "name": r[1], "url": f"{stub.repo_url()}/environments/{r[1]}",
                                         "html_url": f"https://github.com/{state.full_name}/deployments/activity_log?environments_filter={r[1]}",
                                         "created_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:00Z",
                                         "protection_rules": rules,
-                                        "deployment_branch_policy": {"protected_branches": False,
-                                                                     "custom_branch_policies": True}})
+                                        "deployment_branch_policy": None if r[1] in state.open_environments else
+                                        {"protected_branches": False, "custom_branch_policies": True}})
             if (r := m(r"/branches/([^/]+)/protection", rest)) and method == "GET":
+                if not state.admin_read:
+                    return self._send(403, {"message": "Resource not accessible by integration"})
                 if r[1] not in state.protected:
                     return self._send(404, {"message": "Branch not protected"})
-                return self._send(200, {"url": f"{stub.repo_url()}/branches/{r[1]}/protection",
+                url = f"{stub.repo_url()}/branches/{r[1]}/protection"
+                checks = ["Validate and plan changed recipes"]
+                return self._send(200, {"url": url,
+                                        "required_status_checks": {"url": f"{url}/required_status_checks",
+                                                                   "strict": True, "contexts": checks,
+                                                                   "checks": [{"context": c, "app_id": None}
+                                                                              for c in checks]},
                                         "required_pull_request_reviews": {
-                                            "url": f"{stub.repo_url()}/branches/{r[1]}/protection/required_pull_request_reviews",
+                                            "url": f"{url}/required_pull_request_reviews",
                                             "dismiss_stale_reviews": True, "require_code_owner_reviews": True,
-                                            "required_approving_review_count": 1, "require_last_push_approval": True}})
+                                            "required_approving_review_count": 1, "require_last_push_approval": True},
+                                        } | state.protection.get(r[1], {}))
             if (r := m(r"/branches/([^/]+)", rest)) and method == "GET":
                 sha = state.refs.get(f"heads/{r[1]}")
                 if sha is None:

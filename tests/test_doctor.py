@@ -75,3 +75,73 @@ def test_outside_github_the_repository_checks_are_skipped_and_said(fork, hub, cl
     monkeypatch.delenv("GITHUB_TOKEN")
     result = cli("doctor", cwd=fork)
     assert "[skip] GitHub: GITHUB_TOKEN/GITHUB_REPOSITORY not set -> run the `setup` workflow" in result.out
+
+
+def set_up(fork: Path, github) -> None:
+    """The settings the README's security section asks for."""
+    defaults = fork / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + "namespace: alice\n")
+    owners = fork / ".github" / "CODEOWNERS"
+    owners.write_text(owners.read_text().replace("@your-org/ml-platform", "@acme/ml"))
+    github.state.environments = {"training": ["bob"], "reconcile": []}
+    github.state.protected.add("main")
+
+
+def test_branch_protection_is_checked_rule_by_rule(fork, hub, github, cli) -> None:
+    set_up(fork, github)
+    found = lines(cli("doctor", cwd=fork).out)
+    assert found["branch protection"] == ("[ok] branch protection: main is protected: pull requests with an approval, "
+                                          "Code Owners review, dismiss stale approvals, approval of the most recent "
+                                          "push, the plan check")
+    github.state.protection["main"] = {
+        "required_pull_request_reviews": {"url": "x", "dismiss_stale_reviews": False,
+                                          "require_code_owner_reviews": True, "required_approving_review_count": 1,
+                                          "require_last_push_approval": False},
+        "required_status_checks": None}
+    result = cli("doctor", cwd=fork)
+    assert result.code == 0, result.out  # weaker gates are advice, not a blocker
+    out = result.out
+    assert ("[warn] branch protection: main is protected without dismiss stale approvals -> Settings > Branches > "
+            "main: dismiss stale pull request approvals when new commits are pushed") in out
+    assert "[warn] branch protection: main is protected without approval of the most recent push" in out
+    assert "[warn] branch protection: main is protected without the plan check" in out
+    assert "without Code Owners review" not in out
+
+
+def test_the_workflow_token_cannot_read_protection_rules(fork, hub, github, cli) -> None:
+    """GITHUB_TOKEN gets 403 on the rules; the branch itself still says whether it is protected."""
+    set_up(fork, github)
+    github.state.admin_read = False
+    result = cli("doctor", cwd=fork)
+    assert result.code == 0 and "[ok] branch protection: main is protected (its rules need a token" in result.out
+    github.state.protected.clear()
+    result = cli("doctor", cwd=fork)
+    assert result.code == 1 and "[fail] branch protection: main is not protected" in result.out
+
+
+def test_environments_that_weaken_the_gate_are_warned(fork, hub, github, cli) -> None:
+    set_up(fork, github)
+    github.state.environments["reconcile"] = ["bob"]  # would hold every scheduled run for an approval
+    github.state.open_environments.add("training")  # any branch could read the token
+    out = cli("doctor", cwd=fork).out
+    assert "[warn] environment reconcile: has required reviewers" in out
+    assert "[warn] environment training branches: any branch's workflow may read its HF_TOKEN" in out
+
+
+def test_jobs_are_asked_for_not_assumed(fork, hub, github, cli) -> None:
+    """The Jobs check sends a request (list_jobs is lazy): a refusal, a token without job.write, no billing."""
+    set_up(fork, github)
+    hub.state.faults["GET /api/jobs/alice"] = [403]
+    found = lines(cli("doctor", cwd=fork).out)
+    assert found["Jobs"].startswith("[fail] Jobs: listing Jobs in alice was refused")
+    assert any(r.path == "/api/jobs/alice" for r in hub.state.requests)
+    hub.state.whoami["canPay"] = False
+    result = cli("doctor", cwd=fork)
+    assert result.code == 1 and "[fail] Jobs: alice cannot pay for Jobs" in result.out
+    hub.state.whoami["canPay"] = True
+    hub.state.whoami["auth"]["accessToken"] = {"role": "fineGrained", "fineGrained": {"scoped": [
+        {"entity": {"type": "user", "name": "alice"}, "permissions": ["repo.content.read", "repo.write"]}]}}
+    found = lines(cli("doctor", cwd=fork).out)
+    assert found["write access"].startswith("[ok]")
+    assert found["Jobs"] == ("[fail] Jobs: the fine-grained token may not start Jobs in alice -> edit the token: "
+                             "allow Jobs (job.write) on alice")
