@@ -491,6 +491,25 @@ def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_p
     assert len(bot_comments(github, 7)) == 1
 
 
+@needs_act
+@slow
+def test_setup_workflow_runs_the_doctor_with_the_environment_token(project, github, hub, step_python) -> None:
+    github.state.environments = {"training": ["alice"], "reconcile": []}
+    github.state.protected.add("main")
+    github.state.admin_read = False  # as GITHUB_TOKEN: the rules are not readable, the protected flag is
+    dispatch = {"inputs": {}, "ref": "refs/heads/main", "repository": repository(),
+                "sender": {"login": "alice", "type": "User"}, "workflow": ".github/workflows/setup.yml"}
+    out = act(project, "workflow_dispatch", "setup.yml", dispatch, github=github, hub=hub, python=step_python)
+    log = out.stdout
+    assert "[ok] Hub token: authenticates as alice" in log and "[ok] Jobs: " in log, log[-3000:]
+    assert "[ok] environment training: exists (1 required reviewer(s))" in log
+    assert "[ok] branch protection: main is protected (its rules need a token" in log
+    # The template's CODEOWNERS still names the placeholder: blocking, so the workflow fails.
+    assert "[fail] CODEOWNERS: still names the placeholder" in log and out.returncode != 0
+    assert any(r.path == "/api/whoami-v2" and r.headers.get("authorization") == f"Bearer {HF_TOKEN}"
+               for r in hub.state.requests)
+
+
 def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, monkeypatch) -> None:
     with GitHubStub() as gh:
         gh.state.commit("main", {"README.md": b"# models\n"}, "template")
