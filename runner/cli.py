@@ -425,6 +425,26 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Propose retraining where a recipe's base model or Hub dataset moved (a pull request each); never trains."""
+    from runner import hub, watch
+
+    if args.open:  # the job that may write: no Hub token, the proposals read as data
+        from runner import github
+
+        lines = watch.open_all(Path.cwd(), github.repository(), watch.read_proposals(Path(args.open), Path.cwd()))
+        print("\n".join(lines))
+        return 0
+    if hub.offline():
+        raise UserError("runner watch asks the Hub where each base model and dataset is now: unset HF_HUB_OFFLINE")
+    token = os.environ.get("HF_READ_TOKEN") or hub.token()  # it only reads
+    found, lines = watch.look(Path.cwd(), hub.api(token), watch.plan_comment(token) if args.out else None)
+    if args.out:
+        Path(args.out).write_text(watch.Proposals(proposals=found).model_dump_json(indent=2), encoding="utf-8")
+    print(json.dumps([p.model_dump(mode="json") for p in found]) if args.json else "\n".join(lines))
+    return 1 if any(line.startswith("error:") for line in lines) else 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
@@ -588,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one of its recorded runs (runner history)")
     p.add_argument("--apply", action="store_true", help="move every promoted model's Hub tag (what the merge runs)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("watch", help="propose retraining (a pull request per recipe) where the base or data moved")
+    p.add_argument("--out", metavar="FILE", help="also write the proposals, with their plan comments, to FILE")
+    p.add_argument("--open", metavar="FILE", help="open a pull request per proposal in FILE (GITHUB_TOKEN; no Hub)")
+    p.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    p.set_defaults(func=cmd_watch)
 
     actions.add_commands(sub)
     return parser

@@ -56,6 +56,8 @@ def head(api: Any, kind: Kind, repo: str, revision: str | None) -> str:
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         raise UserError(f"{kind} {repo}: the Hub answered HTTP {status} when asked for its revision") from None
+    except Exception as e:  # noqa: BLE001 - no answer at all (network): one line, not a traceback
+        raise UserError(f"{kind} {repo}: cannot ask the Hub for its revision ({type(e).__name__})") from None
     if not isinstance(sha, str) or not SHA.match(sha):
         raise UserError(f"{kind} {repo}: the Hub gave no commit for revision '{revision or DEFAULT_REF}'")
     return sha

@@ -95,6 +95,14 @@ def load(path: Path, *, display: str | None = None) -> Located:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise fail("file is not valid UTF-8 text", line) from None
+    return loads(text, name)
+
+
+def loads(text: str, name: str) -> Located:
+    """Parse YAML text as one mapping, as `load` does a file. Raises RecipeInvalid with a located message."""
+
+    def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
+        return RecipeInvalid([Problem(name, line, col, "", message)])
 
     try:
         # Refuse anchors and deep nesting before composing: an alias bomb costs nothing to parse as

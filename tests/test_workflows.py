@@ -110,6 +110,21 @@ def test_the_hub_token_never_meets_write_access() -> None:
     assert holders == 4  # train, promote (on merge), reconcile and the read-only setup check
 
 
+def test_the_watcher_reads_with_the_read_token_and_writes_without_any() -> None:
+    import yaml
+
+    flow = yaml.safe_load((WORKFLOWS / "watch.yml").read_text())
+    assert set(flow[True]) == {"schedule", "workflow_dispatch"}  # PyYAML reads the key `on` as True
+    look, propose = flow["jobs"]["look"], flow["jobs"]["propose"]
+    assert look["permissions"] == {"contents": "read"} and look["environment"] == "plan-read"
+    assert propose["permissions"] == {"contents": "write", "pull-requests": "write"} and propose["needs"] == "look"
+    secrets = re.findall(r"secrets\.(\w+)", json.dumps(look))
+    assert secrets == ["HF_READ_TOKEN"] and "secrets." not in json.dumps(propose)
+    runs = [s["run"] for job in (look, propose) for s in job["steps"] if "run" in s]
+    assert any("runner watch --out" in r for r in runs) and any("runner watch --open" in r for r in runs)
+    assert all("TOKEN" not in r and "${{" not in r for r in runs)  # tokens reach the runner through env only
+
+
 def test_job_image_and_dependencies_are_pinned() -> None:
     from runner.backends.hf import IMAGE
 
