@@ -166,6 +166,7 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
               f"| run | {code(record.run_id)} ({md(record.backend)} backend) |",
               f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
               f"| commit | {code(record.commit or 'not a git checkout')} |",
+              f"| base model revision | {code(config.model_revision or 'latest')} |",
               f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())

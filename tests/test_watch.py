@@ -185,3 +185,30 @@ def test_a_bad_proposals_file_is_one_line(trained, gh, cli, tmp_path) -> None:
     result = cli("watch", "--open", str(bad), cwd=trained)
     assert result.code == 1 and "not that recipe" in result.err and len(result.err.splitlines()) == 1
     assert watch_pulls(gh) == []
+
+
+SHA = "1234567890" * 4  # all digits: must stay a string once written
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("dataset:\n  path: org/d  # data\n  split: train\n",
+     f'dataset:\n  path: org/d  # data\n  revision: "{SHA}"\n  split: train\n'),
+    ("dataset: {path: org/d, split: train}\n", f'dataset: {{revision: "{SHA}", path: org/d, split: train}}\n'),
+    ("dataset:\n  revision: 'v1'   # was a tag\n  path: org/d\n",
+     f'dataset:\n  revision: "{SHA}"   # was a tag\n  path: org/d\n'),
+    ("dataset: org/d", f'dataset: {{path: org/d, revision: "{SHA}"}}'),
+])
+def test_pinning_edits_one_value_and_keeps_the_rest(before: str, after: str) -> None:
+    from runner.yamledit import set_values
+
+    assert set_values(before, "recipes/x.yaml", {("dataset", "revision"): SHA}, {("dataset", "revision"): "path"}) \
+        == after
+
+
+def test_a_value_it_cannot_edit_safely_is_one_located_line() -> None:
+    from runner.errors import UserError
+    from runner.yamledit import set_values
+
+    with pytest.raises(UserError, match=r"^recipes/x.yaml:2:13: dataset.revision: cannot set it") as e:
+        set_values("dataset:\n  revision: >\n    v1\n  path: org/d\n", "recipes/x.yaml", {("dataset", "revision"): SHA})
+    assert len(str(e.value).splitlines()) == 1
