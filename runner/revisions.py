@@ -79,8 +79,8 @@ def consistent(loaded: LoadedRecipe, resolved: Resolved) -> str | None:
     inputs = hub_inputs(loaded)
     for kind, sha in (("model", resolved.base_model), ("dataset", resolved.dataset)):
         if kind not in inputs and sha is not None:
-            return f"a {kind} revision for a local {kind}"
+            return f"names a {kind} revision for a local {kind}"
         pin = inputs[kind][1] if kind in inputs else None
         if pin is not None and SHA.match(pin) and sha not in (None, pin):
-            return f"{kind} revision {sha[:12]}, the recipe pins {pin[:12]}"
+            return f"names {kind} revision {sha[:12]}, the recipe pins {pin[:12]}"
     return None

@@ -219,11 +219,14 @@ def read_proposals(path: Path, root: Path) -> list[Proposal]:
         raise UserError(f"{path}: not a proposals file from `runner watch --out` ({str(e).splitlines()[0]})") from None
     for p in found:
         try:
-            name = load(root / p.path, root=root).recipe.name
+            loaded = load(root / p.path, root=root)
         except (RecipeInvalid, OSError):
-            name = None
-        if not p.path.startswith("recipes/") or name != p.name:
+            loaded = None
+        if not p.path.startswith("recipes/") or loaded is None or loaded.recipe.name != p.name:
             raise UserError(f"{path}: proposal for {p.name} names {p.path}, which is not that recipe")
+        inputs = hub_inputs(loaded)
+        if any(inputs.get(m.kind, ("",))[0] != m.repo for m in p.moved):
+            raise UserError(f"{path}: proposal for {p.name} moves a {p.moved[0].kind} the recipe does not train on")
     return found
 
 

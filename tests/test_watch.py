@@ -113,7 +113,7 @@ def test_nothing_moved_no_pull_request(hub, trained, gh, cli) -> None:
 
 
 def test_one_pull_request_per_recipe_that_moved_never_twice_and_never_a_job(hub, trained, gh, cli) -> None:
-    jobs_before = len(hub.state.jobs)
+    jobs_before, requests_before = len(hub.state.jobs), len(hub.state.requests)
     new_base = hub.move("model", "acme/base")
     found, out = watch(cli, trained, gh)
     assert sorted(p["name"] for p in found) == ["hub-base", "hub-chat"]
@@ -137,6 +137,7 @@ def test_one_pull_request_per_recipe_that_moved_never_twice_and_never_a_job(hub,
     assert len(watch_pulls(gh)) == 2 and out.count("already proposed") == 2
     # It never trains: no job was created, no run recorded, nothing sent to the Jobs API.
     assert len(hub.state.jobs) == jobs_before
+    assert {r.method for r in hub.state.requests[requests_before:]} == {"GET"}  # it only asks the Hub
     assert len(runs(trained, "hub-chat")) == 1 and len(runs(trained, "hub-base")) == 1
     assert GH_TOKEN not in out
 
@@ -178,13 +179,32 @@ def test_newer_revisions_supersede_the_open_proposal(hub, trained, gh, cli) -> N
     assert f"Superseded by #{second['number']}" in gh.state.comments_on(first["number"])[-1]["body"]
 
 
-def test_a_bad_proposals_file_is_one_line(trained, gh, cli, tmp_path) -> None:
+@pytest.mark.parametrize(("proposal", "why"), [
+    ({"name": "hub-chat", "path": "recipes/hub-base.yaml", "run_id": "r1", "moved": []}, "not that recipe"),
+    ({"name": "hub-base", "path": "recipes/hub-base.yaml", "run_id": "r1",
+      "moved": [{"kind": "dataset", "repo": "evil/data", "ref": "main", "trained": "d" * 40, "now": "e" * 40}]},
+     "does not train on"),
+    ({"name": "hub-base", "path": "../outside.yaml", "run_id": "r1", "moved": []}, "not that recipe"),
+])
+def test_a_proposals_file_is_data_checked_against_the_checkout(trained, gh, cli, tmp_path, proposal, why) -> None:
     bad = tmp_path / "p.json"
-    bad.write_text(json.dumps({"proposals": [{"name": "hub-chat", "path": "recipes/hub-base.yaml",
-                                              "run_id": "r1", "moved": []}]}))
+    bad.write_text(json.dumps({"proposals": [proposal]}))
     result = cli("watch", "--open", str(bad), cwd=trained)
-    assert result.code == 1 and "not that recipe" in result.err and len(result.err.splitlines()) == 1
+    assert result.code == 1 and why in result.err and len(result.err.splitlines()) == 1
     assert watch_pulls(gh) == []
+
+
+def test_a_record_names_only_commits_of_the_recipes_own_hub_inputs(trained) -> None:
+    from runner.recipe import load
+    from runner.revisions import Resolved, consistent
+
+    base = load(trained / "recipes" / "hub-base.yaml")  # Hub model, local data
+    assert consistent(base, Resolved(base_model="b" * 40)) is None
+    assert "local dataset" in consistent(base, Resolved(base_model="b" * 40, dataset="d" * 40))
+    pinned = (trained / "recipes" / "hub-base.yaml")
+    pinned.write_text(HUB_BASE.replace("method:", f'base_model_revision: "{"c" * 40}"\nmethod:'))
+    assert "the recipe pins cccccccccccc" in consistent(load(pinned), Resolved(base_model="b" * 40))
+    assert consistent(load(pinned), Resolved(base_model="c" * 40)) is None
 
 
 SHA = "1234567890" * 4  # all digits: must stay a string once written
@@ -212,3 +232,16 @@ def test_a_value_it_cannot_edit_safely_is_one_located_line() -> None:
     with pytest.raises(UserError, match=r"^recipes/x.yaml:2:13: dataset.revision: cannot set it") as e:
         set_values("dataset:\n  revision: >\n    v1\n  path: org/d\n", "recipes/x.yaml", {("dataset", "revision"): SHA})
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_an_edited_record_cannot_pick_the_revision_a_paid_job_loads(hub, trained, cli) -> None:
+    # A merged pull request adds a planned run naming a revision for the recipe's local data file.
+    path = trained / "runs" / "hub-base.json"
+    doc = json.loads(path.read_text())
+    edited = doc["runs"][-1] | {"run_id": "edited", "state": "planned", "jobs": {}, "dataset_revision": "e" * 40}
+    doc["runs"].append(edited)
+    path.write_text(json.dumps(doc))
+    jobs = len(hub.state.jobs)
+    result = cli("run", "recipes/hub-base.yaml", "--backend", "hf", "--quiet", cwd=trained)  # the merge's re-trigger
+    assert result.code == 1 and "the record names a dataset revision for a local dataset; not submitting" in result.err
+    assert len(hub.state.jobs) == jobs  # nothing bought

@@ -58,7 +58,7 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
     # The commits the run resolved when it started: a record may name only commits of the recipe's own
     # Hub inputs (exactly the one a recipe pins), never a revision for a local input.
     if problem := consistent(loaded, record.revisions):
-        raise SpendRefused(f"run {record.run_id} ({record.recipe}): the record's {problem}; not submitting")
+        raise SpendRefused(f"run {record.run_id} ({record.recipe}): the record {problem}; not submitting")
     if stage == "train":
         places = _places(step.backend, loaded, record.run_id, step.hub_dir)
         return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume,
