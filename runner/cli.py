@@ -427,20 +427,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Propose retraining where a recipe's base model or Hub dataset moved (a pull request each); never trains."""
-    from runner import hub, watch
+    from runner import watch
 
     if args.open:  # the job that may write: no Hub token, the proposals read as data
-        from runner import github
-
-        lines = watch.open_all(Path.cwd(), github.repository(), watch.read_proposals(Path(args.open), Path.cwd()))
-        print("\n".join(lines))
+        print("\n".join(watch.open_file(Path.cwd(), Path(args.open))))
         return 0
-    if hub.offline():
-        raise UserError("runner watch asks the Hub where each base model and dataset is now: unset HF_HUB_OFFLINE")
-    token = os.environ.get("HF_READ_TOKEN") or hub.token()  # it only reads
-    found, lines = watch.look(Path.cwd(), hub.api(token), watch.plan_comment(token) if args.out else None)
-    if args.out:
-        Path(args.out).write_text(watch.Proposals(proposals=found).model_dump_json(indent=2), encoding="utf-8")
+    found, lines = watch.look_here(Path.cwd(), Path(args.out) if args.out else None)
     print(json.dumps([p.model_dump(mode="json") for p in found]) if args.json else "\n".join(lines))
     return 1 if any(line.startswith("error:") for line in lines) else 0
 

@@ -270,6 +270,29 @@ def propose(repo: Any, proposal: Proposal, text: str) -> str:
     return f"{proposal.name}: opened #{pr.number} ({proposal.branch})"
 
 
+def look_here(root: Path, out: Path | None) -> tuple[list[Proposal], list[str]]:
+    """`runner watch [--out FILE]`: look with the read token (HF_READ_TOKEN, else the usual one); with `out`,
+    write the proposals there with their plan comments."""
+    import os
+
+    from runner import hub
+
+    if hub.offline():
+        raise UserError("runner watch asks the Hub where each base model and dataset is now: unset HF_HUB_OFFLINE")
+    token = os.environ.get("HF_READ_TOKEN") or hub.token()  # it only reads
+    found, lines = look(root, hub.api(token), plan_comment(token) if out else None)
+    if out is not None:
+        out.write_text(Proposals(proposals=found).model_dump_json(indent=2), encoding="utf-8")
+    return found, lines
+
+
+def open_file(root: Path, path: Path) -> list[str]:
+    """`runner watch --open FILE`: a pull request per proposal in FILE, on the repository GITHUB_TOKEN names."""
+    from runner import github
+
+    return open_all(root, github.repository(), read_proposals(path, root))
+
+
 def plan_comment(token: str | None) -> Callable[[LoadedRecipe], str]:
     """A proposal's plan comment, as the plan check would post it (a pull request opened with GITHUB_TOKEN
     starts no workflow); with a read token, data-derived details are withheld as there."""
