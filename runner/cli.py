@@ -450,7 +450,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for name in names:
         for r in ledger.read(root, name).runs:
             est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
-            hours = sum((j.running_seconds or 0.0) for j in r.billed_jobs) / 3600
+            hours = r.billed_hours
             ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
             if ratio is not None:
                 ratios.append(ratio)

@@ -115,7 +115,7 @@ def entry(name: str, record: ledger.RunRecord, *, current: bool = False, newest_
         before=scores(ev, after=False).values if ev else {}, after=scores(ev).values if ev else {},
         final_loss=record.metrics.get("final_loss"), estimated_usd=record.cost_usd.get("estimated"),
         actual_usd=record.actual_usd(),
-        billed_hours=round(sum(j.running_seconds or 0.0 for j in record.billed_jobs) / 3600, 4),
+        billed_hours=round(record.billed_hours, 4),
         created_at=record.created_at, updated_at=record.updated_at, note=_note(record),
         links=_links(record, newest_card))
 
