@@ -42,14 +42,14 @@ class ModelEntry(BaseModel):
     recipe: str
     run_id: str
     trial: str | None = None
-    state: str
+    state: ledger.State
     current: bool = False  # the recipe's promoted run (models/current.json)
     base_model: str | None = None
     method: str | None = None
     lora: bool | None = None
     learning_rate: float | None = None
     dataset: str | None = None
-    backend: str
+    backend: ledger.BackendName
     flavor: str | None = None
     before: dict[str, float] = Field(default_factory=dict)  # held-out metrics of the base model
     after: dict[str, float] = Field(default_factory=dict)  # of the tuned model, and benchmark scores
