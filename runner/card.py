@@ -171,7 +171,7 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())
         lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}`{modules} |")
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
-    hours = sum(j.running_seconds or 0.0 for j in record.billed_jobs) / 3600
+    hours = record.billed_hours
     lines += ["", "## Cost", "",
               f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
               + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")

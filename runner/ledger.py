@@ -134,6 +134,11 @@ class RunRecord(BaseModel):
                          for j in self.billed_jobs if j.running_seconds is not None), 4)
 
     @property
+    def billed_hours(self) -> float:
+        """The running time the Hub bills this run for, over its own jobs."""
+        return sum(j.running_seconds or 0.0 for j in self.billed_jobs) / 3600
+
+    @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
 

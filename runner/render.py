@@ -7,7 +7,7 @@ dataset, so everything interpolated into Markdown is escaped.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from runner.dataset import DatasetReport
@@ -139,8 +139,11 @@ def plan_text(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str | None = None) -> str:
-    """The body of the sticky PR comment; every value from a recipe, a dataset or a model is escaped."""
+def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str | None = None,
+                  beside: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The body of the sticky PR comment; every value from a recipe, a dataset or a model is escaped.
+
+    `beside`: plan name -> Markdown lines shown after its table (the recipe's current model, runner/registry.py)."""
     out = [COMMENT_MARKER, "## Training plan", ""]
     for line in errors:
         out.append(f"- :x: {code(line)}")
@@ -172,6 +175,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Output | {code(p.output_repo) if p.output_repo else 'none'} |",
             "",
         ]
+        out += (beside or {}).get(p.name, [])
         if p.warnings:
             out += ["**Warnings**", ""] + [f"- {md(w)}" for w in p.warnings] + [""]
         if p.calibration:
@@ -312,3 +316,6 @@ def _link(url: str) -> str:
     if url.startswith(("https://", "http://")) and not any(c in url for c in " <>()[]"):
         return f"[{md(url.split('://', 1)[1])}]({url})"
     return f"`{md(url)}`"
+
+
+link = _link  # the public name, for other renderers (runner/registry.py)
