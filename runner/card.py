@@ -12,7 +12,7 @@ from runner.evaluation import Evaluation
 from runner.jobspec import DPOJobConfig, GRPOJobConfig
 from runner.ledger import RunRecord
 from runner.recipe import looks_local_dataset
-from runner.render import code, md
+from runner.render import code, md, sweep_markdown
 from runner.summaries import GgufSummary, LogEntry
 
 
@@ -158,6 +158,8 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
         lines += evaluation_section(record.evaluation, plan.base_model, config.evaluation.model_dump())
+    if record.sweep:  # this run won a sweep: every trial it was judged beside
+        lines += ["", "## Sweep", *sweep_markdown(record.sweep, record.run_id)]
     if gguf and gguf.skipped:
         lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
     if gguf and gguf.models:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from runner.dataset import DatasetReport
 from runner.evaluation import Evaluation
-from runner.ledger import RunRecord
+from runner.ledger import RunRecord, SweepResult
 from runner.plan import Plan
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
@@ -279,6 +279,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.evaluation:
         out += evaluation_markdown(record.evaluation)
+    if record.sweep:
+        out += sweep_markdown(record.sweep, record.run_id)
     if record.state == "rejected" and record.gate is not None:  # trained, then held back by its quality gate
         out += ["", f"**Rejected by its quality gate:** {md(record.gate.line())}; not published, no GGUF job."]
     if record.failure:
@@ -304,6 +306,20 @@ def evaluation_markdown(ev: Evaluation) -> list[str]:
     out += [f"| {md(b.task)} {md(b.metric)} | | {b.value:.4g} | |" for b in ev.benchmarks]
     if ev.benchmark_error:
         out.append(f"| benchmarks | | failed: {md(ev.benchmark_error)} | |")
+    return out
+
+
+def sweep_markdown(result: SweepResult, winner_run: str) -> list[str]:
+    """The table of a sweep's trials beside its winner (the card and the outcome comment)."""
+    better = "lower" if result.mode == "min" else "higher"
+    out = ["", f"**Sweep** of {len(result.trials)} trials, judged by held-out {md(result.metric)} ({better} wins): "
+               f"{md(result.reason)}", "", f"| trial | {md(result.metric)} | outcome | run | cost |",
+           "|---|---|---|---|---|"]
+    for t in result.trials:
+        won = t.run_id == winner_run
+        cost = "-" if t.actual_usd is None else f"${t.actual_usd:.2f}"
+        out.append(f"| {f'**{md(t.suffix)}**' if won else md(t.suffix)} | {_num(t.value)} | "
+                   f"{'winner' if won else md(t.state)} | {code(t.run_id)} | {cost} |")
     return out
 
 
