@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def upsert_comment(repo: Any, number: int, marker: str, body: str) -> tuple[str,
     return "created", issue.create_comment(body).id
 
 
-def pull_for_sha(repo: Any, sha: str, hinted: list[int] = ()) -> Any | None:
+def pull_for_sha(repo: Any, sha: str, hinted: Sequence[int] = ()) -> Any | None:
     """The open pull request whose head is `sha`. GitHub leaves the hint empty for forks: then look."""
     for number in hinted:
         pr = repo.get_pull(number)
