@@ -12,7 +12,7 @@ from runner.evaluation import Evaluation
 from runner.jobspec import DPOJobConfig, GRPOJobConfig
 from runner.ledger import RunRecord
 from runner.recipe import looks_local_dataset
-from runner.render import code, md
+from runner.render import code, md, sweep_markdown
 from runner.summaries import GgufSummary, LogEntry
 
 
@@ -158,6 +158,8 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
         lines += evaluation_section(record.evaluation, plan.base_model, config.evaluation.model_dump())
+    if record.sweep:  # this run won a sweep: every trial it was judged beside
+        lines += ["", "## Sweep", *sweep_markdown(record.sweep, record.run_id)]
     if gguf and gguf.skipped:
         lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
     if gguf and gguf.models:
@@ -172,7 +174,7 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())
         lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}`{modules} |")
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
-    hours = sum(j.running_seconds or 0.0 for j in record.billed_jobs) / 3600
+    hours = record.billed_hours
     lines += ["", "## Cost", "",
               f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
               + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")

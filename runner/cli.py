@@ -187,6 +187,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = planning.plan_recipe(loaded, token=token, price_table=planning.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
+    together = planning.merge_gate(loaded, plan, args.merged_with, token)
+    if together:
+        raise UserError(f"{loaded.display}: {together}; nothing submitted")
     if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
         from runner.backends.hf import job_request
 
@@ -437,6 +440,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 1 if any(line.startswith("error:") for line in lines) else 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Every model the repository trained, the current one of each recipe marked (runner/registry.py)."""
+    from runner import registry
+
+    reg = registry.load(Path.cwd())
+    print(reg.model_dump_json(indent=2) if args.json else registry.markdown(reg) if args.markdown
+          else registry.text(reg))
+    for line in reg.problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if reg.problems else 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     import statistics
@@ -450,7 +465,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for name in names:
         for r in ledger.read(root, name).runs:
             est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
-            hours = sum((j.running_seconds or 0.0) for j in r.billed_jobs) / 3600
+            hours = r.billed_hours
             ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
             if ratio is not None:
                 ratios.append(ratio)
@@ -558,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
+    p.add_argument("--merged-with", nargs="*", default=[], metavar="RECIPE",
+                   help="the other recipes of the same merge: refused together above max_total_usd")
     p.add_argument("--live-comment", action="store_true",
                    help="in a workflow: keep one comment on the merged pull request current (GITHUB_TOKEN)")
     p.add_argument("--comment-every", type=float, default=float(os.environ.get("RUNNER_COMMENT_EVERY", 120)),
@@ -594,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("models", help="every model the repository trained (models/README.md), current ones marked")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the registry as one JSON object")
+    out.add_argument("--markdown", action="store_true", help="print models/README.md as commit-back writes it")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("promote", help="make a recorded run the recipe's current model (moves the Hub tag on merge)")
     p.add_argument("name", nargs="?", metavar="NAME", help="recipe name")

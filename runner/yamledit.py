@@ -58,7 +58,7 @@ def _set_one(text: str, doc: yamlsafe.Located, path: Path_, value: str, beside: 
         lines[line_no - 1] = f"{line[:col - 1]}{{path: {line[col - 1:end]}, {key}: {quoted(value)}}}{line[end:]}"
         return "".join(lines)
     mapping = _get(doc.data, parent)
-    sibling = beside if beside in mapping else next(iter(mapping))
+    sibling: str = beside if beside is not None and beside in mapping else next(iter(mapping))
     key_line, key_col = doc.keys[parent + (sibling,)]
     line = lines[key_line - 1]
     if flow:  # `{path: x, split: y}` -> `{key: v, path: x, split: y}`
