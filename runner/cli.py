@@ -436,8 +436,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print("\n".join(watch.open_file(Path.cwd(), Path(args.open))))
         return 0
     found, lines = watch.look_here(Path.cwd(), Path(args.out) if args.out else None)
-    print(json.dumps([p.model_dump(mode="json") for p in found]) if args.json else "\n".join(lines))
-    return 1 if any(line.startswith("error:") for line in lines) else 0
+    problems = [line for line in lines if line.startswith("error:")]  # a recipe it could not check; others went on
+    print(json.dumps([p.model_dump(mode="json") for p in found]) if args.json else
+          "\n".join(line for line in lines if line not in problems))
+    print("\n".join(problems), file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -44,13 +44,15 @@ def hub_inputs(loaded: LoadedRecipe) -> dict[Kind, tuple[str, str | None]]:
 
 def head(api: Any, kind: Kind, repo: str, revision: str | None) -> str:
     """The commit `revision` (default main) of a Hub model or dataset points at now, via HfApi *_info().sha."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     info = api.model_info if kind == "model" else api.dataset_info
     try:
         sha = info(repo, revision=revision).sha
     except RevisionNotFoundError:
         raise UserError(f"{kind} {repo}: revision '{revision}' not found on the Hub") from None
+    except GatedRepoError:  # before its parent class: it exists, the token's account has not accepted its terms
+        raise UserError(f"{kind} {repo}: gated on the Hub; accept its conditions with the token's account") from None
     except RepositoryNotFoundError:
         raise UserError(f"{kind} {repo}: not found on the Hub (or private, and the token cannot read it)") from None
     except HfHubHTTPError as e:

@@ -163,12 +163,16 @@ def survey(root: Path) -> tuple[list[LoadedRecipe], list[Watched], list[str]]:
     return loaded, watched, notes
 
 
-def lookup(api: Any, watched: list[Watched]) -> dict[HubInput, str]:
-    """The commit each followed ref is at now, asked once per repo and ref (HfApi model_info / dataset_info)."""
-    wanted = {HubInput(kind=i.kind, repo=i.repo, pin=i.ref) for w in watched for i in w.inputs}
-    now = {(i.kind, i.repo, i.ref): head(api, i.kind, i.repo, None if i.ref == DEFAULT_REF else i.ref)
-           for i in sorted(wanted, key=lambda i: (i.kind, i.repo, i.ref))}
-    return {i: now[(i.kind, i.repo, i.ref)] for w in watched for i in w.inputs}
+def lookup(api: Any, watched: list[Watched], problems: list[str]) -> dict[HubInput, str]:
+    """The commit each followed ref is at now, asked once per repo and ref (HfApi model_info / dataset_info).
+    One the Hub will not tell is left out, its one line added to `problems`: the other recipes go on."""
+    now: dict[tuple[str, str, str], str] = {}
+    for kind, repo, ref in sorted({(i.kind, i.repo, i.ref) for w in watched for i in w.inputs}):
+        try:
+            now[(kind, repo, ref)] = head(api, kind, repo, None if ref == DEFAULT_REF else ref)  # type: ignore[arg-type]
+        except UserError as e:
+            problems.append(f"error: {e}")
+    return {i: now[(i.kind, i.repo, i.ref)] for w in watched for i in w.inputs if (i.kind, i.repo, i.ref) in now}
 
 
 def updated(loaded: LoadedRecipe, proposal: Proposal) -> LoadedRecipe:
@@ -197,7 +201,7 @@ def look(root: Path, api: Any, plan: Callable[[LoadedRecipe], str] | None = None
     loaded, watched, lines = survey(root)
     by_name = {lr.recipe.name: lr for lr in loaded}
     found = []
-    for p in proposals(watched, lookup(api, watched)):
+    for p in proposals(watched, lookup(api, watched, lines)):
         try:
             pinned((root / p.path).read_text(encoding="utf-8"), p)
         except UserError as e:

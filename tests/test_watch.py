@@ -245,3 +245,12 @@ def test_an_edited_record_cannot_pick_the_revision_a_paid_job_loads(hub, trained
     result = cli("run", "recipes/hub-base.yaml", "--backend", "hf", "--quiet", cwd=trained)  # the merge's re-trigger
     assert result.code == 1 and "the record names a dataset revision for a local dataset; not submitting" in result.err
     assert len(hub.state.jobs) == jobs  # nothing bought
+
+
+def test_a_base_the_hub_will_not_show_is_one_line_and_the_others_go_on(hub, trained, cli) -> None:
+    hub.move("dataset", "acme/chats")
+    hub.state.gated.add("acme/base")  # the read token may not see the base any more
+    result = cli("watch", "--json", cwd=trained)
+    assert result.code == 1 and "error: model acme/base: gated on the Hub" in result.err
+    [proposal] = json.loads(result.out)
+    assert proposal["name"] == "hub-chat" and [m["kind"] for m in proposal["moved"]] == ["dataset"]
