@@ -111,8 +111,7 @@ class HfBackend:
             raise UserError("the hf backend needs an output repo for the job bundle; set output.repo or a namespace")
         revision = self._ship(spec)
         if spec.config.repo and spec.config.branch:  # the Hub refuses a push to a branch it does not have
-            self._call(f"create branch {spec.config.branch}", self.api.create_branch, repo_id=spec.config.repo,
-                       branch=spec.config.branch, exist_ok=True)
+            self._branch(spec.config.repo, spec.config.branch)
         from huggingface_hub import Volume
 
         request = job_request(spec)
@@ -318,6 +317,20 @@ class HfBackend:
             return self.api.create_commit(repo_id=repo, operations=ops, commit_message=message).oid
 
         return self._call(f"publishing the model at {commit[:12]} as {repo} main", promote, recover=lambda: None)
+
+    def _branch(self, repo: str, branch: str) -> None:
+        """The branch a job pushes to, made before it runs. A new one starts from main without main's model, so
+        what the job pushes is the whole model there; one that exists (a retry's) keeps its checkpoint."""
+        from huggingface_hub import CommitOperationDelete
+
+        if self.files(repo, branch) is not None:
+            return
+        self._call(f"create branch {branch}", self.api.create_branch, repo_id=repo, branch=branch, exist_ok=True)
+        inherited = sorted(f for f in self.files(repo, branch) or () if _is_model_file(f))
+        if inherited:
+            self._call(f"clear branch {branch}", self.api.create_commit, repo_id=repo, revision=branch,
+                       operations=[CommitOperationDelete(path_in_repo=f) for f in inherited],
+                       commit_message="recipes-runner: a trial's branch starts without main's model")
 
     # --- shipping ----------------------------------------------------------------------------------
 
