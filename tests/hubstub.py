@@ -65,6 +65,7 @@ class Repo:
     commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (oid, full tree), every branch's
     tags: dict[str, str] = field(default_factory=dict)  # tag -> commit oid
     branches: dict[str, str] = field(default_factory=dict)  # branch -> head commit oid ("main" from the first commit)
+    parents: dict[str, str | None] = field(default_factory=dict)  # commit oid -> its parent's
 
     def tree(self, revision: str = "main") -> tuple[str, dict[str, bytes]] | None:
         """The commit a revision names: a branch's head, a tag's commit, or a commit oid."""
@@ -245,8 +246,19 @@ class HubStub:
             oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in tree.items())).encode()
                                + str(len(repo.commits)).encode()).hexdigest()
             repo.commits.append((oid, tree))
+            repo.parents[oid] = head[0] if head else None
             repo.branches[revision] = oid
             return oid
+
+    def history(self, repo_id: str, revision: str = "main") -> list[tuple[str, dict[str, bytes]]]:
+        """Every commit a branch's head descends from, newest first: (oid, full tree)."""
+        repo = self.state.repos[repo_id]
+        trees, out = dict(repo.commits), []
+        oid: str | None = repo.branches.get(revision)
+        while oid is not None:
+            out.append((oid, trees[oid]))
+            oid = repo.parents.get(oid)
+        return out
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         repo = self.state.repos.get(repo_id)
