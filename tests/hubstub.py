@@ -491,14 +491,24 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in sorted(repo.tags.items())]
             return self._send(200, {"branches": branches, "tags": tags, "converts": []})
 
-        def _create_tag(self, repo_id: str, revision: str) -> None:
-            body = self._json()
+        def _at(self, repo_id: str, revision: str) -> tuple[Repo, tuple[str, dict[str, bytes]]] | None:
+            """The repo and the commit `revision` names in it; None once the Hub's 404 for either is sent."""
             repo = state.repos.get(repo_id)
             if repo is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                return None
             found = repo.tree(unquote(revision))
             if found is None:
-                return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                return None
+            return repo, found
+
+        def _create_tag(self, repo_id: str, revision: str) -> None:
+            body = self._json()
+            at = self._at(repo_id, revision)
+            if at is None:
+                return
+            repo, found = at
             tag = str(body.get("tag") or "")
             if not tag or tag in repo.tags:
                 return self._send(409, {"error": f"Tag {tag} already exists" if tag else "tag is required"})
@@ -508,16 +518,14 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
         # POST .../branch/{branch} {"startingPoint"?} as HfApi.create_branch sends it: 409 when it exists.
         def _create_branch(self, repo_id: str, branch: str) -> None:
             body, branch = self._json(), unquote(branch)
-            repo = state.repos.get(repo_id)
-            if repo is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            at = self._at(repo_id, str(body.get("startingPoint") or "main"))
+            if at is None:
+                return
+            repo, found = at
             if not branch or branch.startswith("refs/") or "/" in branch or branch in repo.tags:
                 return self._send(400, {"error": f"Invalid reference for a branch: {branch}"})
             if branch in repo.branches:
                 return self._send(409, {"error": "Reference already exists"})
-            found = repo.tree(str(body.get("startingPoint") or "main"))
-            if found is None:
-                return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
             repo.branches[branch] = found[0]
             return self._send(200, {})
 
@@ -525,13 +533,10 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
         # it: the paths that exist, files (LFS ones with their sha256) and folders; unknown paths left out.
         def _paths_info(self, repo_id: str, revision: str) -> None:
             form = parse_qs(self._body().decode())
-            repo = state.repos.get(repo_id)
-            if repo is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-            found = repo.tree(unquote(revision))
-            if found is None:
-                return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
-            tree, out = found[1], []
+            at = self._at(repo_id, revision)
+            if at is None:
+                return
+            tree, out = at[1][1], []
             for path in form.get("paths", []):
                 if path in tree:
                     out.append(_entry(tree, path))
