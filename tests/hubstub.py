@@ -680,10 +680,10 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
         def _tree(self, rest: str) -> None:
             repo_id, _, tail = rest.partition("/tree/")
             revision, _, sub = unquote(tail).partition("/")
-            repo = state.repos.get(repo_id)
-            found = repo.tree(revision) if repo else None
-            if found is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            at = self._at(repo_id, revision)  # an unknown branch or commit is RevisionNotFound, as on the Hub
+            if at is None:
+                return
+            found = at[1]
             items = [_entry(found[1], name) for name in sorted(found[1])
                      if not sub or name.startswith(sub.rstrip("/") + "/")]
             self._send(200, items)
