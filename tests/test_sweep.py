@@ -169,6 +169,7 @@ def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
     assert sweeps.expand(_load(repo, BASE).recipe) == []
 
 
+@pytest.mark.slow
 def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
     """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
     held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
