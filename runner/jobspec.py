@@ -160,6 +160,7 @@ class TrainJobConfig(_JobConfig):
     save_steps: float = 100
     push_to_hub: bool = False
     hub_model_id: str | None = None
+    hub_revision: str | None = None  # the branch push_to_hub and the checkpoint pushes go to (None: main)
     hub_private_repo: bool = True
     project: str = "recipes-runner"  # Trackio
     trackio_space_id: str | None = None
@@ -170,6 +171,11 @@ class TrainJobConfig(_JobConfig):
     def repo(self) -> str | None:
         """The model repo the job pushes to; None: output_dir on this machine."""
         return self.hub_model_id
+
+    @property
+    def branch(self) -> str | None:
+        """The branch of `repo` the job pushes to; None: main."""
+        return self.hub_revision
 
     @property
     def private(self) -> bool:
@@ -225,6 +231,11 @@ class GgufJobConfig(_JobConfig):
     def repo(self) -> str | None:
         """The GGUF repo the job pushes to; None: output_dir on this machine."""
         return self.hub_repo
+
+    @property
+    def branch(self) -> str | None:
+        """A GGUF job always pushes to its repo's main."""
+        return None
 
 
 JobConfig = TrainConfig | GgufJobConfig
@@ -283,9 +294,15 @@ def _base_revision(loaded: LoadedRecipe, resolved: Resolved | None) -> str | Non
 CONFIG_CLASSES: dict[str, type[TrainJobConfig]] = {"sft": SFTJobConfig, "dpo": DPOJobConfig, "grpo": GRPOJobConfig}
 
 
+def trial_branch(trial: str, version: str) -> str:
+    """The branch of the model repo a sweep's trial pushes to: its own, so trials training at once never push over
+    each other's model or checkpoint; the version keeps a retry on its own checkpoint, not an older recipe's."""
+    return f"trial-{trial}-{version[:8]}"
+
+
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool,
-                 resume: bool = False, resolved: Resolved | None = None) -> TrainJobConfig:
-    """The training job's config for this recipe and plan."""
+                 resume: bool = False, resolved: Resolved | None = None, branch: str | None = None) -> TrainJobConfig:
+    """The training job's config for this recipe and plan; pushed to `branch` of the repo when given, else main."""
     repo = loaded.output_repo if push else None
     r = loaded.recipe
     t = r.training
@@ -309,7 +326,8 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1, learning_rate=plan.learning_rate,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, seed=t.seed, save_steps=t.save_steps or 100,
-        push_to_hub=bool(repo), hub_model_id=repo, hub_private_repo=r.output.private,
+        push_to_hub=bool(repo), hub_model_id=repo, hub_revision=branch if repo else None,
+        hub_private_repo=r.output.private,
         project=loaded.tracking_project, trackio_space_id=r.tracking.space, run_name=run_id,
         # A retry resumes from the checkpoint the failed attempt left (last-checkpoint/ in the repo, or on disk).
         resume_from_checkpoint="last-checkpoint" if resume else None,

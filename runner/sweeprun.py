@@ -51,11 +51,12 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
         while waiting and len(active) < width:
             tp = waiting.pop(0)
             trial_loaded = dataclasses.replace(loaded, recipe=tp.trial.recipe)
-            record = runs.begin(trial_loaded, tp.plan, backend, hub_dir=hub_dir, echo=echo)
+            record = runs.begin(trial_loaded, tp.plan, backend, hub_dir=hub_dir, echo=echo, trial=tp.trial.id)
             if record.trial is None:
                 record.trial = tp.trial.id
                 ledger.save(loaded.root, record, loaded.recipe.name)
-            steps[tp.trial.id] = runs.Step(trial_loaded, backend, echo, plan=tp.plan, hub_dir=hub_dir)
+            steps[tp.trial.id] = runs.Step(trial_loaded, backend, echo, plan=tp.plan, hub_dir=hub_dir,
+                                           trial=tp.trial.id)
             records[tp.trial.id] = record
             active.append(tp.trial.id)
             echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
@@ -74,6 +75,7 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
     if verdict.winner is not None:
         records[verdict.winner].sweep = _result(results, records, spec.metric, spec.direction, verdict)
         ledger.save(loaded.root, records[verdict.winner], loaded.recipe.name)
+        _to_main(records[verdict.winner], backend, echo)
         step = dataclasses.replace(steps[verdict.winner], sweep_winner=verdict.winner)
         winner = records[verdict.winner] = runs.drive(records[verdict.winner], step, wait=True)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner)
@@ -86,6 +88,19 @@ def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], met
                             value=(r.metrics or {}).get(metric), actual_usd=records[r.id].actual_usd())
             for r in results]
     return ledger.SweepResult(metric=metric, mode=mode, reason=verdict.reason, trials=rows)
+
+
+def _to_main(record: RunRecord, backend: Backend, echo: runs.Echo) -> None:
+    """Where trials pushed to branches of their own, the winner's model (at the commit its job pushed) becomes the
+    repo's main, before its conversion and card; a winner its gate rejects is not published."""
+    config, summary = record.configs.train, record.train_summary
+    pushed = summary.pushed if summary else None
+    if not backend.branches or config is None or not config.branch or pushed is None or not pushed.commit or \
+            (record.gate is not None and not record.gate.passed):
+        return
+    oid = backend.publish_model(config, pushed.commit, f"recipes-runner: trial {record.trial} (run {record.run_id}) "
+                                f"won the sweep; its model from {config.branch} at {pushed.commit[:12]}")
+    echo(f"[sweep] {config.repo} main is now the winner's model (from {config.branch}, commit {oid[:12]})")
 
 
 def _carry(record: RunRecord, step: runs.Step, *, parallel: bool) -> RunRecord:

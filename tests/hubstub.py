@@ -62,16 +62,35 @@ def _now() -> str:
 @dataclass
 class Repo:
     private: bool
-    commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (oid, full tree)
+    commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (oid, full tree), every branch's
     tags: dict[str, str] = field(default_factory=dict)  # tag -> commit oid
+    branches: dict[str, str] = field(default_factory=dict)  # branch -> head commit oid ("main" from the first commit)
+    parents: dict[str, str | None] = field(default_factory=dict)  # commit oid -> its parent's
 
     def tree(self, revision: str = "main") -> tuple[str, dict[str, bytes]] | None:
-        if not self.commits:
-            return None
-        if revision == "main":
-            return self.commits[-1]
-        revision = self.tags.get(revision, revision)
-        return next((c for c in self.commits if c[0] == revision), None)
+        """The commit a revision names: a branch's head, a tag's commit, or a commit oid."""
+        oid = self.branches.get(revision) or self.tags.get(revision, revision)
+        return next((c for c in self.commits if c[0] == oid), None)
+
+    def lfs_object(self, sha256: str) -> bytes | None:
+        """An LFS object this repo stores, by its sha256 (what a server-side LFS copy names)."""
+        return next((d for _, t in self.commits for d in t.values() if hashlib.sha256(d).hexdigest() == sha256), None)
+
+
+def _is_lfs(tree: dict[str, bytes], path: str) -> bool:
+    """Whether the tree's .gitattributes stores `path` in LFS (`PATTERN filter=lfs ...`, matched on the name)."""
+    rules = (tree.get(".gitattributes") or b"").decode(errors="replace").splitlines()
+    return any("filter=lfs" in rule and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], rule.split()[0])
+               for rule in rules if rule.strip())
+
+
+def _entry(tree: dict[str, bytes], path: str) -> dict[str, Any]:
+    """A file as the tree and paths-info endpoints describe it; LFS files with their LFS pointer's facts."""
+    data = tree[path]
+    item: dict[str, Any] = {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+    if _is_lfs(tree, path):
+        item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    return item
 
 
 @dataclass
@@ -92,6 +111,7 @@ class JobScript:
     logs: list[str] = field(default_factory=lambda: ["starting", "progress step=1/2 loss=2.0", "done"])
     outlive_timeout: bool = False
     unlisted_for: float = 0.0  # seconds after creation before a listing shows the job (the Hub's listing lag)
+    stage: str | None = None  # play only a job of this stage (its `stage` label); None: the next job of any
     summary: dict[str, Any] | None = None
     checkpoint: bool = False  # push last-checkpoint/ to the output repo before ending
     push: bool = True
@@ -215,16 +235,23 @@ class HubStub:
 
     # --- repos ---------------------------------------------------------------------------------------
 
-    def commit(self, repo_id: str, files: dict[str, bytes], deleted: tuple[str, ...] = ()) -> str:
+    def commit(self, repo_id: str, files: dict[str, bytes], deleted: tuple[str, ...] = (),
+               revision: str = "main") -> str:
+        """A commit on top of branch `revision` (KeyError if the repo has no such branch: the Hub refuses it)."""
         with self.state.lock:
             repo = self.state.repos.setdefault(repo_id, Repo(private=True))
-            tree = dict(repo.commits[-1][1]) if repo.commits else {}
+            if (revision not in repo.branches) if repo.commits else revision != "main":
+                raise KeyError(f"Invalid rev id: {revision}")
+            head = repo.tree(revision)
+            tree = dict(head[1]) if head else {}
             tree.update(files)
             for d in deleted:
                 tree = {k: v for k, v in tree.items() if k != d and not k.startswith(d.rstrip("/") + "/")}
             oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in tree.items())).encode()
                                + str(len(repo.commits)).encode()).hexdigest()
             repo.commits.append((oid, tree))
+            repo.parents[oid] = head[0] if head else None
+            repo.branches[revision] = oid
             return oid
 
     def move(self, kind: str, repo_id: str) -> str:
@@ -238,9 +265,19 @@ class HubStub:
         """The commit main of a Hub model or dataset is at."""
         return self.state.heads.get(f"{kind}:{repo_id}", [_INITIAL[kind]])[-1]
 
-    def files(self, repo_id: str) -> dict[str, bytes]:
+    def history(self, repo_id: str, revision: str = "main") -> list[tuple[str, dict[str, bytes]]]:
+        """Every commit a branch's head descends from, newest first: (oid, full tree)."""
+        repo = self.state.repos[repo_id]
+        trees, out = dict(repo.commits), []
+        oid: str | None = repo.branches.get(revision)
+        while oid is not None:
+            out.append((oid, trees[oid]))
+            oid = repo.parents.get(oid)
+        return out
+
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         repo = self.state.repos.get(repo_id)
-        found = repo.tree() if repo else None
+        found = repo.tree(revision) if repo else None
         return dict(found[1]) if found else {}
 
     # --- jobs ------------------------------------------------------------------------------------------
@@ -250,7 +287,10 @@ class HubStub:
                   clock_scale=self.state.durations_scale)
         with self.state.lock:
             self.state.jobs[job.id] = job
-            script = self.state.job_scripts.pop(0) if self.state.job_scripts else None
+            stage = spec.get("labels", {}).get("stage")
+            script = next((s for s in self.state.job_scripts if s.stage in (None, stage)), None)
+            if script is not None:
+                self.state.job_scripts.remove(script)
             job.unlisted_for = script.unlisted_for if script else 0.0
         target = self._play if script else self._run_for_real
         threading.Thread(target=target, args=(job, script) if script else (job,), daemon=True).start()
@@ -284,10 +324,13 @@ class HubStub:
         deadline = self._deadline(job)
         for line in script.logs:
             self._log(job, line)
-        if script.checkpoint:
-            repo = _repo(_config(job))
-            if repo:
-                self.commit(repo, {"last-checkpoint/trainer_state.json": b"{}", "last-checkpoint/config.json": b"{}"})
+        config = _config(job)
+        try:
+            if script.checkpoint and _repo(config):  # as TRL's hub_strategy="checkpoint", to the config's revision
+                self.commit(_repo(config), {"last-checkpoint/trainer_state.json": b"{}",
+                                            "last-checkpoint/config.json": b"{}"}, revision=_revision(config))
+        except KeyError as e:  # the push a real job makes to a branch the Hub does not have fails the job
+            return self._finish(job, "ERROR", f"RevisionNotFoundError: {e}")
         end = None if script.outlive_timeout else time.monotonic() + script.running
         while end is None or time.monotonic() < end:
             if job.cancel.wait(0.05):
@@ -295,25 +338,30 @@ class HubStub:
             if deadline and time.monotonic() > deadline:
                 return self._finish(job, "ERROR", "Job timeout")
         if script.end == "COMPLETED":
-            config = _config(job)
-            pushed = self._push_outputs(config) if script.push else None
+            try:
+                pushed = self._push_outputs(config) if script.push else None
+            except KeyError as e:
+                return self._finish(job, "ERROR", f"RevisionNotFoundError: {e}")
             if script.summary is not None and config.get("summary_repo"):
                 summary = {**script.summary, **({"pushed": pushed} if pushed else {})}
                 self.commit(config["summary_repo"], {config["summary_repo_path"]: json.dumps(summary).encode()})
         self._finish(job, script.end, script.message)
 
     def _push_outputs(self, config: dict[str, Any]) -> dict[str, str] | None:
-        """What runner/jobs/train.py or gguf.py uploads to the config's hub_repo; the commit it made."""
+        """What runner/jobs/train.py or gguf.py uploads to the config's hub_repo (a training job: at its
+        hub_revision, as Trainer.push_to_hub does); the commit it made. Weights differ per config, as trained ones."""
         repo = _repo(config)
         if not repo:
             return None
+        weights = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).digest() * 2
         if "quantizations" in config:  # a GGUF job
             files = {f"{config['name']}-{q.upper()}.gguf": b"GGUF" + bytes(60) for q in config["quantizations"]}
         elif config.get("use_peft"):
-            files = {"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(64)}
+            files = {"adapter_config.json": b"{}", "adapter_model.safetensors": weights}
         else:
-            files = {"config.json": b"{}", "model.safetensors": bytes(64)}
-        return {"repo": repo, "commit": self.commit(repo, files)}
+            files = {"config.json": json.dumps({"lr": config.get("learning_rate")}).encode(),
+                     "model.safetensors": weights}
+        return {"repo": repo, "commit": self.commit(repo, files, revision=_revision(config))}
 
     def _run_for_real(self, job: Job) -> None:
         """Play the container: mount the repo volumes, run `uv run SCRIPT` with this Python, secrets as env."""
@@ -389,6 +437,11 @@ def _repo(config: dict[str, Any]) -> str | None:
     return config.get("hub_model_id") if config.get("push_to_hub") else config.get("hub_repo")
 
 
+def _revision(config: dict[str, Any]) -> str:
+    """The branch a training job pushes to: TrainingArguments.hub_revision, else main."""
+    return config.get("hub_revision") or "main"
+
+
 def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
     state = stub.state
 
@@ -454,24 +507,63 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             repo = state.repos.get(repo_id)
             if repo is None:
                 return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-            head = repo.commits[-1][0] if repo.commits else None
-            branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": head}] if head else []
+            branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
+                        for b, c in sorted(repo.branches.items())]
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in sorted(repo.tags.items())]
             return self._send(200, {"branches": branches, "tags": tags, "converts": []})
 
-        def _create_tag(self, repo_id: str, revision: str) -> None:
-            body = self._json()
+        def _at(self, repo_id: str, revision: str) -> tuple[Repo, tuple[str, dict[str, bytes]]] | None:
+            """The repo and the commit `revision` names in it; None once the Hub's 404 for either is sent."""
             repo = state.repos.get(repo_id)
             if repo is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                return None
             found = repo.tree(unquote(revision))
             if found is None:
-                return self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                return None
+            return repo, found
+
+        def _create_tag(self, repo_id: str, revision: str) -> None:
+            body = self._json()
+            at = self._at(repo_id, revision)
+            if at is None:
+                return
+            repo, found = at
             tag = str(body.get("tag") or "")
             if not tag or tag in repo.tags:
                 return self._send(409, {"error": f"Tag {tag} already exists" if tag else "tag is required"})
             repo.tags[tag] = found[0]
             return self._send(200, {})
+
+        # POST .../branch/{branch} {"startingPoint"?} as HfApi.create_branch sends it: 409 when it exists.
+        def _create_branch(self, repo_id: str, branch: str) -> None:
+            body, branch = self._json(), unquote(branch)
+            at = self._at(repo_id, str(body.get("startingPoint") or "main"))
+            if at is None:
+                return
+            repo, found = at
+            if not branch or branch.startswith("refs/") or "/" in branch or branch in repo.tags:
+                return self._send(400, {"error": f"Invalid reference for a branch: {branch}"})
+            if branch in repo.branches:
+                return self._send(409, {"error": "Reference already exists"})
+            repo.branches[branch] = found[0]
+            return self._send(200, {})
+
+        # POST .../paths-info/{revision}, a form (paths=...&paths=...&expand=false) as HfApi.get_paths_info sends
+        # it: the paths that exist, files (LFS ones with their sha256) and folders; unknown paths left out.
+        def _paths_info(self, repo_id: str, revision: str) -> None:
+            form = parse_qs(self._body().decode())
+            at = self._at(repo_id, revision)
+            if at is None:
+                return
+            tree, out = at[1][1], []
+            for path in form.get("paths", []):
+                if path in tree:
+                    out.append(_entry(tree, path))
+                elif any(name.startswith(path.rstrip("/") + "/") for name in tree):
+                    out.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()})
+            return self._send(200, out)
 
         def do_HEAD(self) -> None:
             begun = self._begin()
@@ -518,14 +610,23 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             if path == "/api/validate-yaml":
                 self._body()
                 return self._send(200, {"errors": [], "warnings": []})
+            if path.startswith("/api/models/") and "/branch/" in path:
+                return self._create_branch(*path[len("/api/models/"):].split("/branch/", 1))
+            if path.startswith("/api/models/") and "/paths-info/" in path:
+                return self._paths_info(*path[len("/api/models/"):].split("/paths-info/", 1))
             if path.startswith("/api/models/") and "/preupload/" in path:
                 body = self._json()
+                repo_id, _, revision = path[len("/api/models/"):].partition("/preupload/")
+                if repo_id in state.repos and state.repos[repo_id].branches and \
+                        unquote(revision) not in state.repos[repo_id].branches:
+                    return self._send(404, {"error": f"Invalid rev id: {unquote(revision)}"},
+                                      {"X-Error-Code": "RevisionNotFound"})
                 return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                                                    "oid": None} for f in body.get("files", [])]})
             if path.startswith("/api/models/") and "/tag/" in path:
                 return self._create_tag(*path[len("/api/models/"):].split("/tag/", 1))
             if path.startswith("/api/models/") and "/commit/" in path:
-                return self._commit(path[len("/api/models/"):].split("/commit/")[0])
+                return self._commit(*path[len("/api/models/"):].split("/commit/", 1))
             parts = path[len("/api/jobs/"):].split("/") if path.startswith("/api/jobs/") else []
             if len(parts) == 1 and parts[0]:
                 job = stub.create_job(parts[0], self._json())
@@ -559,9 +660,14 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             stub.commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
             return self._send(200, {"url": url, "name": repo_id, "id": "2" * 24})
 
-        def _commit(self, repo_id: str) -> None:
-            if repo_id not in state.repos:
+        def _commit(self, repo_id: str, revision: str) -> None:
+            """POST .../commit/{branch}: ndjson lines as the client sends them. A copy arrives as a `file` (a regular
+            file the client downloaded) or an `lfsFile` naming a stored LFS object by sha256 (copied server-side)."""
+            repo, revision = state.repos.get(repo_id), unquote(revision)
+            if repo is None:
                 return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            if repo.branches and revision not in repo.branches:
+                return self._send(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
             files: dict[str, bytes] = {}
             deleted: list[str] = []
             summary = ""
@@ -574,23 +680,35 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                     summary = value.get("summary", "")
                 elif item["key"] == "file":
                     files[value["path"]] = base64.b64decode(value["content"])
+                elif item["key"] == "lfsFile":
+                    data = repo.lfs_object(value.get("oid", ""))
+                    if value.get("algo") != "sha256" or data is None:
+                        return self._send(400, {"error": f"LFS object {value.get('oid')} not found for "
+                                                         f"{value.get('path')}"})
+                    files[value["path"]] = data
                 elif item["key"] in ("deletedFile", "deletedFolder"):
                     deleted.append(value["path"])
                 else:
                     return self._send(400, {"error": f"unsupported commit item {item['key']}"})
-            oid = stub.commit(repo_id, files, tuple(deleted))
+            head = repo.tree(revision)
+            tree = head[1] if head else {}
+            gone = [d for d in deleted if d not in tree and not any(n.startswith(d.rstrip("/") + "/") for n in tree)]
+            if gone:  # the Hub refuses to delete what is not there
+                return self._send(404, {"error": f"A file with this name doesn't exist: {gone[0]}"},
+                                  {"X-Error-Code": "EntryNotFound"})
+            oid = stub.commit(repo_id, files, tuple(deleted), revision=revision)
             self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{stub.url}/{repo_id}/commit/{oid}",
                              "commitMessage": summary})
 
         def _tree(self, rest: str) -> None:
             repo_id, _, tail = rest.partition("/tree/")
             revision, _, sub = unquote(tail).partition("/")
-            repo = state.repos.get(repo_id)
-            found = repo.tree(revision) if repo else None
-            if found is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-            items = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                     for name, data in sorted(found[1].items()) if not sub or name.startswith(sub.rstrip("/") + "/")]
+            at = self._at(repo_id, revision)  # an unknown branch or commit is RevisionNotFound, as on the Hub
+            if at is None:
+                return
+            found = at[1]
+            items = [_entry(found[1], name) for name in sorted(found[1])
+                     if not sub or name.startswith(sub.rstrip("/") + "/")]
             self._send(200, items)
 
         def _resolve(self, path: str) -> None:

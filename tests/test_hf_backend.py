@@ -102,6 +102,9 @@ def test_scripted_run_records_and_publishes(hub, workspace, monkeypatch, capsys)
     assert gguf_config["model_revision"] == pushed["commit"] == rec["configs"]["gguf"]["model_revision"]
     assert config["dataset_name"] == "/runner/data/sft.jsonl"
     assert config["hub_model_id"] == "alice/tiny-sft" and config["push_to_hub"] is True
+    # Outside a sweep the job pushes to main, as Trainer does by default: no branch is made.
+    assert config["hub_revision"] is None and set(hub.state.repos["alice/tiny-sft"].branches) == {"main"}
+    assert not any("/branch/" in q.path for q in hub.state.requests)
     # The card is the model repo's README, and the repo keeps its copy.
     assert model["README.md"].decode() == (workspace / "models" / "tiny-sft" / "README.md").read_text()
     assert "loss.png" in model

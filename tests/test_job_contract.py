@@ -66,7 +66,8 @@ def _emitted(tmp_path: Path, name: str, *, lora: bool, push: bool) -> tuple[dict
     plan = planning.plan_recipe(loaded, token=None, price_table=planning.prices(None))
     assert plan.lora is lora
     places = jobspec.hf_places("/data") if push else jobspec.Places(tmp_path / "m", tmp_path / "g", tmp_path)
-    train = jobspec.train_config(loaded, plan, "r1", places, push=push, resume=push)
+    branch = "trial-0123abcd-89abcdef" if push else None  # a sweep's trial pushes to a branch of its own
+    train = jobspec.train_config(loaded, plan, "r1", places, push=push, resume=push, branch=branch)
     gguf = jobspec.gguf_config(loaded, places, "r1", adapter=lora, push=push)
     return json.loads(train.model_dump_json()), json.loads(gguf.model_dump_json())
 
@@ -107,6 +108,7 @@ def test_runner_emits_exactly_what_the_training_script_reads(train, tmp_path: Pa
     assert str(getattr(built.lr_scheduler_type, "value", built.lr_scheduler_type)) == "linear"
     assert built.trackio_space_id == "alice/trackio" and built.project == "tiny-" + name.split("-", 1)[1]
     assert built.push_to_hub is push and built.hub_model_id == (f"alice/{name}" if push else None)
+    assert built.hub_revision == ("trial-0123abcd-89abcdef" if push else None)  # what Trainer pushes to
     assert built.hub_private_repo is False
     if method == "dpo":
         assert built.beta == 0.25
@@ -120,6 +122,28 @@ def test_runner_emits_exactly_what_the_training_script_reads(train, tmp_path: Pa
         assert peft.target_modules == {"q_proj"} and (peft.r, peft.lora_alpha, peft.lora_dropout) == (4, 8, 0.1)
     else:
         assert peft is None
+
+
+def test_a_retry_resumes_from_the_checkpoint_on_its_own_branch(train, hub, tmp_path: Path) -> None:
+    """A sweep's trial resumes from last-checkpoint/ of the branch it pushes to, never main's or another trial's."""
+    raw, _ = _emitted(tmp_path, "tiny-sft", lora=False, push=True)
+    raw["summary_path"] = str(tmp_path / "work" / "train-summary.json")
+    repo, branch = raw["hub_model_id"], raw["hub_revision"]
+    hub.commit(repo, {"last-checkpoint/trainer_state.json": b'{"from": "main"}'})
+    hub.state.repos[repo].branches["trial-other-00000000"] = hub.state.repos[repo].branches["main"]
+    hub.commit(repo, {"last-checkpoint/trainer_state.json": b'{"from": "another trial"}'},
+               revision="trial-other-00000000")
+    hub.state.repos[repo].branches[branch] = hub.state.repos[repo].branches["main"]
+    hub.commit(repo, {"last-checkpoint/trainer_state.json": b'{"from": "this trial"}'}, revision=branch)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    # In a process of its own, as a job runs: huggingface_hub reads HF_ENDPOINT (the stand-in) when imported.
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import train; "
+            "print(train.resume_checkpoint(train.parse_config(json.load(open(sys.argv[2])))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(JOBS), str(tmp_path / "config.json")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert json.loads((path / "trainer_state.json").read_text()) == {"from": "this trial"}
 
 
 @pytest.mark.parametrize("name", ["tiny-sft", "tiny-dpo", "tiny-grpo"])

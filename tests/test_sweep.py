@@ -169,6 +169,7 @@ def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
     assert sweeps.expand(_load(repo, BASE).recipe) == []
 
 
+@pytest.mark.slow
 def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
     """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
     held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
@@ -227,6 +228,25 @@ def _summary(after: float) -> dict:
         {"name": "eval_loss", "before": 2.0, "after": after}]})
 
 
+REPO = "alice/tiny-sft"
+LFS = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def _train_jobs(hub) -> list:
+    """The sweep's training jobs in the order they were submitted, each with the config it runs with."""
+    import json
+
+    jobs = sorted((j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"),
+                  key=lambda j: j.created_mono)
+    return [(j, json.loads(j.spec["environment"]["RUNNER_JOB_CONFIG"])) for j in jobs]
+
+
+def _model(tree: dict[str, bytes]) -> dict[str, bytes]:
+    """The model files of a repo tree: not the job bundles, checkpoints, .gitattributes or the card."""
+    return {k: v for k, v in tree.items() if not k.startswith(("runner/", "last-checkpoint/"))
+            and k not in (".gitattributes", "README.md", "loss.png")}
+
+
 def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(hub, workspace, monkeypatch,
                                                                               capsys) -> None:
     import json
@@ -237,13 +257,15 @@ def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(h
     from runner import sweeprun
 
     monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    # The repo's main holds an earlier model (full weights and a stale adapter) and an earlier run's bundle.
+    hub.commit(REPO, {".gitattributes": LFS, "model.safetensors": b"an earlier model", "config.json": b"{}",
+                      "adapter_config.json": b"{}", "README.md": b"an earlier card", "runner/old/train.py": b"#"})
     losses = [1.5, 1.2, 0.9, 1.1]
-    hub.state.job_scripts += [JobScript(running=8.0, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts += [JobScript(running=8.0, summary=_summary(x), checkpoint=True) for x in losses]
     hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
     code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 5), "--backend", "hf")
     assert code == 0, out
-    train = sorted((j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "train"),
-                   key=lambda j: j.created_at)
+    train = [j for j, _ in _train_jobs(hub)]
     gguf = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
     assert len(train) == 4 and len(gguf) == 1
     # In parallel: every trial was submitted before the first one finished.
@@ -270,6 +292,82 @@ def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(h
 
     comment = render.outcome_markdown("tiny-sft", ledger.RunRecord.model_validate(winner), "https://x")
     assert comment.count("| winner |") == 1 and "4 trials, judged by held-out eval\\_loss (lower wins)" in comment
+    _assert_trials_pushed_to_their_branches(hub, runs_)
+    _assert_main_is_the_winner(hub, runs_, winner)
+
+
+def _assert_trials_pushed_to_their_branches(hub, runs_: list[dict]) -> None:
+    """Each trial's job config names a branch of its own, which existed (without main's model) before the job."""
+    by_run = {r["run_id"]: r for r in runs_}
+    for job, config in _train_jobs(hub):
+        r = by_run[config["run_id"]]
+        branch = config["hub_revision"]
+        assert branch == f"trial-{r['trial']}-{r['version'][:8]}" == r["configs"]["train"]["hub_revision"]
+        made = [q.at for q in hub.state.requests
+                if (q.method, q.path) == ("POST", f"/api/models/{REPO}/branch/{branch}")]
+        assert len(made) == 1 and made[0] < job.created_mono
+        pushed = r["train_summary"]["pushed"]["commit"]
+        assert hub.state.repos[REPO].branches[branch] == pushed  # the job's model push was its branch's last commit
+        assert "adapter_config.json" not in hub.files(REPO, branch)  # main's earlier model stayed out of it
+        assert "last-checkpoint/trainer_state.json" in hub.files(REPO, branch)
+    assert len({c["hub_revision"] for _, c in _train_jobs(hub)}) == 4
+
+
+def _assert_main_is_the_winner(hub, runs_: list[dict], winner: dict) -> None:
+    """main holds exactly the winner's model (bytes of its pushed commit) and its card, arrived in one commit;
+    no loser's weights and no checkpoint were ever on main; the runs' bundles stayed."""
+    pushed = winner["train_summary"]["pushed"]["commit"]
+    main = hub.files(REPO)
+    assert _model(main) == _model(hub.files(REPO, pushed)) and set(_model(main)) == {"config.json", "model.safetensors"}
+    assert main["README.md"].decode().startswith("---") and "## Sweep" in main["README.md"].decode()
+    assert main[".gitattributes"] == LFS and "runner/old/train.py" in main
+    assert all(f"runner/{r['run_id']}/train.py" in main for r in runs_)
+    history = hub.history(REPO)
+    losers = {hub.files(REPO, r["train_summary"]["pushed"]["commit"])["model.safetensors"] for r in runs_
+              if r["state"] == "rejected"}
+    assert len(losers) == 3 and main["model.safetensors"] not in losers
+    assert not any(tree.get("model.safetensors") in losers or "last-checkpoint/config.json" in tree
+                   for _, tree in history)
+    first = [tree for _, tree in history if tree.get("model.safetensors") == main["model.safetensors"]][-1]
+    assert _model(first) == _model(main)  # every file of the winner's model arrived in that one commit
+    # The copy as huggingface_hub makes it: a regular file downloaded at the winner's commit and committed again,
+    # the LFS weights copied on the Hub's side by their sha256 (never downloaded).
+    resolved = [q.path for q in hub.state.requests if q.method == "GET" and f"/resolve/{pushed}/" in q.path]
+    assert resolved == [f"/{REPO}/resolve/{pushed}/config.json"]
+
+
+def test_a_failed_trials_checkpoint_is_looked_for_on_its_own_branch(hub, workspace, monkeypatch, capsys) -> None:
+    """Two trials fail, one timing out after a checkpoint push: each failure reads its own branch, so only that one
+    says a retry can resume; main never holds a checkpoint; the winner of the other two reaches main."""
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.timeout_scale = 1800  # the trials' hour passes in two seconds
+    hub.state.job_scripts += [JobScript(outlive_timeout=True, checkpoint=True),
+                              JobScript(end="ERROR", message="exit code 1"),
+                              JobScript(summary=_summary(0.9)), JobScript(summary=_summary(1.1)),
+                              JobScript(summary=GGUF_SUMMARY)]
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 5), "--backend", "hf")
+    assert "lowest eval_loss 0.9" in out, out
+    by_run = {r["run_id"]: r for r in json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]}
+    (_, saved), (_, unsaved), (_, won), _ = _train_jobs(hub)
+    first, second = by_run[saved["run_id"]], by_run[unsaved["run_id"]]
+    assert first["state"] == second["state"] == "failed"
+    assert first["failure"]["checkpoint_on_hub"] is True
+    assert f"{REPO}/last-checkpoint/ (branch {saved['hub_revision']})" in first["failure"]["reason"]
+    assert second["failure"]["checkpoint_on_hub"] is False  # the other trial's checkpoint is not its own
+    looked = {q.path for q in hub.state.requests
+              if q.method == "GET" and q.path.startswith(f"/api/models/{REPO}/tree/")}
+    assert {f"/api/models/{REPO}/tree/{c['hub_revision']}" for c in (saved, unsaved)} <= looked
+    assert not any(k.startswith("last-checkpoint/") for _, tree in hub.history(REPO) for k in tree)
+    assert by_run[won["run_id"]]["state"] == "recorded"
+    winner_commit = by_run[won["run_id"]]["train_summary"]["pushed"]["commit"]
+    assert _model(hub.files(REPO)) == _model(hub.files(REPO, winner_commit))
 
 
 def test_a_sweep_over_budget_on_the_hub_is_one_refusal_and_no_job(hub, workspace, monkeypatch, capsys) -> None:

@@ -42,6 +42,9 @@ class Backend(Protocol):
     # What the engine can do, asked instead of its name: whether its jobs cost money (then every
     # submission is derived from the recipe and gated, and outputs are pushed to the Hub).
     bills: bool
+    # Whether outputs can go to a branch of their repo: a sweep's trials then each push to their own, and the
+    # winner's model is made the repo's main (publish_model).
+    branches: bool
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""
@@ -73,3 +76,7 @@ class Backend(Protocol):
 
     def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         """Put files (the model card, the loss plot) beside the trained model."""
+
+    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
+        """Make the model a training job pushed to its branch, at `commit`, its repo's main in one commit; that commit.
+        Only where `branches`."""

@@ -25,6 +25,7 @@ from runner.backends.base import FAILED, FINISHED, FoundJob, JobSpec, JobStatus
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
 from runner.jobspec import JobConfig, script_files
+from runner.outputs import NOT_THE_MODEL
 
 # Pinned by digest: a tag can move under a job that holds the Hub token.
 IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -65,6 +66,7 @@ class HfBackend:
     name = "hf"
     mount = MOUNT
     bills = True
+    branches = True
 
     def __init__(self, api: Any, namespace: str, token: str, *, poll: float = 10.0, base_delay: float = 1.0,
                  settle: float | None = None, echo: Callable[[str], None] | None = None) -> None:
@@ -108,6 +110,8 @@ class HfBackend:
         if not spec.bundle_repo or not spec.bundle_dir:
             raise UserError("the hf backend needs an output repo for the job bundle; set output.repo or a namespace")
         revision = self._ship(spec)
+        if spec.config.repo and spec.config.branch:  # the Hub refuses a push to a branch it does not have
+            self._branch(spec.config.repo, spec.config.branch)
         from huggingface_hub import Volume
 
         request = job_request(spec)
@@ -278,7 +282,7 @@ class HfBackend:
         if not repo:
             return False
         try:
-            files = self.files(repo)
+            files = self.files(repo, config.branch)  # a trial's checkpoint is on its branch, never another's
         except UserError:
             return False
         return any(f.startswith(CHECKPOINT_DIR) for f in files or ())
@@ -292,6 +296,41 @@ class HfBackend:
         ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
         self._call("upload the model card", self.api.create_commit, repo_id=repo, operations=ops,
                    commit_message=message)
+
+    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
+        """The model files at `commit` (what the job pushed to its branch) become main in one commit: copied from
+        that commit (LFS server-side), and main's other model files deleted; the job bundles stay."""
+        from huggingface_hub import CommitOperationCopy, CommitOperationDelete
+
+        repo = config.repo
+        if not repo:
+            raise UserError("a model that was not pushed to the Hub has no branch to publish")
+
+        def promote() -> str:  # read afresh on every attempt: sent again, unchanged files are skipped
+            model = {f for f in self.files(repo, commit) or () if _is_model_file(f)}
+            if not model:
+                raise UserError(f"Hugging Face Hub: {repo} holds no model at commit {commit[:12]}")
+            stale = {f for f in self.files(repo) or () if _is_model_file(f)} - model
+            ops: list[Any] = [CommitOperationCopy(src_path_in_repo=f, path_in_repo=f, src_revision=commit)
+                              for f in sorted(model)]
+            ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(stale)]
+            return self.api.create_commit(repo_id=repo, operations=ops, commit_message=message).oid
+
+        return self._call(f"publishing the model at {commit[:12]} as {repo} main", promote, recover=lambda: None)
+
+    def _branch(self, repo: str, branch: str) -> None:
+        """The branch a job pushes to, made before it runs. A new one starts from main without main's model, so
+        what the job pushes is the whole model there; one that exists (a retry's) keeps its checkpoint."""
+        from huggingface_hub import CommitOperationDelete
+
+        if self.files(repo, branch) is not None:
+            return
+        self._call(f"create branch {branch}", self.api.create_branch, repo_id=repo, branch=branch, exist_ok=True)
+        inherited = sorted(f for f in self.files(repo, branch) or () if _is_model_file(f))
+        if inherited:
+            self._call(f"clear branch {branch}", self.api.create_commit, repo_id=repo, revision=branch,
+                       operations=[CommitOperationDelete(path_in_repo=f) for f in inherited],
+                       commit_message="recipes-runner: a trial's branch starts without main's model")
 
     # --- shipping ----------------------------------------------------------------------------------
 
@@ -308,6 +347,11 @@ class HfBackend:
         info = self._call("upload the job bundle", self.api.create_commit, repo_id=spec.bundle_repo, operations=ops,
                           commit_message=f"recipes-runner: {spec.script} job bundle for run {spec.labels.get('run')}")
         return info.oid
+
+
+def _is_model_file(path: str) -> bool:
+    """Part of the model a repo's main serves: not a checkpoint, a job bundle, or the repo's own .gitattributes."""
+    return not path.startswith(NOT_THE_MODEL) and path != ".gitattributes"
 
 
 def job_request(spec: JobSpec) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import FAILED, FoundJob, JobStatus
+from runner.errors import UserError
 from runner.jobspec import JobConfig, JobSpec, script_path
 from runner.ledger import atomic_write
 
@@ -28,6 +29,7 @@ class LocalBackend:
     name = "local"
     mount = None  # jobs read the repo's files in place
     bills = False  # this machine's time
+    branches = False  # one output directory per recipe; trials train one at a time
 
     def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
@@ -123,6 +125,9 @@ class LocalBackend:
     def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
             atomic_write(Path(config.output_dir) / name, data)
+
+    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
+        raise UserError("the local backend keeps no branches: a run's model is already where it publishes")
 
     def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
         # One machine: the run lock already keeps a second submitter out.

@@ -639,8 +639,8 @@ def peak_memory_bytes() -> int:
 
 
 def resume_checkpoint(config: Config) -> str | None:
-    """The checkpoint a retry resumes from: `resume_from_checkpoint` in the Hub repo (TRL pushes
-    last-checkpoint/ there), else the newest checkpoint-* on disk."""
+    """The checkpoint a retry resumes from: `resume_from_checkpoint` in the Hub repo, on the branch the job pushes
+    to (TRL pushes last-checkpoint/ there; a sweep's trial reads its own), else the newest checkpoint-* on disk."""
     wanted = config.args.resume_from_checkpoint
     if not wanted:
         return None
@@ -648,7 +648,8 @@ def resume_checkpoint(config: Config) -> str | None:
         from huggingface_hub import snapshot_download
 
         local = Path(config.job.summary_path).parent / "resume"
-        snapshot_download(repo_id=config.hub_repo, allow_patterns=[f"{wanted}/*"], local_dir=str(local))
+        snapshot_download(repo_id=config.hub_repo, revision=getattr(config.args, "hub_revision", None),
+                          allow_patterns=[f"{wanted}/*"], local_dir=str(local))
         path = local / wanted
     else:
         from transformers.trainer_utils import get_last_checkpoint

@@ -15,6 +15,7 @@ from runner.jobspec import (
     gguf_config,
     shipped_files,
     train_config,
+    trial_branch,
 )
 from runner.ledger import RunRecord
 from runner.plan import Plan
@@ -61,8 +62,10 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
         raise SpendRefused(f"run {record.run_id} ({record.recipe}): the record {problem}; not submitting")
     if stage == "train":
         places = _places(step.backend, loaded, record.run_id, step.hub_dir)
+        # record.version is the recipe's own here: fixed from it at the start, checked against it before submitting.
+        branch = trial_branch(step.trial, record.version) if step.trial and step.backend.branches else None
         return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume,
-                            resolved=record.revisions)
+                            resolved=record.revisions, branch=branch)
     places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
     return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push, resolved=record.revisions)
 
@@ -135,6 +138,7 @@ def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
         name = "hf" if push else "local"
         mount = MOUNT if push else None
         bills = push
+        branches = push
 
     engine = Engine()
     check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]

@@ -67,7 +67,7 @@ def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None 
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
-          processes: int = 1, echo: Echo = print) -> RunRecord:
+          processes: int = 1, echo: Echo = print, trial: str | None = None) -> RunRecord:
     """The run to drive for this recipe version: the one it has, or a new one (a new attempt only on purpose).
 
     A recipe version trains once. A repeated trigger carries its run on (or finds it done); a version
@@ -83,7 +83,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
                                            include_failed=True)
     failed = prior or (lost if lost and lost.stage in FAILED else None)
     if failed is None:
-        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes)
+        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial)
     what = (f"run {prior.run_id} {prior.state}" + (f": {prior.failure.reason}" if prior.failure else "")) if prior \
         else f"job {lost.id} ended {lost.stage}"
     if not retry:
@@ -91,18 +91,18 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
                            "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry` "
                            "(the train workflow's manual run has a `retry` box)")
     if prior is not None and prior.failure is not None and prior.failure.stage == "gguf" and prior.train_summary:
-        return _reconvert(loaded, plan, backend, prior, hub_dir=hub_dir, echo=echo, what=what)
+        return _reconvert(loaded, plan, backend, prior, hub_dir=hub_dir, echo=echo, what=what, trial=trial)
     attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
     resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior \
         else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
-                 retry_of=prior.run_id if prior else None, resume=resume,
+                 retry_of=prior.run_id if prior else None, resume=resume, trial=trial,
                  resolved=prior.revisions if prior and resume else None)  # a checkpoint goes on with its data
 
 
 def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRecord, *, hub_dir: Path | None,
-               echo: Echo, what: str) -> RunRecord:
+               echo: Echo, what: str, trial: str | None = None) -> RunRecord:
     """Retry a run whose model was trained and verified but whose conversion failed: convert again, train nothing.
 
     The record's word is not enough to buy a job: on the Hub, the failed GGUF job must be there, and the
@@ -125,7 +125,7 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
         raise SpendRefused(f"{loaded.display}: run {prior.run_id} failed converting, and its trained model cannot be "
                            f"reused ({problem}); change the recipe to train it again")
     record = start(loaded, plan, backend, hub_dir=hub_dir, processes=prior.processes, attempt=prior.attempt + 1,
-                   retry_of=prior.run_id, resolved=prior.revisions)  # the model it converts trained on these
+                   retry_of=prior.run_id, trial=trial, resolved=prior.revisions)  # what its model trained on
     if "train" in prior.jobs:  # provenance: the job that trained this model, billed to the run it belongs to
         record.jobs["train"] = prior.jobs["train"].model_copy(update={"reused_from": prior.run_id})
     record.train_summary, record.metrics, record.evaluation = prior.train_summary, prior.metrics, prior.evaluation
@@ -151,9 +151,10 @@ def resolve_inputs(loaded: LoadedRecipe, backend: Backend) -> revisions.Resolved
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
           processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
-          root: Path | None = None, resolved: revisions.Resolved | None = None) -> RunRecord:
-    """A new run in state `planned`, with the commits of its Hub inputs resolved and its training job's
-    config derived from the recipe and saved."""
+          root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None) -> RunRecord:
+    """A new run in state `planned`, with the commits of its Hub inputs resolved and its training job's config
+    derived from the recipe and saved; a sweep's `trial` is recorded, and pushes to its own branch where the
+    backend keeps branches."""
     r = loaded.recipe
     run_id = new_run_id()
     push = backend.bills
@@ -170,11 +171,11 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
         backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
-        attempt=attempt, retry_of=retry_of, resume=resume, gate_rule=r.evaluation.gate,
+        attempt=attempt, retry_of=retry_of, resume=resume, gate_rule=r.evaluation.gate, trial=trial,
         base_revision=resolved.base_model, dataset_revision=resolved.dataset,
     )
     record.history.append({"state": "planned", "at": record.created_at})
-    step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir)
+    step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir, trial=trial)
     _fix_configs(step, record)
     places = _places(backend, loaded, run_id, hub_dir)
     record.links["model"] = f"https://huggingface.co/{loaded.output_repo}" if push else str(places.model_dir)
@@ -282,8 +283,10 @@ def _fail(step: Step, record: RunRecord, stage: str, status: JobStatus) -> None:
 
 
 def _checkpoint_place(config: JobConfig) -> str:
-    # TRL's hub_strategy="checkpoint" pushes to last-checkpoint/
-    return f"{config.repo}/last-checkpoint/" if config.repo else config.output_dir
+    # TRL's hub_strategy="checkpoint" pushes to last-checkpoint/ (of the job's branch, when it has one)
+    if not config.repo:
+        return config.output_dir
+    return f"{config.repo}/last-checkpoint/" + (f" (branch {config.branch})" if config.branch else "")
 
 
 def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:

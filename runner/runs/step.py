@@ -84,6 +84,9 @@ class Step:
     # A sweep's trial waits at `trained` until its sweep names it the winner (runner/sweeprun.py); reconcile
     # never converts or records a trial on its own.
     sweep_winner: str | None = None
+    # The sweep trial this run trains, as the sweep expands the recipe (not as a record says): where the backend
+    # keeps branches, its training job pushes to the trial's own branch of the model repo.
+    trial: str | None = None
     name: str = ""  # the recipe's name (its runs/<name>.json); default: the loaded recipe's
     _last_update: float = 0.0
 
