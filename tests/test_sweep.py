@@ -169,7 +169,8 @@ def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
     assert sweeps.expand(_load(repo, BASE).recipe) == []
 
 
-def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
+@pytest.mark.slow  # trains and converts for real
+def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(examples_repo: Path) -> None:
     """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
     held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
     import json
@@ -177,9 +178,8 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_f
     pytest.importorskip("trl")
     pytest.importorskip("llama_cpp")
     from test_run_local import runner, variant
-    from test_run_local import workspace as make_workspace
 
-    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    repo = examples_repo
     path = variant(repo, "tiny-sft", "tiny-sweep", replace=(
         "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
     text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 6")
