@@ -22,6 +22,18 @@ def test_setting_the_namespace_trains_nothing(template: Path, cli) -> None:
     assert result.code == 0 and json.loads(result.out) == []
 
 
+def test_changed_reads_paths_from_the_recipes_root_even_in_a_subfolder(template: Path, cli) -> None:
+    """Run from examples/ (a recipes root inside the repository), `changed` names what a commit changed there, in
+    the same root-relative form as the recipe list; run from the top, the examples stay out of it."""
+    recipe = template / "examples" / "recipes" / "tiny-sft.yaml"
+    recipe.write_text(recipe.read_text().replace("max_steps: 30", "max_steps: 31"))
+    git(template, "commit", "-qam", "more steps")
+    result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=template / "examples")
+    assert result.code == 0 and json.loads(result.out) == ["recipes/tiny-sft.yaml"], result.out + result.err
+    result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=template)
+    assert result.code == 0 and json.loads(result.out) == []
+
+
 def test_the_examples_are_a_repository_of_their_own(cli) -> None:
     result = cli("validate", "examples/recipes", cwd=ROOT)
     assert result.code == 0, result.err
