@@ -201,6 +201,9 @@ def test_grpo_with_builtin_and_repo_local_rewards(workspace: Path) -> None:
 def test_two_process_data_parallel_sft(workspace: Path) -> None:
     path = variant(workspace, "tiny-sft", "tiny-sft-ddp", replace=("max_steps: 30", "max_steps: 6"),
                    extra="  every_steps: 3\n")
+    # The claim is the training's: no GGUF conversion (the other runs here convert).
+    text = (workspace / path).read_text()
+    (workspace / path).write_text(text.replace("gguf:\n", "gguf:\n  enabled: false\n"))
     proc = runner(workspace, path, "--processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = last_run(workspace, "tiny-sft-ddp")

@@ -183,6 +183,8 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(examples_r
     path = variant(repo, "tiny-sft", "tiny-sweep", replace=(
         "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
     text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 6")
+    # Which quantization the winner gets is not the claim: one plain file (no importance matrix) is enough.
+    text = text.replace("[Q4_K_M, IQ4_XS]", "[Q8_0]").replace("imatrix: true", "imatrix: false")
     (repo / path).write_text(text + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 1e-3]\n"
                                     "    training.seed: [1, 2]\n")
     proc = runner(repo, path)

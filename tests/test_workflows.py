@@ -269,9 +269,10 @@ slow = pytest.mark.slow  # runs the workflows with act: the slow tier
 @pytest.fixture(scope="module")
 def step_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The workflows' Python: a fresh virtualenv that sees the test environment's packages through a
-    .pth file (so `pip install .` only installs the runner itself) and gets the runner from the workspace."""
+    .pth file (so `pip install .` only installs the runner itself, with the test environment's pip: no
+    ensurepip, which costs seconds) and gets the runner from the workspace."""
     path = tmp_path_factory.mktemp("act") / "venv"
-    venv.create(path, with_pip=True)
+    venv.create(path, with_pip=False)
     site = Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "_test_parent.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
