@@ -312,6 +312,16 @@ SFT_ROWS = [
 ]
 
 
+# The smallest SFT recipe `repo` can plan: its header-only model and its local data.
+BASE_RECIPE = """\
+name: demo
+base_model: ./models/tiny
+method: sft
+dataset:
+  path: data/sft.jsonl
+"""
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A minimal repository: recipes/, a local SFT dataset and a header-only local model."""

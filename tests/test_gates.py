@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import BASE_RECIPE, write_recipe
 
 from runner import recipe as recipe_mod
 from runner.evaluation import BenchmarkScore, Evaluation, MetricChange
@@ -70,13 +70,7 @@ def test_scores_from_an_evaluation() -> None:
     assert scores(ev, after=False).values == {"eval_loss": 2.0, "eval_mean_token_accuracy": 0.4}
 
 
-BASE = """\
-name: demo
-base_model: ./models/tiny
-method: sft
-dataset:
-  path: data/sft.jsonl
-"""
+BASE = BASE_RECIPE
 
 
 def test_gate_in_a_recipe(repo: Path) -> None:

@@ -6,21 +6,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import BASE_RECIPE, write_recipe
 
 from runner import planning, runs
 from runner import recipe as recipe_mod
 from runner import sweep as sweeps
 from runner.errors import RecipeInvalid
 
-BASE = """\
-name: demo
-base_model: ./models/tiny
-method: sft
-dataset:
-  path: data/sft.jsonl
-budget_usd: 5
-"""
+BASE = BASE_RECIPE + "budget_usd: 5\n"
 
 GRID = BASE + """\
 sweep:
