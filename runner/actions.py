@@ -47,8 +47,9 @@ def _changed(base: str | None, head: str, only: str | None = None, tree: Path | 
         return match
     if not base or set(base) == {"0"}:
         return everything
-    # base...head: what head changed since it forked from base, not what base gained meanwhile.
-    out = subprocess.run(["git", "diff", "--name-only", "-z", "--diff-filter=d", f"{base}...{head}"],
+    # base...head: what head changed since it forked from base, not what base gained meanwhile. --relative: paths
+    # as seen from here (the recipes' root may be a subfolder of the repository, as examples/ is).
+    out = subprocess.run(["git", "diff", "--name-only", "-z", "--relative", "--diff-filter=d", f"{base}...{head}"],
                          capture_output=True, text=True, cwd=root)
     if out.returncode != 0:
         raise UserError(f"git diff {base} {head} failed: {' '.join(out.stderr.strip().splitlines()[-1:])}")

@@ -210,7 +210,7 @@ class HubStub:
         self.server.daemon_threads = True
         self._port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self._port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)  # a quick shutdown
 
     def __enter__(self) -> HubStub:
         self._thread.start()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, git, set_namespace
 
 # Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
 pytestmark = pytest.mark.slow
@@ -40,19 +39,12 @@ def front_matter(path: Path) -> dict:
     return yaml.safe_load(text.split("---\n", 2)[1])
 
 
-def fresh_copy(dest: Path) -> Path:
-    """The repository as a new clone would have it once set up (a namespace): no local state, one commit."""
-    def skip(directory: str, names: list[str]) -> set[str]:
-        local = {".git", ".runner", "runs", "plan"} if Path(directory) == ROOT else set()
-        return local | {n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".egg-info")}
-
-    repo = dest / "repo"
-    shutil.copytree(ROOT, repo, ignore=skip)
-    defaults = repo / "recipes" / "_defaults.yaml"  # set up as README step 3 asks: a plan needs an output repo
-    defaults.write_text(defaults.read_text() + "namespace: agent-user\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "template"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=git_env())
-    return repo
+def set_up(template: Path) -> Path:
+    """The template (a new clone: no local state, one commit) once set up as README step 3 asks: a plan needs an
+    output repo, so the defaults name a namespace, committed into that one commit."""
+    set_namespace(template, "agent-user")
+    git(template, "commit", "-q", "--amend", "-am", "template")
+    return template
 
 
 def git_env() -> dict[str, str]:
@@ -73,14 +65,14 @@ def shell_env(repo: Path, bin_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("guide", GUIDES)
-def test_every_command_in_the_guide_runs(guide: str, tmp_path: Path) -> None:
+def test_every_command_in_the_guide_runs(guide: str, template: Path, tmp_path: Path) -> None:
     if not (ROOT / "examples" / "tiny-model" / "config.json").exists():
         pytest.skip("tiny model not built")  # examples/build_tiny_model.py
     shown = commands(guide)
     assert shown, f"{guide} shows no commands in ```bash blocks"
     if any(c.startswith("runner run") for c in shown):
         pytest.importorskip("trl")  # the guide trains the example model for real
-    repo = fresh_copy(tmp_path)
+    repo = set_up(template)
     env = shell_env(repo, tmp_path / "bin")
     outputs: dict[str, str] = {}
     for command in shown:

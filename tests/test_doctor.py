@@ -43,12 +43,7 @@ def test_a_fresh_fork_is_told_each_thing_to_set_up(fork, hub, cli) -> None:
 
 
 def test_a_set_up_fork_passes(fork, hub, github, cli) -> None:
-    defaults = fork / "recipes" / "_defaults.yaml"
-    defaults.write_text(defaults.read_text() + "namespace: alice\n")
-    owners = fork / ".github" / "CODEOWNERS"
-    owners.write_text(owners.read_text().replace("@your-org/ml-platform", "@acme/ml"))
-    github.state.environments = {"training": ["bob"], "reconcile": []}
-    github.state.protected.add("main")
+    set_up(fork, github)
     result = cli("doctor", cwd=fork)
     assert result.code == 0, result.out
     found = lines(result.out)

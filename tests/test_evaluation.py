@@ -5,15 +5,13 @@ The runs that really evaluate (base vs tuned, for SFT, DPO and GRPO) are in test
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, train_summary_json, write_jsonl, write_recipe
+from conftest import ROOT, load_job, train_summary_json, write_jsonl, write_recipe
 
 from runner import card, jobspec, plan, planning, recipe, render
 from runner.evaluation import Evaluation
@@ -26,11 +24,7 @@ JOB = ROOT / "runner" / "jobs" / "train.py"
 @pytest.fixture(scope="module")
 def job():
     """runner/jobs/train.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_job", JOB)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_job"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_job("train")
 
 
 def rows(n: int) -> list[dict]:

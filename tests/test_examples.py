@@ -3,44 +3,34 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, git, set_namespace
 
 
-def _git(repo: Path, *args: str) -> str:
-    cmd = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _fresh_template(dest: Path) -> Path:
-    """The repository as "Use this template" gives it: every tracked file, one commit."""
-    repo = dest / "fork"
-    for name in _git(ROOT, "ls-files").splitlines():
-        source = ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "template")
-    return repo
-
-
-def test_setting_the_namespace_trains_nothing(tmp_path: Path, cli) -> None:
-    repo = _fresh_template(tmp_path)
+def test_setting_the_namespace_trains_nothing(template: Path, cli) -> None:
+    repo = template  # the repository as "Use this template" gives it: every tracked file, one commit
     assert sorted(p.name for p in (repo / "recipes").iterdir()) == ["_defaults.yaml", "schema.json",
                                                                       "starter.yaml.example"]
     # README step: set the namespace in recipes/_defaults.yaml and commit it (the defaults change: every recipe).
-    defaults = repo / "recipes" / "_defaults.yaml"
-    defaults.write_text(defaults.read_text() + "namespace: alice\n")
-    _git(repo, "commit", "-qam", "set the namespace")
+    set_namespace(repo, "alice")
+    git(repo, "commit", "-qam", "set the namespace")
     result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=repo)
     assert result.code == 0 and json.loads(result.out) == []
     # A new branch (no "before" commit) lists every recipe: still none.
     result = cli("changed", "--json", cwd=repo)
+    assert result.code == 0 and json.loads(result.out) == []
+
+
+def test_changed_reads_paths_from_the_recipes_root_even_in_a_subfolder(template: Path, cli) -> None:
+    """Run from examples/ (a recipes root inside the repository), `changed` names what a commit changed there, in
+    the same root-relative form as the recipe list; run from the top, the examples stay out of it."""
+    recipe = template / "examples" / "recipes" / "tiny-sft.yaml"
+    recipe.write_text(recipe.read_text().replace("max_steps: 30", "max_steps: 31"))
+    git(template, "commit", "-qam", "more steps")
+    result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=template / "examples")
+    assert result.code == 0 and json.loads(result.out) == ["recipes/tiny-sft.yaml"], result.out + result.err
+    result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=template)
     assert result.code == 0 and json.loads(result.out) == []
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import BASE_RECIPE, write_recipe
 
 from runner import recipe as recipe_mod
 from runner.evaluation import BenchmarkScore, Evaluation, MetricChange
@@ -70,13 +70,7 @@ def test_scores_from_an_evaluation() -> None:
     assert scores(ev, after=False).values == {"eval_loss": 2.0, "eval_mean_token_accuracy": 0.4}
 
 
-BASE = """\
-name: demo
-base_model: ./models/tiny
-method: sft
-dataset:
-  path: data/sft.jsonl
-"""
+BASE = BASE_RECIPE
 
 
 def test_gate_in_a_recipe(repo: Path) -> None:
@@ -167,14 +161,14 @@ def test_a_rejected_run_is_terminal_and_keeps_the_numbers(repo: Path) -> None:
         again.move("converting")
 
 
-def test_a_run_that_got_worse_is_rejected_with_no_gguf_and_no_card(tmp_path_factory) -> None:
+@pytest.mark.slow  # trains for real
+def test_a_run_that_got_worse_is_rejected_with_no_gguf_and_no_card(examples_repo: Path) -> None:
     """For real on the local backend: a learning rate far too high makes the held-out loss rise; the gate
     `eval_loss: must_drop` ends the run rejected with the numbers, and no conversion job is started."""
     pytest.importorskip("trl")
     from test_run_local import runner, variant
-    from test_run_local import workspace as make_workspace
 
-    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    repo = examples_repo
     path = variant(repo, "tiny-sft", "tiny-sft-worse", replace=(
         "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
     text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 8").replace("learning_rate: 1e-3",

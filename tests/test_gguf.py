@@ -5,7 +5,6 @@ IQ-quants are real), the Hub through the real HfApi against the stand-in."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, keys_outside
+from conftest import JOBS, ROOT, job_env, keys_outside, load_job
 from hubstub import HubStub
-from test_jobs import JOBS, job_env
 
 # Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
 pytestmark = pytest.mark.slow
@@ -34,7 +32,7 @@ pytest.importorskip("llama_cpp")
 def gguf_job(config: dict, tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     path = tmp / "gguf-config.json"
     path.write_text(json.dumps(config))
-    return subprocess.run([sys.executable, str(JOBS / "gguf.py"), "--config", str(path)], env=job_env() | (env or {}),
+    return subprocess.run([sys.executable, str(JOBS / "gguf.py"), "--config", str(path)], env=job_env(**(env or {})),
                           capture_output=True, text=True, timeout=900)
 
 
@@ -51,17 +49,11 @@ def card_metadata(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hub():
-    with HubStub() as stub:
-        yield stub
-
-
-@pytest.fixture(scope="module")
-def imatrix_run(hub: HubStub, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def imatrix_run(module_hub: HubStub, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Q4_K_M and IQ2_XXS with an importance matrix, published to the stand-in."""
     tmp = tmp_path_factory.mktemp("imatrix")
     config = config_for(tmp, ["Q4_K_M", "IQ2_XXS"], imatrix=True, hub_repo="alice/tiny-GGUF")
-    proc = gguf_job(config, tmp, {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0"})
+    proc = gguf_job(config, tmp, {"HF_ENDPOINT": module_hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp / "summary.json").read_text())
     return {"summary": summary, "out": tmp / "out", "stdout": proc.stdout + proc.stderr}
@@ -140,8 +132,8 @@ def test_ollama_modelfile_and_gguf_card(imatrix_run: dict) -> None:
         assert usage in card
 
 
-def test_all_files_go_up_in_one_commit(hub: HubStub, imatrix_run: dict) -> None:
-    repo = hub.state.repos["alice/tiny-GGUF"]
+def test_all_files_go_up_in_one_commit(module_hub: HubStub, imatrix_run: dict) -> None:
+    repo = module_hub.state.repos["alice/tiny-GGUF"]
     assert repo.private is True
     # the repo's creation commit (.gitattributes), then exactly one with everything
     assert len(repo.commits) == 2
@@ -181,15 +173,6 @@ def test_iq_quantization_without_imatrix_is_refused(tmp_path: Path) -> None:
     assert proc.stdout.strip().splitlines() == ["error: IQ3_XXS needs an importance matrix: set gguf.imatrix: true"]
 
 
-def _job_module():
-    """The job script as a module, for its pure parts (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("gguf_job", JOBS / "gguf.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gguf_job"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_importance_matrix_is_the_squared_input_of_every_linear_layer(tmp_path: Path) -> None:
     """What llama.cpp's graph callback collects equals the sum over tokens of the squared activations
     entering each linear layer of the transformers model (fed the same token ids), up to f16 rounding."""
@@ -198,7 +181,7 @@ def test_importance_matrix_is_the_squared_input_of_every_linear_layer(tmp_path: 
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    job = _job_module()
+    job = load_job("gguf")
     f16 = tmp_path / "f16.gguf"
     job.convert(TINY, f16, "f16")
     tokenizer = AutoTokenizer.from_pretrained(TINY)
@@ -237,7 +220,7 @@ def test_ollama_template_is_left_to_ollama_when_the_chat_template_has_logic() ->
     """A template that adds a default system prompt is not per-message text: no TEMPLATE is derived."""
     from jinja2 import Template
 
-    job = _job_module()
+    job = load_job("gguf")
     source = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
               "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HUB_TOKEN, ROOT, gguf_summary_json, train_summary_json
+from conftest import HUB_TOKEN, ROOT, gguf_summary_json, run, train_summary_json
 from hubstub import HubStub, JobScript
 
-from runner.cli import main
 from runner.errors import UserError
 
 TOKEN = HUB_TOKEN
@@ -32,15 +31,6 @@ GGUF_SUMMARY = gguf_summary_json([{"quantization": "Q4_K_M", "path": "output/ggu
 
 def scripted(hub: HubStub, *, train: JobScript | None = None) -> None:
     hub.state.job_scripts += [train or JobScript(summary=SUMMARY), JobScript(summary=GGUF_SUMMARY)]
-
-
-def run(ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.chdir(ws)
-    capsys.readouterr()
-    code = main(list(args))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out + out.err
 
 
 def record(ws: Path, name: str = "tiny-sft") -> dict:

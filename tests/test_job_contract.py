@@ -9,37 +9,24 @@ runner submits for real recipes of all three methods and read them with the scri
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import JOBS, ROOT, load_job
 
 from runner import jobspec, planning, recipe
 
-JOBS = ROOT / "runner" / "jobs"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", JOBS / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def train():
-    return _script("train")
+    return load_job("train")
 
 
 @pytest.fixture(scope="module")
 def gguf():
-    return _script("gguf")
+    return load_job("gguf")
 
 
 # Values no default has, so a key the runner drops or misnames cannot pass by falling back to TRL's default.

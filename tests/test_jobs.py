@@ -5,27 +5,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import JOBS, ROOT, job_env
 
 from runner import recipe
 
 # Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
 pytestmark = pytest.mark.slow
-
-
-JOBS = ROOT / "runner" / "jobs"
-
-
-def job_env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE"))}
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return e
 
 
 def run_job(script: str, config: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -1,16 +1,14 @@
 """`runner run --backend local`, end to end and for real: train, GGUF, card, record.
 
-One throwaway repository (a git checkout with the example recipes, data and the tiny
-model) serves every run; each run is a real `runner run` subprocess that trains with
-TRL and converts with llama.cpp on the CPU.
+Each test runs in its own copy of the example root (`workspace`, a git checkout with the
+example recipes, data and the tiny model, no namespace: nothing is pushed); each run is a
+real `runner run` subprocess that trains with TRL and converts with llama.cpp on the CPU.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_summaries_read_whole, copy_examples
+from conftest import assert_summaries_read_whole, job_env
 
 # Trains, quantizes or builds a model: the slow tier (`pytest -m "not slow"` skips it).
 pytestmark = pytest.mark.slow
@@ -30,32 +28,14 @@ pytest.importorskip("llama_cpp")
 RUN_TIMEOUT = 900
 
 
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("workspace")
-    copy_examples(repo, "recipes", "rewards", "data")
-    model = ROOT / "examples" / "tiny-model"
-    if (model / "config.json").exists():
-        shutil.copytree(model, repo / "tiny-model")
-    else:
-        subprocess.run([sys.executable, str(ROOT / "examples" / "build_tiny_model.py"), "--out",
-                        str(repo / "tiny-model")], check=True, capture_output=True, timeout=300)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    subprocess.run(git + ["init", "-q"], check=True)
-    subprocess.run(git + ["add", "-A"], check=True)
-    subprocess.run(git + ["commit", "-qm", "init"], check=True)
-    return repo
-
-
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE"))}
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-             TOKENIZERS_PARALLELISM="false")
-    return e
+@pytest.fixture
+def namespace() -> None:
+    """The examples as shipped: no namespace, so a local run pushes nothing."""
+    return None
 
 
 def runner(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", "run", *args, "--quiet"], cwd=repo, env=env(),
+    return subprocess.run([sys.executable, "-m", "runner", "run", *args, "--quiet"], cwd=repo, env=job_env(),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
@@ -149,8 +129,8 @@ def check_evaluation(run: dict, card) -> dict[str, tuple[float, float]]:
 
 
 def status_line(repo: Path, name: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "runner", "status", name], cwd=repo, env=env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "runner", "status", name], cwd=repo, env=job_env(),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -221,6 +201,9 @@ def test_grpo_with_builtin_and_repo_local_rewards(workspace: Path) -> None:
 def test_two_process_data_parallel_sft(workspace: Path) -> None:
     path = variant(workspace, "tiny-sft", "tiny-sft-ddp", replace=("max_steps: 30", "max_steps: 6"),
                    extra="  every_steps: 3\n")
+    # The claim is the training's: no GGUF conversion (the other runs here convert).
+    text = (workspace / path).read_text()
+    (workspace / path).write_text(text.replace("gguf:\n", "gguf:\n  enabled: false\n"))
     proc = runner(workspace, path, "--processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = last_run(workspace, "tiny-sft-ddp")
@@ -255,7 +238,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_final_step(work
         "training:\n  max_steps: 150\n  save_steps: 10\n  learning_rate: 1e-3\n  batch_size: 8\n  grad_accum: 1\n"
         "  max_length: 128\n  warmup_ratio: 0.0\nadapter:\n  lora: false\ngguf:\n  enabled: false\n")
     path = "recipes/tiny-resume.yaml"
-    first = subprocess.Popen([sys.executable, "-m", "runner", "run", path, "--quiet"], cwd=workspace, env=env(),
+    first = subprocess.Popen([sys.executable, "-m", "runner", "run", path, "--quiet"], cwd=workspace, env=job_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_dir = workspace / ".runner" / "hub" / "local" / "tiny-resume"
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -263,7 +246,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_final_step(work
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert first.poll() is None, "training ended before it could be killed: " + first.stderr.read()[-2000:]
-    cancel = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-resume"], cwd=workspace, env=env(),
+    cancel = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-resume"], cwd=workspace, env=job_env(),
                             capture_output=True, text=True, timeout=120)
     assert cancel.returncode == 0, cancel.stderr
     assert first.wait(timeout=RUN_TIMEOUT) == 1
@@ -291,7 +274,7 @@ def test_a_run_carries_on_from_what_it_fixed_when_the_recipe_changes_then_goes(w
     assert last_run(workspace, "tiny-fixed")["state"] == "training"
     (workspace / path).write_text(text.replace("max_steps: 4", "max_steps: 99").replace("[Q8_0]", "[F16]"))
     (workspace / path).unlink()
-    proc = subprocess.run([sys.executable, "-m", "runner", "reconcile", "--wait"], cwd=workspace, env=env(),
+    proc = subprocess.run([sys.executable, "-m", "runner", "reconcile", "--wait"], cwd=workspace, env=job_env(),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = last_run(workspace, "tiny-fixed")
@@ -307,7 +290,7 @@ def test_cancel_needs_only_the_record(workspace: Path) -> None:
     started = runner(workspace, path, "--detach")
     assert started.returncode == 0, started.stderr[-3000:]
     (workspace / path).unlink()
-    proc = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-gone"], cwd=workspace, env=env(),
+    proc = subprocess.run([sys.executable, "-m", "runner", "cancel", "tiny-gone"], cwd=workspace, env=job_env(),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "canceled" in proc.stdout and "Traceback" not in proc.stderr

@@ -5,14 +5,15 @@ is the billed running time. Remote runs go through the real HfApi against the Hu
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import (
     HUB_TOKEN,
     a_plan,
+    git,
     gguf_summary_json,
+    run,
     train_summary_json,
     write_jsonl,
     write_recipe,
@@ -21,7 +22,6 @@ from hubstub import JobScript
 
 from runner import ledger, planning, recipe, runs
 from runner.backends.hf import HfBackend
-from runner.cli import main
 from runner.plan import billed
 
 TOKEN = HUB_TOKEN
@@ -157,20 +157,6 @@ def test_deeply_nested_yaml_is_one_located_error_and_others_are_still_reported(r
 
 
 # --- the pipeline against the Hub stand-in ---------------------------------------------------------------
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def run(ws: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.chdir(ws)
-    capsys.readouterr()
-    code = main(list(args))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out + out.err
 
 
 def _planned_record(ws: Path, monkeypatch) -> ledger.RunRecord:
@@ -353,27 +339,27 @@ def test_hf_run_without_a_budget_spends_nothing(hub, workspace, monkeypatch, cap
 
 
 def test_a_reward_or_data_change_is_a_new_version_and_gets_a_plan(workspace, cli) -> None:
-    base = _git(workspace, "rev-parse", "HEAD")
+    base = git(workspace, "rev-parse", "HEAD")
     before = {n: runs.recipe_version(recipe.load(workspace / "recipes" / f"{n}.yaml"))
               for n in ("tiny-sft", "tiny-grpo")}
     reward = workspace / "rewards" / "arith.py"
     reward.write_text(reward.read_text() + "\n# tuned\n")
-    _git(workspace, "commit", "-qam", "reward")
+    git(workspace, "commit", "-qam", "reward")
     result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
     assert json.loads(result.out) == ["recipes/tiny-grpo.yaml"]
     after = runs.recipe_version(recipe.load(workspace / "recipes" / "tiny-grpo.yaml"))
     assert after != before["tiny-grpo"]
     data = workspace / "data" / "sft.jsonl"
     write_jsonl(data, [json.loads(line) for line in data.read_text().splitlines()][:50])
-    _git(workspace, "commit", "-qam", "data")
+    git(workspace, "commit", "-qam", "data")
     result = cli("changed", "--base", base, "--head", "HEAD", "--json", cwd=workspace)
     assert set(json.loads(result.out)) == {"recipes/tiny-grpo.yaml", "recipes/tiny-sft.yaml"}
     assert runs.recipe_version(recipe.load(workspace / "recipes" / "tiny-sft.yaml")) != before["tiny-sft"]
     # A change to a run record alone trains nothing.
     (workspace / "runs").mkdir()
     (workspace / "runs" / "tiny-sft.json").write_text('{"name": "tiny-sft", "runs": []}\n')
-    _git(workspace, "add", "-A")
-    _git(workspace, "commit", "-qm", "record")
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "record")
     result = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=workspace)
     assert json.loads(result.out) == []
 

@@ -6,21 +6,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import BASE_RECIPE, write_recipe
 
 from runner import planning, runs
 from runner import recipe as recipe_mod
 from runner import sweep as sweeps
 from runner.errors import RecipeInvalid
 
-BASE = """\
-name: demo
-base_model: ./models/tiny
-method: sft
-dataset:
-  path: data/sft.jsonl
-budget_usd: 5
-"""
+BASE = BASE_RECIPE + "budget_usd: 5\n"
 
 GRID = BASE + """\
 sweep:
@@ -169,8 +162,8 @@ def test_recipe_without_sweep_has_no_trials(repo: Path) -> None:
     assert sweeps.expand(_load(repo, BASE).recipe) == []
 
 
-@pytest.mark.slow
-def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_factory) -> None:
+@pytest.mark.slow  # trains and converts for real
+def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(examples_repo: Path) -> None:
     """For real on the local backend: four trials train one at a time, each its own recorded run; the lowest
     held-out loss wins; only the winner is converted to GGUF and carded, the others end rejected with why."""
     import json
@@ -178,12 +171,13 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_f
     pytest.importorskip("trl")
     pytest.importorskip("llama_cpp")
     from test_run_local import runner, variant
-    from test_run_local import workspace as make_workspace
 
-    repo = make_workspace.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    repo = examples_repo
     path = variant(repo, "tiny-sft", "tiny-sweep", replace=(
         "  path: data/sft.jsonl\n", "  path: data/sft.jsonl\n  split: train[:90%]\n  eval_split: train[90%:]\n"))
     text = (repo / path).read_text().replace("max_steps: 30", "max_steps: 6")
+    # Which quantization the winner gets is not the claim: one plain file (no importance matrix) is enough.
+    text = text.replace("[Q4_K_M, IQ4_XS]", "[Q8_0]").replace("imatrix: true", "imatrix: false")
     (repo / path).write_text(text + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 1e-3]\n"
                                     "    training.seed: [1, 2]\n")
     proc = runner(repo, path)

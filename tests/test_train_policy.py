@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_jsonl, write_recipe
+from conftest import JOBS, ROOT, load_job, write_jsonl, write_recipe
 
 from runner import hardware, modelfacts, render
 from runner.jobspec import JOB_MODULES
@@ -19,7 +19,6 @@ from runner.jobs import train_policy as policy
 from runner.jobspec import Places, train_config
 from runner.recipe import load
 
-JOBS = ROOT / "runner" / "jobs"
 METHODS = ("sft", "dpo", "grpo")
 DEVICES = ("cpu", "t4", "l4", "a10g", "l40s", "a100", "h200", "a100x4", "l4x4", "h200x8")
 EXPLAIN_KEYS = {"model_dtype", "bf16", "fp16", "attn_implementation", "use_liger_kernel", "packing", "padding_free",
@@ -395,16 +394,10 @@ def test_mfu_is_per_gpu_family_with_its_reasoning() -> None:
 
 def test_the_attention_kernel_is_pinned_to_a_commit_the_job_passes(tmp_path: Path) -> None:
     """The FlashAttention kernel is fetched from the Hub beside HF_TOKEN: by a full commit sha, never a branch."""
-    import importlib.util
-
     from transformers.integrations.hub_kernels import is_kernel
 
     assert re.fullmatch(r"[0-9a-f]{40}", policy.FLASH_ATTENTION_REVISION)
-    spec = importlib.util.spec_from_file_location("train_job_kernel", JOBS / "train.py")
-    assert spec and spec.loader
-    train = importlib.util.module_from_spec(spec)
-    sys.modules["train_job_kernel"] = train
-    spec.loader.exec_module(train)
+    train = load_job("train")
     raw = json.loads(_config(tmp_path).read_text())
     for dev in ("l4", "a10g", "a100x4", "h200"):
         setup = train.training_setup(raw, policy.device(dev))
@@ -461,15 +454,9 @@ def test_recipe_knobs_are_validated_with_file_and_line(repo: Path, cli) -> None:
 
 def test_gpu_setups_build_valid_trl_configs(tmp_path: Path) -> None:
     """Every family's setup turns into TRL configs the installed TRL/transformers accept (argument names, FSDP)."""
-    import importlib.util
-
     import dataclasses
 
-    spec = importlib.util.spec_from_file_location("train_job", JOBS / "train.py")
-    assert spec and spec.loader
-    train = importlib.util.module_from_spec(spec)
-    sys.modules["train_job"] = train  # its dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(train)
+    train = load_job("train")
     base = json.loads(_config(tmp_path).read_text()) | {"output_dir": str(tmp_path / "out")}
     per_method = {"sft": {}, "dpo": {},
                   "grpo": {"max_length": None, "num_generations": 4, "max_completion_length": 64,

@@ -7,17 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_recipe
+from conftest import BASE_RECIPE, ROOT, write_recipe
 
 from runner import recipe as recipe_mod
 
-BASE = """\
-name: demo
-base_model: ./models/tiny
-method: sft
-dataset:
-  path: data/sft.jsonl
-"""
+BASE = BASE_RECIPE
 
 
 def test_minimal_recipe_is_valid_and_gets_defaults(repo: Path, cli) -> None:

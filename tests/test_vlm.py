@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import struct
 import subprocess
@@ -17,10 +16,11 @@ import pytest
 from conftest import (
     ROOT,
     assert_summaries_read_whole,
+    job_env,
     keys_outside,
     train_summary_json,
     write_jsonl,
-    write_recipe, copy_examples
+    write_recipe,
 )
 from hubstub import HubStub
 
@@ -287,22 +287,11 @@ def _unstamped(value: object) -> object:
 # --- train, convert, record ----------------------------------------------------------------------
 
 
-def job_env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE"))}
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
-    return e
-
-
 @pytest.mark.slow
-def test_tiny_vlm_dpo_recipe_trains_converts_and_records(tmp_path: Path) -> None:
+def test_tiny_vlm_dpo_recipe_trains_converts_and_records(examples_repo: Path) -> None:
     pytest.importorskip("trl")
     pytest.importorskip("llama_cpp")
-    repo = tmp_path / "repo"
-    copy_examples(repo, "recipes", "data", "tiny-vlm")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    subprocess.run(git + ["init", "-q"], check=True)
-    subprocess.run(git + ["add", "-A"], check=True)
-    subprocess.run(git + ["commit", "-qm", "init"], check=True)
+    repo = examples_repo
     proc = subprocess.run([sys.executable, "-m", "runner", "run", "recipes/tiny-vlm-dpo.yaml", "--quiet"], cwd=repo,
                           env=job_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, gguf_summary_json, train_summary_json, copy_examples
+from conftest import (ROOT, copy_examples, copy_tree, git, gguf_summary_json, init_repo, set_namespace,
+                      train_summary_json)
 from ghstub import BOT, GitHubStub
 from hubstub import HubStub, JobScript
 
@@ -283,24 +284,20 @@ slow = pytest.mark.slow  # runs the workflows with act: the slow tier
 @pytest.fixture(scope="module")
 def step_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The workflows' Python: a fresh virtualenv that sees the test environment's packages through a
-    .pth file (so `pip install .` only installs the runner itself) and gets the runner from the workspace."""
+    .pth file (so `pip install .` only installs the runner itself, with the test environment's pip: no
+    ensurepip, which costs seconds) and gets the runner from the workspace."""
     path = tmp_path_factory.mktemp("act") / "venv"
-    venv.create(path, with_pip=True)
+    venv.create(path, with_pip=False)
     site = Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "_test_parent.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return path
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fork of the template: the package, workflows, recipes and example data, on main."""
-    repo = tmp_path / "models"
+@pytest.fixture(scope="module")
+def pristine_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fork of the template: the package, workflows, recipes and example data, on main (never changed)."""
+    repo = tmp_path_factory.mktemp("pristine") / "models"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for part in ("runner", ".github"):
         shutil.copytree(ROOT / part, repo / part, ignore=ignore)
@@ -309,19 +306,22 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "requirements", repo / "requirements")
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, repo / part)
-    defaults = repo / "recipes" / "_defaults.yaml"
-    defaults.write_text(defaults.read_text() + "namespace: alice\n")
-    git(repo, "init", "-q", "-b", "main")
+    set_namespace(repo, "alice")
+    init_repo(repo, "template")
     git(repo, "remote", "add", "origin", "https://github.com/acme/models")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "template")
     return repo
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    with HubStub() as stub:
-        yield stub
+def project(pristine_project: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the fork for this test."""
+    return copy_tree(pristine_project, tmp_path / "models")
+
+
+@pytest.fixture
+def hub_token() -> None:
+    """The workflows get HF_TOKEN as a secret of their own; the tests' process has none."""
+    return None
 
 
 def repository() -> dict:
