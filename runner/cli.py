@@ -153,34 +153,15 @@ def _sweep_markdown(sp) -> str:
     return sweep.markdown(sp)
 
 
-def _backend(name: str, root: Path, repo: str | None = None):
-    """The engine a run uses; `repo` (the output repo) fixes the HF namespace jobs run and bill in."""
-    from runner.backends.local import LocalBackend
+def _opened(name: str, root: Path, repo: str | None = None):
+    """The backend `name` for this command (closed after it), with job log lines printed as progress."""
+    from runner import backends
 
-    if name == "hf":
-        from runner import hub
-        from runner.backends.hf import HfBackend, namespace_of
-
-        token = None if hub.offline() else hub.token()
-        if not token:
-            raise UserError("the hf backend needs a Hugging Face token with write access: set HF_TOKEN "
-                            "(in GitHub Actions, a repository secret) or run `hf auth login`")
-        from huggingface_hub.utils import logging as hf_logging
-
-        from runner import hubretry
-
-        hf_logging.set_verbosity_error()  # retries are reported once, by the runner's own transport
-        echo = _progress_printer()
-        hubretry.install(echo)  # one retry layer under every Hub call of this process
-        api = hub.api(token)
-        return HfBackend(api, namespace_of(repo, api), token, echo=echo)
-    state = root / ".runner"
-    # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
-    return LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
+    return backends.opened(name, root, repo, _progress_printer())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import hub, planning, recipe, runs
+    from runner import backends, hub, planning, recipe, runs
 
     loaded = recipe.load(args.recipe)
     token = None if hub.offline() else hub.token()
@@ -188,18 +169,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
     if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
-        from runner.backends.hf import job_request
-
-        specs = runs.preview(loaded, plan, push=args.backend != "local")
-        jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}), "flavor": s.flavor,
-                 "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config.model_dump(mode="json")}
-                for s in specs]
+        engine = backends.engine(args.backend)
+        jobs = [{"stage": s.script, **engine.request(s), "flavor": s.flavor, "timeout_seconds": s.timeout_seconds,
+                 "labels": s.labels, "config": s.config.model_dump(mode="json")}
+                for s in runs.preview(loaded, plan, engine)]
         out = {"recipe": loaded.display, "backend": args.backend, "jobs": jobs, "cost_usd": plan.cost_usd,
                "max_cost_usd": plan.max_cost_usd, "budget_usd": plan.budget_usd}
         print(json.dumps(out, indent=None if args.json else 2))
         return 0
-    backend = _backend(args.backend, loaded.root, loaded.output_repo)
-    runs.check_spend(plan, backend, loaded.display)  # before any upload or job
+    with _opened(args.backend, loaded.root, loaded.output_repo) as backend:
+        runs.check_spend(plan, backend, loaded.display)  # before any upload or job
+        return _run(args, loaded, plan, backend, token)
+
+
+def _run(args: argparse.Namespace, loaded, plan, backend, token: str | None) -> int:
+    """`runner run` on an opened backend: the recipe's run (or sweep), followed as the flags say."""
+    from runner import runs
+
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else _progress_printer()
     if loaded.recipe.sweep is not None:
@@ -208,10 +194,10 @@ def cmd_run(args: argparse.Namespace) -> int:
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
          f"(worst case ${plan.max_cost_usd:.2f})")
     record = runs.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
-                            echo=echo)
+                        echo=echo)
     window = args.follow_for * 60 if args.follow_for is not None else None
     step = runs.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window,
-                         update_every=args.comment_every)
+                     update_every=args.comment_every)
     if args.live_comment:  # in the train workflow: one comment on the merged pull request, kept current
         commenter = actions.run_commenter(loaded.recipe.name)
         step.on_update = lambda rec: echo(f"[comment] {commenter(rec)}")
@@ -255,10 +241,6 @@ def _latest(target: str):
     raise UserError(f"no runs recorded for '{target}' (neither runs/{name}.json nor a job id in runs/)")
 
 
-def _repo(record) -> str | None:
-    return record.configs.train.repo if record.configs.train else None
-
-
 def _current_job(record, stage: str | None = None) -> tuple[str, str]:
     stage = stage or ("gguf" if "gguf" in record.jobs else "train")
     if stage not in record.jobs:
@@ -277,11 +259,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         line = f"{name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
         if not r.terminal and r.jobs:
             stage, job_id = _current_job(r, job_stage)
-            backend = _backend(r.backend, Path.cwd(), _repo(r))
-            live = backend.status(job_id)
-            line += f"; {stage} job {job_id} is {live.stage}"
-            # The job's latest metrics line (the same values it logs to Trackio).
-            progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
+            with _opened(r.backend, Path.cwd(), r.output_repo) as backend:
+                line += f"; {stage} job {job_id} is {backend.status(job_id).stage}"
+                # The job's latest metrics line (the same values it logs to Trackio).
+                progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
             if progress:
                 line += f"; {progress[-1].removeprefix('progress ').strip()}"
         if r.evaluation and r.evaluation.phrase():
@@ -296,13 +277,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     name, record, job_stage = _latest(args.recipe)
     stage, job_id = _current_job(record, job_stage)
-    backend = _backend(record.backend, Path.cwd(), _repo(record))
-    if args.follow:  # to the job's end, then its outcome
-        status = backend.wait(job_id, lambda line: print(f"[{stage}] {line}", flush=True))
-        print(f"[{stage}] job {job_id} {status.stage}" + (f": {status.message}" if status.message else ""))
-        return 0 if status.stage == "COMPLETED" else 1
-    for line in backend.logs(job_id):
-        print(f"[{stage}] {line}", flush=True)
+    with _opened(record.backend, Path.cwd(), record.output_repo) as backend:
+        if args.follow:  # to the job's end, then its outcome
+            status = backend.wait(job_id, lambda line: print(f"[{stage}] {line}", flush=True))
+            print(f"[{stage}] job {job_id} {status.stage}" + (f": {status.message}" if status.message else ""))
+            return 0 if status.stage == "COMPLETED" else 1
+        for line in backend.logs(job_id):
+            print(f"[{stage}] {line}", flush=True)
     return 0
 
 
@@ -313,84 +294,40 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if record.terminal:
         print(f"{name}: run {record.run_id} already {record.state}")
         return 0
-    backend = _backend(record.backend, Path.cwd(), _repo(record))
-    running = record.state in ("training", "converting")
-    if running:
-        backend.cancel(_current_job(record)[1])
-    # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
-    step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd(), submit=False)
-    try:
-        record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
-    except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
-        print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
-        return 0
+    with _opened(record.backend, Path.cwd(), record.output_repo) as backend:
+        running = record.state in ("training", "converting")
+        if running:
+            backend.cancel(_current_job(record)[1])
+        # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
+        step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd(), submit=False)
+        try:
+            record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
+        except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
+            print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
+            return 0
     print(f"{name}: run {record.run_id} {record.state}")
     return 0
 
 
-def _reconcile_step(root: Path, name: str, record, token: str | None, prices, default_branch: str = "HEAD"):
-    """The step that carries a recorded run on, from what the run fixed when it started.
-
-    A local run needs nothing else: its recipe may since have changed or gone. What a Hub run may
-    submit (a GGUF job, or a training job whose record is `planned`) is also derived from the recipe
-    as of the run's commit and gated again; without that recipe and a plan it submits nothing.
-    """
-    from runner import planning, recipe, runs
-
-    echo = _progress_printer()
-    if record.backend == "local":
-        return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root, may_train=False)
-    if not runs.on_branch(root, record.commit, default_branch):
-        # A record can name any commit; only what reached the default branch was reviewed and merged.
-        raise UserError(f"runs/{name}.json: run {record.run_id} names commit {(record.commit or '(none)')[:12]}, "
-                        f"which is not on the default branch ({default_branch}); refused")
-    rel = Path(record.recipe)
-    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
-        raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
-    backend = _backend(record.backend, root, _repo(record))
-    source = runs.snapshot(root, record.commit)
-    if source is None:
-        echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
-             "following its jobs only (fetch the full history to let it submit)")
-        return runs.Step(None, backend, echo, name=name, root=root, may_train=False)
-    loaded = recipe.load(source / record.recipe, root=source)
-    plan = None
-    try:
-        plan = planning.plan_recipe(loaded, token=token, price_table=prices)
-    except UserError as e:
-        echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
-    return runs.Step(loaded, backend, echo, plan=plan, root=root, may_train=False)
-
-
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Carry every unfinished run forward as far as it can go without waiting."""
-    from runner import hub, ledger, planning, runs
+    from runner.runs import reconcile
 
-    root = Path.cwd()
     problems = 0
-    token = None if hub.offline() else hub.token()
-    prices = None
     unreadable: list[str] = []
-    for group in ledger.all_runs(root, unreadable):
-        if args.recipes and group.name not in args.recipes:  # the reconcile workflow: one recipe per matrix job
-            continue
-        for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
-            try:
-                prices = prices or planning.prices(token)
-                step = _reconcile_step(root, group.name, record, token, prices, args.default_branch)
-                record = runs.drive(record, step, wait=args.wait)
-            except runs.RunBusy:
-                print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
-                continue
-            except (UserError, KeyError, ValueError, OSError) as e:  # one bad record never stops the others
-                print(f"{group.name}: run {record.run_id} not advanced: {str(e).splitlines()[0]}", file=sys.stderr)
-                problems += 1
-                continue
-            print(f"{group.name}: run {record.run_id} {record.state}"
+    for done in reconcile.carry_on(Path.cwd(), names=args.recipes, backend=args.backend, wait=args.wait,
+                                   default_branch=args.default_branch, echo=_progress_printer(),
+                                   unreadable=unreadable):
+        record = done.record
+        if done.busy:
+            print(f"{done.name}: run {record.run_id} is being advanced by another runner process")
+        elif done.error:
+            print(f"{done.name}: run {record.run_id} not advanced: {done.error}", file=sys.stderr)
+            problems += 1
+        else:
+            print(f"{done.name}: run {record.run_id} {record.state}"
                   + (f": {record.failure.reason}" if record.state == "failed" and record.failure else ""))
             problems += record.state in ("failed", "canceled") and args.wait
-    if args.recipes:  # another recipe's unreadable file is its own matrix job's to report
-        unreadable = [u for u in unreadable if any(u.startswith(f"runs/{n}.json:") for n in args.recipes)]
     for line in unreadable:  # the other recipes' runs went on; this file needs a person
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems or unreadable else 0
@@ -609,7 +546,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "rerun with RUNNER_DEBUG=1 and report it", file=sys.stderr)
         return 1
-    finally:
-        retry = sys.modules.get("runner.hubretry")  # installed by the hf backend for this command only
-        if retry is not None:
-            retry.uninstall()

@@ -122,6 +122,11 @@ class RunRecord(BaseModel):
     resume: bool = False  # this attempt resumes from the checkpoint the last one left on the Hub
 
     @property
+    def output_repo(self) -> str | None:
+        """The model repo the run fixed when it started (on the Hub, its namespace is where jobs run and bill)."""
+        return self.configs.train.repo if self.configs.train else None
+
+    @property
     def billed_jobs(self) -> list[JobRef]:
         """The jobs this run paid for: not a job a retry reused from the run that paid for it."""
         return [j for j in self.jobs.values() if j.reused_from is None]
