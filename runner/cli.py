@@ -364,46 +364,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
-    import statistics
-
-    from runner import ledger, recipe
+    from runner import history, ledger, recipe
 
     root = Path.cwd()
     names = [recipe.name_of(a) for a in args.recipes] if args.recipes else [g.name for g in ledger.all_runs(root)]
-    ratios: list[float] = []
-    rows = []
-    for name in names:
-        for r in ledger.read(root, name).runs:
-            est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
-            hours = sum((j.running_seconds or 0.0) for j in r.billed_jobs) / 3600
-            ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
-            if ratio is not None:
-                ratios.append(ratio)
-            rows.append({"recipe": name, "run_id": r.run_id, "state": r.state, "backend": r.backend,
-                         "flavor": r.jobs["train"].flavor if "train" in r.jobs else (r.plan.flavor if r.plan else None),
-                         "estimated_usd": est, "max_usd": r.cost_usd.get("max"), "actual_usd": actual,
-                         "ratio": round(ratio, 3) if ratio is not None else None, "hours": round(hours, 3)})
-    median = round(statistics.median(ratios), 3) if ratios else None
+    found = history.history(root, names)
     if args.json:
-        print(json.dumps({"runs": rows, "median_ratio": median, "runs_compared": len(ratios)}))
+        print(json.dumps(found.model_dump(mode="json")))
         return 0
-    if not rows:
-        print("no runs recorded yet (runs/ is empty)")
-        return 0
-
-    def usd(v: float | None) -> str:
-        return "-" if v is None else f"${v:.2f}"
-
-    print(f"{'recipe':<20} {'run':<24} {'state':<10} {'flavor':<12} {'estimate':>9} {'actual':>9} {'ratio':>6} "
-          f"{'hours':>6}")
-    for row in rows:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        print(f"{row['recipe']:<20} {row['run_id']:<24} {row['state']:<10} {str(row['flavor'] or '-'):<12} "
-              f"{usd(row['estimated_usd']):>9} {usd(row['actual_usd']):>9} {ratio:>6} {row['hours']:>6.2f}")
-    if median is None:
-        print("median actual/estimate: no finished Hugging Face Jobs run to compare yet")
-    else:
-        print(f"median actual/estimate: {median:.2f} over {len(ratios)} run(s)")
+    print("\n".join(history.text(found)))
     return 0
 
 
