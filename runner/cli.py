@@ -13,28 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner import __version__, actions
-from runner.errors import RecipeInvalid, UserError
-
-
-def _load_all(paths: Sequence[str], located: list | None = None):
-    from runner import recipe
-
-    loaded, problems = [], []
-    for path in recipe.recipe_files(paths):
-        try:
-            loaded.append(recipe.load(path))
-        except RecipeInvalid as e:
-            problems += [str(p) for p in e.problems]
-            if located is not None:
-                located += e.problems
-    return loaded, problems
+from runner.errors import UserError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from runner import recipe
     from runner.errors import Problem
 
-    located: list = []
-    loaded, problems = _load_all(args.recipes, located)
+    loaded, located = recipe.load_all(args.recipes)
+    problems = [str(p) for p in located]
     if not loaded and not problems:
         located = [Problem(a, 1, 1, "", "no recipe files given or found (recipes are recipes/*.yaml; "
                            "copy recipes/starter.yaml.example to start one)")
@@ -105,12 +92,13 @@ def _token_if_hub(dataset: str) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner import hub, planning, render
+    from runner import hub, planning, recipe, render, sweep
 
-    loaded, problems = _load_all(args.recipes)
+    loaded, located = recipe.load_all(args.recipes)
+    problems = [str(p) for p in located]
     token = None if hub.offline() else hub.token()
     plans = planning.plan_all(loaded, token, problems)
-    sweeps = _sweep_plans(loaded, token)
+    sweeps = planning.plan_sweeps(loaded, token)
     problems += [f"{name}: {sp.refusal}" for name, sp in sweeps.items() if sp.refusal]
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
@@ -121,36 +109,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(render.plan_markdown(plans, problems))
         for name, sp in sweeps.items():  # one line per trial and the total, gated as a whole
-            print(f"\n#### Sweep of {name}\n\n{_sweep_markdown(sp)}")
+            print(f"\n#### Sweep of {name}\n\n{sweep.markdown(sp)}")
     else:
         for line in problems:
             print(line, file=sys.stderr)
         print("\n\n".join(render.plan_text(p) for p in plans))
         for name, sp in sweeps.items():
-            print(f"\nsweep of {name}:\n{_sweep_markdown(sp)}")
+            print(f"\nsweep of {name}:\n{sweep.markdown(sp)}")
     return 0 if not problems and all(p.ok for p in plans) else 1
-
-
-def _sweep_plans(loaded: list, token: str | None) -> dict:
-    """recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
-    import dataclasses
-
-    from runner import planning, sweep
-
-    out = {}
-    prices = planning.prices(token) if any(lr.recipe.sweep for lr in loaded) else None
-    for lr in loaded:
-        if lr.recipe.sweep is not None and prices is not None:
-            def plan_one(r, lr=lr):
-                return planning.plan_recipe(dataclasses.replace(lr, recipe=r), token=token, price_table=prices)
-            out[lr.display] = sweep.plan_sweep(sweep.expand(lr.recipe), plan_one, lr.recipe.budget_usd)
-    return out
-
-
-def _sweep_markdown(sp) -> str:
-    from runner import sweep
-
-    return sweep.markdown(sp)
 
 
 def _opened(name: str, root: Path, repo: str | None = None):
@@ -212,14 +178,10 @@ def _run(args: argparse.Namespace, loaded, plan, backend, token: str | None) -> 
 
 def _run_sweep(loaded, backend, token, echo, hub_dir: Path) -> int:
     """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py)."""
-    import dataclasses
-
     from runner import planning, sweeprun
 
-    prices = planning.prices(token)
-    outcome = sweeprun.run(loaded, backend, lambda r: planning.plan_recipe(dataclasses.replace(loaded, recipe=r),
-                                                                          token=token, price_table=prices),
-                           echo=echo, hub_dir=hub_dir)
+    plan_one = planning.trial_planner(loaded, token, planning.prices(token))
+    outcome = sweeprun.run(loaded, backend, plan_one, echo=echo, hub_dir=hub_dir)
     print(json.dumps({"sweep": outcome.verdict.reason, "winner": outcome.verdict.winner,
                       "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()}}))
     return 0 if outcome.winner is not None and outcome.winner.state == "recorded" else 1
@@ -229,23 +191,7 @@ def _latest(target: str):
     """(recipe name, run, job stage) for a recipe given by file or name (its newest run), or for a job id."""
     from runner import ledger, recipe
 
-    name = recipe.name_of(target) if target.endswith((".yaml", ".yml")) else target
-    runs = ledger.read(Path.cwd(), name).runs if "/" not in name else []
-    if runs:
-        return name, runs[-1], None
-    for group in ledger.all_runs(Path.cwd()):
-        for record in reversed(group.runs):
-            for stage, job in record.jobs.items():
-                if job.id == target:
-                    return group.name, record, stage
-    raise UserError(f"no runs recorded for '{target}' (neither runs/{name}.json nor a job id in runs/)")
-
-
-def _current_job(record, stage: str | None = None) -> tuple[str, str]:
-    stage = stage or ("gguf" if "gguf" in record.jobs else "train")
-    if stage not in record.jobs:
-        raise UserError(f"run {record.run_id} has no job yet (state {record.state})")
-    return stage, record.jobs[stage].id
+    return ledger.latest(Path.cwd(), recipe.name_of(target), target)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -258,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, r, job_stage in targets:
         line = f"{name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
         if not r.terminal and r.jobs:
-            stage, job_id = _current_job(r, job_stage)
+            stage, job_id = r.current_job(job_stage)
             with _opened(r.backend, Path.cwd(), r.output_repo) as backend:
                 line += f"; {stage} job {job_id} is {backend.status(job_id).stage}"
                 # The job's latest metrics line (the same values it logs to Trackio).
@@ -276,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     name, record, job_stage = _latest(args.recipe)
-    stage, job_id = _current_job(record, job_stage)
+    stage, job_id = record.current_job(job_stage)
     with _opened(record.backend, Path.cwd(), record.output_repo) as backend:
         if args.follow:  # to the job's end, then its outcome
             status = backend.wait(job_id, lambda line: print(f"[{stage}] {line}", flush=True))
@@ -297,7 +243,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with _opened(record.backend, Path.cwd(), record.output_repo) as backend:
         running = record.state in ("training", "converting")
         if running:
-            backend.cancel(_current_job(record)[1])
+            backend.cancel(record.current_job()[1])
         # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
         step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd(), submit=False)
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from runner.errors import Problem, RecipeInvalid
 from runner.recipe_checks import first_symlink, reward_function_problem
-from runner.recipe_load import defaults_file, find_root, load, name_of, recipe_files
+from runner.recipe_load import defaults_file, find_root, load, load_all, name_of, recipe_files
 from runner.recipe_models import (
     REPO_KEYS,
     Adapter,
@@ -53,5 +53,5 @@ __all__ = [
     "LORA_AUTO_THRESHOLD", "REPO_KEYS", "REWARDS_DIR", "SCHEMA_FILE", "SLUG", "Adapter", "Dataset", "Evaluation",
     "Gguf", "LoadedRecipe", "Method", "Output", "Problem", "Recipe", "RecipeInvalid", "RepoDefaults", "Reward",
     "Tracking", "Training", "defaults_file", "find_root", "first_symlink", "hub_id", "json_schema", "load",
-    "looks_local_dataset", "name_of", "parse_duration", "recipe_files", "reward_function_problem",
+    "load_all", "looks_local_dataset", "name_of", "parse_duration", "recipe_files", "reward_function_problem",
 ]

@@ -178,6 +178,18 @@ def recipe_files(args: Sequence[str]) -> list[Path]:
     return out
 
 
+def load_all(paths: Sequence[str]) -> tuple[list[LoadedRecipe], list[Problem]]:
+    """Every recipe the paths name, loaded; and the located problems of those that do not load."""
+    loaded: list[LoadedRecipe] = []
+    problems: list[Problem] = []
+    for path in recipe_files(paths):
+        try:
+            loaded.append(load(path))
+        except RecipeInvalid as e:
+            problems += e.problems
+    return loaded, problems
+
+
 def name_of(arg: str) -> str:
     """A recipe given by file (its `name`) or by name."""
     return load(arg).recipe.name if arg.endswith((".yaml", ".yml")) and Path(arg).is_file() else arg
