@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner import __version__, actions
+from runner.backends import ENGINES
 from runner.errors import UserError
 
 
@@ -340,7 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description="Fine-tune LLMs as code: recipes in, models out.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _recipe_commands(sub)
+    _run_commands(sub)
+    _record_commands(sub)
+    actions.add_commands(sub)
+    return parser
 
+
+def _recipe_commands(sub: argparse._SubParsersAction) -> None:
+    """Before the merge: check, write, inspect and plan recipes."""
     p = sub.add_parser("validate", help="check recipe files; one located line per problem")
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
     out = p.add_mutually_exclusive_group()
@@ -380,9 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--markdown", action="store_true", help="print the pull-request comment body")
     p.set_defaults(func=cmd_plan)
 
+
+def _run_commands(sub: argparse._SubParsersAction) -> None:
+    """After the merge: run a recipe, and follow or stop its run."""
     p = sub.add_parser("run", help="validate, plan, train, convert to GGUF, and record the card and run")
     p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--backend", choices=["local", "hf"], default="local",
+    p.add_argument("--backend", choices=list(ENGINES), default="local",
                    help="local: subprocesses on this machine (default); hf: Hugging Face Jobs")
     p.add_argument("--processes", type=int, default=1, choices=range(1, 65), metavar="N",
                    help="data-parallel training processes (torchrun) for the local backend")
@@ -418,10 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", metavar="RECIPE")
     p.set_defaults(func=cmd_cancel)
 
+
+def _record_commands(sub: argparse._SubParsersAction) -> None:
+    """Over the recorded runs: carry them on, check the set-up, compare costs, promote a model."""
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
     p.add_argument("recipes", nargs="*", metavar="NAME", help="only these recipes' runs (default: all)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
-    p.add_argument("--backend", choices=["local", "hf"], default=None,
+    p.add_argument("--backend", choices=list(ENGINES), default=None,
                    help="only runs on this backend (the reconcile workflow: hf)")
     p.add_argument("--default-branch", default="HEAD", metavar="REF",
                    help="a Hub run's commit must be on this branch (default: HEAD, the checked-out default branch)")
@@ -440,9 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one of its recorded runs (runner history)")
     p.add_argument("--apply", action="store_true", help="move every promoted model's Hub tag (what the merge runs)")
     p.set_defaults(func=cmd_promote)
-
-    actions.add_commands(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
