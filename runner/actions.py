@@ -142,7 +142,8 @@ def cmd_pr_check(args: argparse.Namespace) -> int:
     plans, problems = _plan_tree(paths, Path.cwd(), located)
     for p in located:
         print(annotation(p))
-    body = render.plan_markdown(plans, problems) if paths else render.no_recipe_markdown()
+    body = render.plan_markdown(plans, problems, beside=_current_models(plans)) if paths \
+        else render.no_recipe_markdown()
     ok = not problems and all(p.ok for p in plans)
     (out_dir / "plan.md").write_text(body, encoding="utf-8")
     (out_dir / "plan.json").write_text(json.dumps({"ok": ok, "recipes": paths, "errors": problems,
@@ -156,6 +157,13 @@ def cmd_pr_check(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(f"{len(paths)} recipe(s) checked: " + ("ok" if ok else "not ready to merge (see the plan)"))
     return 0 if ok else 1
+
+
+def _current_models(plans: list) -> dict[str, list[str]]:
+    """The figures of each planned recipe's current model, from this checkout's runs/ and models/current.json."""
+    from runner import registry
+
+    return registry.beside(registry.load(Path.cwd()), plans) if plans else {}
 
 
 def cmd_comment_plan(args: argparse.Namespace) -> int:
@@ -187,7 +195,9 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
                             "(missing, or links out of the tree)")
         paths = _changed(pr.base.sha, head, tree=tree)
         plans, problems = _plan_tree(paths, tree, read_token=_read_token(event))
-        body = render.plan_markdown(plans, problems, commit=head) if paths else render.no_recipe_markdown()
+        # The current models come from this checkout (the default branch), not from the pull request's files.
+        body = render.plan_markdown(plans, problems, commit=head, beside=_current_models(plans)) if paths \
+            else render.no_recipe_markdown()
     except UserError as e:  # never leave an older plan standing for a newer head
         body = render.plan_markdown([], [f"plan unavailable for {head[:12]}: {str(e).splitlines()[0]}"], commit=head)
     action, comment_id = github.upsert_comment(repo, pr.number, COMMENT_MARKER, body)
@@ -214,9 +224,38 @@ def cmd_commit_back(args: argparse.Namespace) -> int:
         return 0
     branch = args.branch or os.environ.get("GITHUB_REF_NAME", "").strip() or "main"
     merge = {path: ledger.merge_runs for path in files if path.startswith("runs/") and path.endswith(".json")}
-    result = github.commit_files(github.repository(), branch, files, args.message, merge)
+    repo = github.repository()
+    if merge:  # a run record changes: the registry page with it, from the branch as the commit will leave it
+        ours = {path: files[path] for path in merge}
+        files[REGISTRY_PAGE] = _write_registry(root)
+        merge[REGISTRY_PAGE] = lambda theirs, mine: _registry_on(repo, branch, ours)
+    result = github.commit_files(repo, branch, files, args.message, merge)
     print(f"{len(files)} file(s) to {branch}: {result}")
     return 0
+
+
+REGISTRY_PAGE = "models/README.md"
+
+
+def _write_registry(root: Path) -> bytes:
+    """Regenerate models/README.md in the checkout from its runs/ (what a local commit of it would hold)."""
+    from runner import ledger, registry
+
+    data = registry.markdown(registry.load(root)).encode("utf-8")
+    ledger.atomic_write(root / REGISTRY_PAGE, data)
+    return data
+
+
+def _registry_on(repo, branch: str, ours: dict[str, bytes]) -> bytes:
+    """models/README.md of the branch's runs/ with ours merged in: another recipe's commit-back since this
+    checkout keeps its rows (a branch that moves under the commit makes commit_files retry, and call this again)."""
+    from runner import github, ledger, registry
+
+    tree = github.read_folder(repo, "runs", branch)
+    current = github.read_file(repo, "models/current.json", branch)
+    tree |= {"models/current.json": current} if current is not None else {}
+    tree |= {path: ledger.merge_runs(tree.get(path), data) for path, data in ours.items()}
+    return registry.markdown(registry.load_files(tree)).encode("utf-8")
 
 
 def _changed_in_worktree(root: Path, paths: list[str]) -> set[str]:

@@ -13,7 +13,7 @@ from runner.jobspec import DPOJobConfig, GRPOJobConfig, TrainJobConfig
 from runner.ledger import RunRecord
 from runner.plan import Plan
 from runner.recipe import looks_local_dataset
-from runner.render import code, md
+from runner.render import code, md, sweep_markdown
 from runner.summaries import GgufSummary, LogEntry
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
     data = _metadata(record, plan, dataset, adapter, license)
     lines = _training_lines(record, plan, config, dataset, adapter)
     lines += _results_lines(record, plan, config, has_plot)
+    if record.sweep:  # this run won a sweep: every trial it was judged beside
+        lines += ["", "## Sweep", *sweep_markdown(record.sweep, record.run_id)]
     if gguf and gguf.skipped:
         lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
     if gguf and gguf.models:
@@ -211,7 +213,7 @@ def _provenance_lines(record: RunRecord, config: TrainJobConfig) -> list[str]:
 def _cost_lines(record: RunRecord) -> list[str]:
     """The estimate against what the Hub billed (nothing, for a run on this machine)."""
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
-    hours = sum(j.running_seconds or 0.0 for j in record.billed_jobs) / 3600
+    hours = record.billed_hours
     return ["", "## Cost", "",
             f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
             + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")

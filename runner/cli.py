@@ -176,6 +176,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Every model the repository trained, the current one of each recipe marked (runner/registry.py)."""
+    from runner import registry
+
+    reg = registry.load(Path.cwd())
+    print(reg.model_dump_json(indent=2) if args.json else registry.markdown(reg) if args.markdown
+          else registry.text(reg))
+    for line in reg.problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if reg.problems else 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
     from runner import history, ledger, recipe
@@ -261,6 +273,12 @@ def _record_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("models", help="every model the repository trained (models/README.md), current ones marked")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the registry as one JSON object")
+    out.add_argument("--markdown", action="store_true", help="print models/README.md as commit-back writes it")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("promote", help="make a recorded run the recipe's current model (moves the Hub tag on merge)")
     p.add_argument("name", nargs="?", metavar="NAME", help="recipe name")

@@ -37,6 +37,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
+    p.add_argument("--merged-with", nargs="*", default=[], metavar="RECIPE",
+                   help="the other recipes of the same merge: refused together above max_total_usd")
     p.add_argument("--live-comment", action="store_true",
                    help="in a workflow: keep one comment on the merged pull request current (GITHUB_TOKEN)")
     p.add_argument("--comment-every", type=float, default=float(os.environ.get("RUNNER_COMMENT_EVERY", 120)),
@@ -73,6 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = planning.plan_recipe(loaded, token=token, price_table=planning.prices(token))
     if plan.dataset.status != "ready":
         raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
+    together = planning.merge_gate(loaded, plan, args.merged_with, token)
+    if together:
+        raise UserError(f"{loaded.display}: {together}; nothing submitted")
     if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
         engine = backends.engine(args.backend)
         jobs = [{"stage": s.script, **engine.request(s), "flavor": s.flavor, "timeout_seconds": s.timeout_seconds,

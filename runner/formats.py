@@ -163,11 +163,10 @@ def sft(rows: Sequence[dict], columns: Sequence[str]) -> MethodVerdict:
     if prompt and completion:
         mapping = {k: v for k, v in ((prompt, "prompt"), (completion, "completion")) if k != v}
         return _prompt_completion(rows, prompt, completion, mapping)
-    if _find(columns, ("content", "body", "document")):
-        col = _find(columns, ("content", "body", "document"))
-        if _all(rows, col, _is_str):
-            return MethodVerdict(status="needs_mapping", mapping={col: "text"},
-                                 reason=f"'{col}' holds plain text; map it to 'text'")
+    body = _find(columns, ("content", "body", "document"))
+    if body and _all(rows, body, _is_str):
+        return MethodVerdict(status="needs_mapping", mapping={body: "text"},
+                             reason=f"'{body}' holds plain text; map it to 'text'")
     return MethodVerdict(status="incompatible",
                          reason="no 'messages', 'text' or 'prompt'+'completion' columns (columns: "
                          + ", ".join(columns) + ")")
@@ -340,10 +339,10 @@ def vision_dpo(rows: Sequence[dict], columns: Sequence[str], pictures: Sequence[
     """TRL's vision preference format: `images` (a list per row), an explicit `prompt`, `chosen`, `rejected`."""
     column = pictures[0]
     for i, r in enumerate(rows, start=1):
-        found = images_in(r.get(column))
-        if not found:
+        images = images_in(r.get(column))
+        if not images:
             return MethodVerdict(status="incompatible", reason=f"row {i}: no image in '{column}'")
-        bad = next((p.problem for p in found if p.problem), None)
+        bad = next((p.problem for p in images if p.problem), None)
         if bad:
             return MethodVerdict(status="incompatible", reason=f"row {i}: '{column}': {bad}")
     text_rows = [{k: v for k, v in r.items() if k not in pictures} for r in rows]

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def upsert_comment(repo: Any, number: int, marker: str, body: str) -> tuple[str,
     return "created", issue.create_comment(body).id
 
 
-def pull_for_sha(repo: Any, sha: str, hinted: list[int] = ()) -> Any | None:
+def pull_for_sha(repo: Any, sha: str, hinted: Sequence[int] = ()) -> Any | None:
     """The open pull request whose head is `sha`. GitHub leaves the hint empty for forks: then look."""
     for number in hinted:
         pr = repo.get_pull(number)
@@ -138,7 +139,7 @@ def commit_files(repo: Any, branch: str, files: dict[str, bytes], message: str,
         elements = []
         for path, data in sorted(files.items()):
             if path in merge:
-                data = merge[path](_read(repo, path, head.sha), data)
+                data = merge[path](read_file(repo, path, head.sha), data)
             blob = repo.create_git_blob(data.decode("utf-8") if _is_text(data) else _b64(data),
                                         "utf-8" if _is_text(data) else "base64")
             elements.append(InputGitTreeElement(path=path, mode="100644", type="blob", sha=blob.sha))
@@ -160,6 +161,26 @@ def commit_files(repo: Any, branch: str, files: dict[str, bytes], message: str,
     raise UserError(f"{branch} kept moving; gave up after {PUSH_ATTEMPTS} attempts")
 
 
+def read_folder(repo: Any, folder: str, ref: str) -> dict[str, bytes]:
+    """The files directly in `folder` at `ref`: {path: bytes}; {} when there is no such folder."""
+    from github import GithubException
+
+    try:
+        listing = repo.get_contents(folder, ref=ref)
+    except GithubException as e:
+        if e.status == 404:
+            return {}
+        raise
+    entries = listing if isinstance(listing, list) else [listing]
+    out = {}
+    for entry in entries:
+        if entry.type == "file":
+            data = read_file(repo, entry.path, ref)
+            if data is not None:
+                out[entry.path] = data
+    return out
+
+
 def _pull_request_instead(repo: Any, base: str, sha: str, message: str) -> str:
     head = f"recipes-runner/{sha[:12]}"
     repo.create_git_ref(f"refs/heads/{head}", sha)
@@ -168,7 +189,8 @@ def _pull_request_instead(repo: Any, base: str, sha: str, message: str) -> str:
     return pr.html_url
 
 
-def _read(repo: Any, path: str, ref: str) -> bytes | None:
+def read_file(repo: Any, path: str, ref: str) -> bytes | None:
+    """The file at `ref`, or None when it does not exist there."""
     from github import GithubException
 
     try:

@@ -167,5 +167,5 @@ def live_prices_from(hardware: Iterable[object]) -> dict[str, float]:
         factor = per.get(str(getattr(hw, "unit_label", "")).lower())
         cost = getattr(hw, "unit_cost_usd", None)
         if factor and isinstance(cost, (int, float)) and cost >= 0:
-            out[str(hw.name)] = round(float(cost) * factor, 6)
+            out[str(getattr(hw, "name", ""))] = round(float(cost) * factor, 6)
     return out

@@ -48,7 +48,7 @@ def history(root: Path, names: list[str]) -> History:
                 flavor=r.jobs["train"].flavor if "train" in r.jobs else (r.plan.flavor if r.plan else None),
                 estimated_usd=est, max_usd=r.cost_usd.get("max"), actual_usd=actual,
                 ratio=round(ratio, 3) if ratio is not None else None,
-                hours=round(sum((j.running_seconds or 0.0) for j in r.billed_jobs) / 3600, 3)))
+                hours=round(r.billed_hours, 3)))
     median = round(statistics.median(ratios), 3) if ratios else None
     return History(runs=rows, median_ratio=median, runs_compared=len(ratios))
 

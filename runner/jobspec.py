@@ -283,11 +283,12 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
     a = r.adapter
     rewards = [RewardRef(name=w.builtin) if w.builtin else
                RewardRef(path=_input(loaded, places, w.file or "", True), function=w.function) for w in r.rewards]
-    method_fields: dict[str, object] = {
+    method_fields: dict[str, dict[str, object]] = {
         "sft": {"max_length": t.max_length},
         "dpo": {"max_length": t.max_length} | ({"beta": t.beta} if t.beta is not None else {}),
         "grpo": {"num_generations": t.num_generations or 8, "max_completion_length": t.max_completion_length or 256},
-    }[r.method]
+    }
+    per_method = method_fields[r.method]
     return CONFIG_CLASSES[r.method](
         run_id=run_id, **_dataset(loaded, places), eval_fraction=r.dataset.held_out_fraction,
         evaluation=r.evaluation, rewards=rewards, pin_batch=t.pin_batch, packing_mode=t.packing,
@@ -303,7 +304,7 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
         # A retry resumes from the checkpoint the failed attempt left (last-checkpoint/ in the repo, or on disk).
         resume_from_checkpoint="last-checkpoint" if resume else None,
         output_dir=str(places.model_dir), summary_path=str(places.work_dir / "train-summary.json"),
-        **_summary_target(repo, run_id, "train-summary.json"), **method_fields,
+        **_summary_target(repo, run_id, "train-summary.json"), **per_method,
     )
 
 

@@ -87,6 +87,26 @@ class Failure(BaseModel):
     checkpoint_on_hub: bool = False
 
 
+class TrialRow(BaseModel):
+    """One trial of the sweep a run won, as the sweep judged it."""
+
+    trial: str
+    suffix: str  # what the trial overrides, e.g. learning-rate1e-4-r8
+    run_id: RunId
+    state: State
+    value: float | None = None  # the sweep's metric after training (None: the trial reported none)
+    actual_usd: float | None = None
+
+
+class SweepResult(BaseModel):
+    """On a sweep's winner: every trial beside it, the metric that judged them and why this one won."""
+
+    metric: str
+    mode: Literal["min", "max"]
+    reason: str
+    trials: list[TrialRow]
+
+
 class RunRecord(BaseModel):
     run_id: RunId
     recipe: RecipePath
@@ -107,6 +127,7 @@ class RunRecord(BaseModel):
     gate_rule: Gate | None = None  # the recipe's evaluation.gate when the run started: what judges it
     gate: GateVerdict | None = None  # gate_rule over this run's numbers, once trained (None: no gate)
     trial: str | None = None  # the sweep trial id this run trains (runner/sweep.py), None outside a sweep
+    sweep: SweepResult | None = None  # on a sweep's winner: the table of every trial
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)
@@ -144,6 +165,11 @@ class RunRecord(BaseModel):
             return 0.0  # this machine's time
         return round(sum(billed(max(j.running_seconds, 1.0) / 3600, j.usd_per_hour or 0.0)
                          for j in self.billed_jobs if j.running_seconds is not None), 4)
+
+    @property
+    def billed_hours(self) -> float:
+        """The running time the Hub bills this run for, over its own jobs."""
+        return sum(j.running_seconds or 0.0 for j in self.billed_jobs) / 3600
 
     @property
     def terminal(self) -> bool:

@@ -178,6 +178,12 @@ def from_local(directory: Path, name: str) -> ModelFacts:
                       active_params=active_from_config(config, params), **shape)
 
 
+def _sub(doc: dict, key: str, default: dict | None = None) -> dict:
+    """doc[key] when it is a mapping (configs nest their parts, but not always), else `default` or {}."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else ({} if default is None else default)
+
+
 def _processor_settings(directory: Path) -> dict:
     """The image processor's settings: preprocessor_config.json, or processor_config.json's
     `image_processor` (the layout transformers 5 saves), with the processor's own keys beside them."""
@@ -188,8 +194,7 @@ def _processor_settings(directory: Path) -> dict:
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict):
-            nested = doc.get("image_processor") if isinstance(doc.get("image_processor"), dict) else {}
-            merged |= {k: v for k, v in doc.items() if k != "image_processor"} | nested
+            merged |= {k: v for k, v in doc.items() if k != "image_processor"} | _sub(doc, "image_processor")
     return merged
 
 
@@ -200,8 +205,8 @@ def _local_vision(directory: Path, config: dict, name: str) -> VisionFacts | Non
     if base is None:
         return None
     pre = _processor_settings(directory)
-    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
-    size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
+    vision = _sub(config, "vision_config")
+    size = _sub(pre, "size")
     update: dict = {}
     if base.kind == "qwen_vl":
         update["patch_size"] = pre.get("patch_size") or vision.get("patch_size") or base.patch_size
@@ -221,7 +226,7 @@ def _local_vision(directory: Path, config: dict, name: str) -> VisionFacts | Non
 
 
 def _shape(config: dict) -> dict:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text = _sub(config, "text_config", config)
     archs = config.get("architectures") or [None]
     return {
         "hidden_size": text.get("hidden_size"),
@@ -233,9 +238,11 @@ def _shape(config: dict) -> dict:
 
 def active_from_config(config: dict, total: int) -> int | None:
     """Active parameters of a mixture-of-experts config: the total less the experts a token skips."""
-    c = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    c = _sub(config, "text_config", config)
     experts = c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts")
     per_token = c.get("num_experts_per_tok")
+    if experts is None or per_token is None:
+        return None  # a dense model
     try:
         experts, per_token = int(experts), int(per_token)
         hidden, layers = int(c["hidden_size"]), int(c["num_hidden_layers"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from runner.jobspec import GgufJobConfig, JobConfig, TrainJobConfig
+from runner.jobspec import GgufJobConfig, TrainJobConfig
 from runner.summaries import GgufSummary, TrainSummary
 
 
@@ -23,7 +23,7 @@ class Lister(Protocol):
 NOT_THE_MODEL = ("last-checkpoint/", "checkpoint-", "runner/")
 
 
-def _summary_place(config: JobConfig) -> str:
+def _summary_place(config: TrainJobConfig | GgufJobConfig) -> str:
     if config.summary_repo:
         return f"{config.summary_repo_path} in {config.summary_repo}"
     return config.summary_path

@@ -145,3 +145,20 @@ def plan_sweeps(loaded: list[LoadedRecipe], token: str | None) -> dict[str, swee
     return {lr.display: sweep.plan_sweep(sweep.expand(lr.recipe), trial_planner(lr, token, price_table),
                                          lr.recipe.budget_usd)
             for lr in swept if price_table is not None}
+
+
+def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str | None) -> str | None:
+    """At merge: why this recipe is refused together with the other recipes of the same merge (their summed
+    worst case above `max_total_usd`), or None. Every recipe of the merge reaches the same verdict."""
+    cap = loaded.defaults.max_total_usd
+    paths = [p for p in dict.fromkeys(others) if Path(p).resolve() != loaded.path.resolve()]
+    if cap is None or not paths:
+        return None
+    from runner import recipe
+
+    price_table = prices(token)
+    worst = {plan.recipe: plan.max_cost_usd}
+    for path in paths:
+        other = plan_recipe(recipe.load(path), token=token, price_table=price_table)
+        worst[other.recipe] = other.max_cost_usd
+    return merge_refusal(worst, cap)

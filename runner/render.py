@@ -7,12 +7,12 @@ dataset, so everything interpolated into Markdown is escaped.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from runner.dataset import DatasetReport
 from runner.evaluation import Evaluation
-from runner.ledger import RunRecord
+from runner.ledger import RunRecord, SweepResult
 from runner.plan import Plan
 
 COMMENT_MARKER = "<!-- recipes-runner:plan -->"
@@ -139,8 +139,11 @@ def plan_text(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str | None = None) -> str:
-    """The body of the sticky PR comment; every value from a recipe, a dataset or a model is escaped."""
+def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str | None = None,
+                  beside: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The body of the sticky PR comment; every value from a recipe, a dataset or a model is escaped.
+
+    `beside`: plan name -> Markdown lines shown after its table (the recipe's current model, runner/registry.py)."""
     out = [COMMENT_MARKER, "## Training plan", ""]
     for line in errors:
         out.append(f"- :x: {code(line)}")
@@ -172,6 +175,7 @@ def plan_markdown(plans: Sequence[Plan], errors: Sequence[str] = (), commit: str
             f"| Output | {code(p.output_repo) if p.output_repo else 'none'} |",
             "",
         ]
+        out += (beside or {}).get(p.name, [])
         if p.warnings:
             out += ["**Warnings**", ""] + [f"- {md(w)}" for w in p.warnings] + [""]
         if p.calibration:
@@ -275,6 +279,8 @@ def outcome_markdown(name: str, record: RunRecord, blob_url: str) -> str:
                + ", actual " + (f"${actual:.2f}" if actual is not None else "unknown") + " |")
     if record.evaluation:
         out += evaluation_markdown(record.evaluation)
+    if record.sweep:
+        out += sweep_markdown(record.sweep, record.run_id)
     if record.state == "rejected" and record.gate is not None:  # trained, then held back by its quality gate
         out += ["", f"**Rejected by its quality gate:** {md(record.gate.line())}; not published, no GGUF job."]
     if record.failure:
@@ -303,6 +309,20 @@ def evaluation_markdown(ev: Evaluation) -> list[str]:
     return out
 
 
+def sweep_markdown(result: SweepResult, winner_run: str) -> list[str]:
+    """The table of a sweep's trials beside its winner (the card and the outcome comment)."""
+    better = "lower" if result.mode == "min" else "higher"
+    out = ["", f"**Sweep** of {len(result.trials)} trials, judged by held-out {md(result.metric)} ({better} wins): "
+               f"{md(result.reason)}", "", f"| trial | {md(result.metric)} | outcome | run | cost |",
+           "|---|---|---|---|---|"]
+    for t in result.trials:
+        won = t.run_id == winner_run
+        cost = "-" if t.actual_usd is None else f"${t.actual_usd:.2f}"
+        out.append(f"| {f'**{md(t.suffix)}**' if won else md(t.suffix)} | {_num(t.value)} | "
+                   f"{'winner' if won else md(t.state)} | {code(t.run_id)} | {cost} |")
+    return out
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -312,3 +332,6 @@ def _link(url: str) -> str:
     if url.startswith(("https://", "http://")) and not any(c in url for c in " <>()[]"):
         return f"[{md(url.split('://', 1)[1])}]({url})"
     return f"`{md(url)}`"
+
+
+link = _link  # the public name, for other renderers (runner/registry.py)

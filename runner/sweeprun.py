@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -71,9 +72,20 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
             _lose(loaded.root, loaded.recipe.name, record, verdict)
     winner = None
     if verdict.winner is not None:
+        records[verdict.winner].sweep = _result(results, records, spec.metric, spec.direction, verdict)
+        ledger.save(loaded.root, records[verdict.winner], loaded.recipe.name)
         step = dataclasses.replace(steps[verdict.winner], sweep_winner=verdict.winner)
         winner = records[verdict.winner] = runs.drive(records[verdict.winner], step, wait=True)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner)
+
+
+def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], metric: str, mode: Literal["min", "max"],
+            verdict: sweep.Verdict) -> ledger.SweepResult:
+    """The winner's table of every trial: its metric, how it ended, what it cost."""
+    rows = [ledger.TrialRow(trial=r.id, suffix=r.suffix, run_id=records[r.id].run_id, state=records[r.id].state,
+                            value=(r.metrics or {}).get(metric), actual_usd=records[r.id].actual_usd())
+            for r in results]
+    return ledger.SweepResult(metric=metric, mode=mode, reason=verdict.reason, trials=rows)
 
 
 def _carry(record: RunRecord, step: runs.Step, *, parallel: bool) -> RunRecord:

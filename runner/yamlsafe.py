@@ -102,6 +102,7 @@ def load(path: Path, *, display: str | None = None) -> Located:
         depth = 0
         for event in yaml.parse(text, Loader=_Loader):
             mark = event.start_mark
+            assert mark is not None  # the parser marks every event it emits
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise fail("YAML anchors and aliases are not allowed in recipes", mark.line + 1, mark.column + 1)
             if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):

@@ -41,6 +41,8 @@ def _hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     # Tiny models: one thread each, so a test's job processes do not fight over the two cores.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # The stand-in lists a job the moment it exists (unless a test plays lag): a claim need not wait long.
+    monkeypatch.setenv("RUNNER_CLAIM_SETTLE_SECONDS", "0.05")
 
 
 

@@ -76,6 +76,18 @@ class GitHubState:
         return [c for c in self.comments if c["issue"] == number]
 
 
+def _folder(tree: dict[str, str], folder: str) -> list[dict[str, Any]]:
+    """The entries directly in `folder` of a flat {path: blob sha} tree: files, and the folders below it."""
+    seen: dict[str, dict[str, Any]] = {}
+    for path, blob in sorted(tree.items()):
+        if path.startswith(folder + "/"):
+            name, _, deeper = path[len(folder) + 1:].partition("/")
+            kind = "dir" if deeper else "file"
+            seen.setdefault(name, {"type": kind, "name": name, "path": f"{folder}/{name}", "sha": blob if kind ==
+                                   "file" else "0" * 40, "size": 0})
+    return list(seen.values())
+
+
 class GitHubStub:
     def __init__(self) -> None:
         self.state = GitHubState()
@@ -288,6 +300,11 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                 ref = q.get("ref", "main")
                 sha = ref if ref in state.commits else state.refs.get(f"heads/{ref}")
                 blob = state.trees[state.commits[sha]["tree"]].get(r[1]) if sha else None
+                if blob is None and sha:  # a folder: its entries, without content (as GitHub lists one)
+                    entries = _folder(state.trees[state.commits[sha]["tree"]], r[1].rstrip("/"))
+                    if entries:
+                        return self._send(200, [e | {"url": f"{stub.repo_url()}/contents/{e['path']}"}
+                                                for e in entries])
                 if blob is None:
                     return self._send(404, {"message": "Not Found"})
                 data = state.blobs[blob]

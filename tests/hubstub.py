@@ -91,6 +91,7 @@ class JobScript:
     message: str | None = None
     logs: list[str] = field(default_factory=lambda: ["starting", "progress step=1/2 loss=2.0", "done"])
     outlive_timeout: bool = False
+    unlisted_for: float = 0.0  # seconds after creation before a listing shows the job (the Hub's listing lag)
     summary: dict[str, Any] | None = None
     checkpoint: bool = False  # push last-checkpoint/ to the output repo before ending
     push: bool = True
@@ -113,6 +114,10 @@ class Job:
     started_mono: float | None = None
     finished_mono: float | None = None
     clock_scale: float = 1.0  # report durations this many times longer (a "3-hour" job in seconds)
+    unlisted_for: float = 0.0  # listings leave it out this long after creation (eventual consistency)
+
+    def listed(self) -> bool:
+        return time.monotonic() - self.created_mono >= self.unlisted_for
 
     def durations(self) -> dict[str, int | None]:
         now = time.monotonic()
@@ -232,6 +237,7 @@ class HubStub:
         with self.state.lock:
             self.state.jobs[job.id] = job
             script = self.state.job_scripts.pop(0) if self.state.job_scripts else None
+            job.unlisted_for = script.unlisted_for if script else 0.0
         target = self._play if script else self._run_for_real
         threading.Thread(target=target, args=(job, script) if script else (job,), daemon=True).start()
         return job
@@ -597,7 +603,7 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             q = parse_qs(url.query)
             wanted = [tuple(v.split("=", 1)) for v in q.get("label", [])]
             jobs = [j for j in sorted(state.jobs.values(), key=lambda j: j.created_at)
-                    if j.namespace == namespace and all(j.spec.get("labels", {}).get(k) == v for k, v in wanted)]
+                    if j.namespace == namespace and j.listed() and all(j.spec.get("labels", {}).get(k) == v for k, v in wanted)]
             start = int(q.get("cursor", ["0"])[0])
             page = jobs[start:start + state.page_size]
             headers = {}

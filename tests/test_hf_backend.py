@@ -22,6 +22,7 @@ from conftest import HUB_TOKEN, ROOT, gguf_summary_json, train_summary_json
 from hubstub import HubStub, JobScript
 
 from runner.cli import main
+from runner.errors import UserError
 
 TOKEN = HUB_TOKEN
 SUMMARY = train_summary_json()
@@ -305,14 +306,76 @@ def test_adoption_looks_through_every_page_of_jobs(hub) -> None:
     labels = {"recipe": "r", "version": "v1", "stage": "train"}
     hub.state.job_scripts += [JobScript(end="ERROR", running=0.0)] * 4 + [JobScript(outlive_timeout=True)] + \
         [JobScript(end="ERROR", running=0.0)] * 2
-    ids = [api.run_job(image="x", command=["true"], labels=labels, namespace="alice").id for _ in range(7)]
-    api.run_job(image="x", command=["true"], labels={**labels, "version": "v2"}, namespace="alice")
+    ids = [api.run_job(image="x", command=["true"], labels=labels, env=RUNNER_ENV, namespace="alice").id
+           for _ in range(7)]
+    api.run_job(image="x", command=["true"], labels={**labels, "version": "v2"}, env=RUNNER_ENV, namespace="alice")
     deadline = time.monotonic() + 10
     while sum(j.stage == "ERROR" for j in hub.state.jobs.values()) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
     found = HfBackend(api, "alice", TOKEN).find(labels)
     assert found is not None and found.id == ids[4]
     assert any("cursor" in r.query for r in hub.state.requests if r.path == "/api/jobs/alice")
+
+
+# A config this runner writes: what makes a listed job one of its own.
+RUNNER_ENV = {"RUNNER_JOB_CONFIG": json.dumps({
+    "output_dir": "output", "summary_path": "output/summary.json", "name": "r", "model_dir": "output/model",
+    "quantizations": ["Q4_K_M"], "dataset_name": "data/train.jsonl", "model_id": "org/base"})}
+
+
+def _two_submitters(hub, labels: dict[str, str], *, first_env: dict[str, str] = RUNNER_ENV):
+    """Two machines' jobs for the same work, the first submitted earlier; their backends (settling 0.3 s)."""
+    from huggingface_hub import HfApi
+
+    from runner.backends.hf import HfBackend
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    hub.state.job_scripts += [JobScript(scheduling=30.0), JobScript(scheduling=30.0)]
+    first = api.run_job(image="x", command=["true"], labels=labels, env=first_env, namespace="alice").id
+    time.sleep(0.05)  # creation times are whole milliseconds apart
+    second = api.run_job(image="x", command=["true"], labels=labels, env=RUNNER_ENV, namespace="alice").id
+    return first, second, [HfBackend(api, "alice", TOKEN, settle=0.3) for _ in range(2)]
+
+
+def test_a_claim_outlasts_the_job_listings_lag(hub) -> None:
+    """B lists before A's earlier job is visible; A lists after B's. The claim reads again after its pause,
+    so both keep A's job and B's is canceled while still queued: one job billed, not two."""
+    labels = {"recipe": "r", "version": "v1", "stage": "train", "attempt": "1"}
+    a, b, (machine_a, machine_b) = _two_submitters(hub, labels)
+    hub.state.jobs[a].unlisted_for = 0.2  # the listing shows A's job only after B first looked
+    assert machine_b.claim(labels, b).id == a
+    assert machine_a.claim(labels, a).id == a
+    assert hub.state.jobs[b].stage == "CANCELED" and hub.state.jobs[a].stage != "CANCELED"
+    assert hub.state.jobs[b].durations()["runningSecs"] is None  # never started: nothing billed
+
+
+def test_a_job_with_copied_labels_but_no_runner_config_never_holds_the_work(hub) -> None:
+    """Someone else's job carrying the same labels is neither adopted nor yielded to: ours runs."""
+    labels = {"recipe": "r", "version": "v1", "stage": "train", "attempt": "1"}
+    foreign, ours, (machine, _) = _two_submitters(hub, labels, first_env={"RUNNER_JOB_CONFIG": "{}"})
+    assert machine.find(labels).id == ours
+    held = machine.claim(labels, ours)
+    assert held.id == ours and held.config.model_id == "org/base"
+    assert hub.state.jobs[ours].stage != "CANCELED" and hub.state.jobs[foreign].stage != "CANCELED"
+
+
+def test_a_finished_job_does_not_win_the_claim(hub) -> None:
+    """An older job of the same work that already COMPLETED holds nothing: the new submission is kept."""
+    labels = {"recipe": "r", "version": "v1", "stage": "gguf", "attempt": "1"}
+    done, ours, (machine, _) = _two_submitters(hub, labels)
+    hub.end_job(done, "COMPLETED")
+    assert machine.claim(labels, ours).id == ours
+    assert hub.state.jobs[ours].stage != "CANCELED"
+
+
+def test_a_claim_that_never_sees_its_own_job_cancels_it(hub) -> None:
+    """A job no record will hold must not run on: if the listing never shows it, it is canceled."""
+    labels = {"recipe": "r", "version": "v1", "stage": "train", "attempt": "1"}
+    _, ours, (machine, _) = _two_submitters(hub, labels)
+    hub.state.jobs[ours].unlisted_for = 3600.0
+    with pytest.raises(UserError, match="did not settle"):
+        machine.claim(labels, ours)
+    assert hub.state.jobs[ours].stage == "CANCELED"
 
 
 def test_over_budget_is_refused_before_any_spend(hub, workspace, monkeypatch, capsys) -> None:

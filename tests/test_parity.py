@@ -3,6 +3,8 @@ and the other way round (issue 17). Every example recipe and a set of broken one
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import copy_examples
 
@@ -64,3 +66,22 @@ def test_a_broken_recipe_file_fails_both(team, cli, case: str) -> None:
         defaults = team / "recipes" / "_defaults.yaml"
         defaults.write_text(defaults.read_text() + "max_total_usd: 0.000001\n")
     assert verdicts(cli, team, "tiny-sft") == (False, False), case
+
+
+def test_recipes_merged_together_above_the_total_cap_fail_both(team, cli, hub) -> None:
+    """Each recipe within every cap alone, the two together above `max_total_usd`: the pull request's check
+    fails, and so does every recipe's run at the merge, which is told the merge's other recipes."""
+    recipes = ["recipes/tiny-sft.yaml", "recipes/tiny-dpo.yaml"]
+    worst = [p["max_cost_usd"] for p in json.loads(cli("plan", *recipes, "--json", cwd=team).out)["plans"]]
+    defaults = team / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + f"max_total_usd: {max(worst) * 1.01:.6f}\n")
+    check = cli("plan", *recipes, cwd=team)
+    assert check.code == 1 and "max_total_usd" in check.err
+    for recipe in recipes:
+        assert cli("plan", recipe, cwd=team).code == 0  # alone, within the cap
+        assert cli("run", recipe, "--backend", "hf", "--dry-run", cwd=team).code == 0
+        merge = cli("run", recipe, "--backend", "hf", "--dry-run", "--merged-with", *recipes, cwd=team)
+        assert merge.code == 1 and "max_total_usd" in merge.out + merge.err, merge
+        real = cli("run", recipe, "--backend", "hf", "--merged-with", *recipes, cwd=team)
+        assert real.code == 1 and "nothing submitted" in real.out + real.err
+    assert not hub.state.jobs and not hub.state.repos

@@ -188,6 +188,25 @@ def test_a_record_field_shaped_to_ping_or_link_does_not_load(hub, workspace, mon
     assert _spent(hub) == before
 
 
+# --- 6. two recipe files naming one recipe, run at once --------------------------------------------------
+
+
+def test_two_files_naming_one_recipe_run_at_once_submit_nothing(hub, workspace, tmp_path) -> None:
+    """Both files of one merge, each on its own runner at the same moment: both refused, naming both files."""
+    src = workspace / "recipes" / "tiny-sft.yaml"
+    (workspace / "recipes" / "copy.yaml").write_text(src.read_text())
+    commit_all(workspace, "two files, one name")
+    env = dict(os.environ) | {"HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN}
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "run", f"recipes/{f}", "--backend", "hf"],
+                              cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for f in ("tiny-sft.yaml", "copy.yaml")]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 1, out
+        assert "recipes/tiny-sft.yaml" in out and "recipes/copy.yaml" in out and "Traceback" not in out, out
+    assert_nothing_spent_or_published(hub)
+
+
 # --- 7. two machines, one merge: one job --------------------------------------------------------------------
 
 

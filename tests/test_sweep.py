@@ -201,7 +201,8 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(tmp_path_f
         if trial != best:
             assert r["state"] == "rejected" and "gguf" not in r["jobs"]
             assert r["gate"]["reasons"][0].startswith(f"lost the sweep to trial {best}")
-    assert (repo / "models" / "tiny-sweep" / "README.md").exists()
+    card = (repo / "models" / "tiny-sweep" / "README.md").read_text()
+    assert card.count("| winner |") == 1 and all(f"`{r['run_id']}`" in card.split("## Sweep", 1)[1] for r in runs_)
 
 
 # --- on the Hub stand-in ----------------------------------------------------------------------------------------
@@ -254,6 +255,21 @@ def test_a_sweep_on_the_hub_submits_trials_in_parallel_and_converts_the_winner(h
     assert winner["evaluation"]["metrics"][0]["after"] == 0.9
     assert gguf[0].spec["labels"]["version"] == winner["version"]
     assert sorted(r["state"] for r in runs_) == ["recorded", "rejected", "rejected", "rejected"]
+    # The winner's record, card and outcome comment carry the table of every trial.
+    table = winner["sweep"]
+    assert (table["metric"], table["mode"]) == ("eval_loss", "min")
+    assert sorted(t["value"] for t in table["trials"]) == sorted(losses)
+    assert {t["run_id"] for t in table["trials"]} == {r["run_id"] for r in runs_}
+    card = hub.files(winner["configs"]["train"]["hub_model_id"])["README.md"].decode()
+    section = card.split("## Sweep", 1)[1]
+    for t in table["trials"]:
+        row = next(ln for ln in section.splitlines() if f"`{t['run_id']}`" in ln)
+        assert t["suffix"] in row and f"{t['value']:.4g}" in row
+        assert ("winner" in row) == (t["run_id"] == winner["run_id"]), row
+    from runner import ledger, render
+
+    comment = render.outcome_markdown("tiny-sft", ledger.RunRecord.model_validate(winner), "https://x")
+    assert comment.count("| winner |") == 1 and "4 trials, judged by held-out eval\\_loss (lower wins)" in comment
 
 
 def test_a_sweep_over_budget_on_the_hub_is_one_refusal_and_no_job(hub, workspace, monkeypatch, capsys) -> None:

@@ -488,3 +488,14 @@ def test_gpu_setups_build_valid_trl_configs(tmp_path: Path) -> None:
             assert (c.per_device_train_batch_size, c.gradient_accumulation_steps) == (
                 setup.per_device_train_batch_size, setup.gradient_accumulation_steps)
             assert bool(c.fsdp) is setup.fsdp
+
+
+def test_the_attention_kernel_is_fetched_at_a_pinned_commit() -> None:
+    """The kernel repo runs beside HF_TOKEN: the job names it by a full commit, never a moving branch or tag."""
+    import re
+
+    kernels = {device: policy.resolve(policy.Job(method="sft", lora=False, batch_size=8, grad_accum=4, max_length=4096,
+                                                 sequence_tokens=4096, model=QWEN_06B),
+                                      policy.device(device)).attn_implementation for device in ("a100", "h200")}
+    for device, kernel in kernels.items():
+        assert re.fullmatch(r"kernels-community/[\w.-]+@[0-9a-f]{40}", kernel), (device, kernel)

@@ -473,6 +473,7 @@ def test_merge_trains_once_commits_back_and_reports(project, github, hub, step_p
     record = json.loads(github.state.file("main", "runs/my-sft.json"))["runs"][-1]
     assert record["state"] == "recorded" and record["metrics"]["final_loss"] == 1.1
     assert b"my-sft" in github.state.file("main", "models/my-sft/README.md")
+    assert f"`{record['run_id']}`" in github.state.file("main", "models/README.md").decode()  # the registry page
     assert github.state.file("main", "OTHER.md") is not None  # the other push survived the retry
     [outcome] = bot_comments(github, 7)
     assert "recorded" in outcome["body"] and "alice/my-sft-GGUF" in outcome["body"]

@@ -22,7 +22,7 @@ class FoundJob(BaseModel):
 
     id: str
     labels: dict[str, str]
-    config: JobConfig | None  # None: the job's config could not be read (then it is not adopted)
+    config: JobConfig  # a job whose config cannot be read was not started by this runner: never found
     stage: Stage
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runner.backends.base import FAILED, FoundJob, JobSpec, JobStatus
+from runner.backends.base import FAILED, FINISHED, FoundJob, JobSpec, JobStatus
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
 from runner.jobspec import JobConfig, script_files
@@ -31,6 +32,8 @@ IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
          "@sha256:9aa60c50016c0485636ab9a830246a6ef3399aa4a8bab3d17ef4a2358fba2ca7")
 MOUNT = "/runner"  # the run's bundle folder inside the job container
 CHECKPOINT_DIR = "last-checkpoint/"  # where TRL's hub_strategy="checkpoint" pushes
+SETTLE_VARIABLE, DEFAULT_SETTLE = "RUNNER_CLAIM_SETTLE_SECONDS", 5.0
+CLAIM_READINGS = 4  # readings of the job listing, a settle pause apart, before a claim gives up
 LOST_ANSWERS = 5  # a request whose answer keeps getting lost (and did nothing) is sent at most this often
 T = TypeVar("T")
 
@@ -65,12 +68,14 @@ class HfBackend:
     bills = True
 
     def __init__(self, api: Any, namespace: str, token: str, *, poll: float = 10.0, base_delay: float = 1.0,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 settle: float | None = None, echo: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self._token = token  # only ever sent as a secret or a header
         self.poll = poll  # the longest pause between two looks at a job's stage
         self.base_delay = base_delay
+        # Longer than the job listing's lag: a claim reads the listing again after it.
+        self.settle = settle if settle is not None else float(os.environ.get(SETTLE_VARIABLE) or DEFAULT_SETTLE)
         self.echo = echo or (lambda _line: None)
 
     @classmethod
@@ -149,22 +154,46 @@ class HfBackend:
                           recover=created, **kwargs)
 
     def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
-        # The Hub has no compare-and-set for jobs: both submitters look after submitting, and the order
-        # they see (creation time, then id) is the same for both, so exactly one job survives.
+        # The Hub has no compare-and-set for jobs: every submitter looks after submitting, and the order
+        # they see (creation time, then id) is the same for all, so one job survives. A listing can lag a
+        # submission, so the holder is read until two readings a pause apart agree.
+        held = self._holder(labels, job_id)
+        for _ in range(CLAIM_READINGS):
+            time.sleep(self.settle)
+            again = self._holder(labels, job_id)
+            if held is not None and again is not None and again.id == held.id:
+                break
+            held = again
+        else:
+            self.cancel(job_id)  # a job no record will hold must not run on
+            raise UserError(f"Hugging Face Hub: job {job_id} was submitted but the job listing did not settle "
+                            f"after {CLAIM_READINGS} readings; canceled it rather than risk paying twice")
+        assert held is not None  # the loop only breaks on two equal readings
+        if held.id != job_id:
+            self.echo(f"[hub] job {held.id} was submitted first for this work; canceling our {job_id}")
+            self.cancel(job_id)
+        return held
+
+    def _holder(self, labels: dict[str, str], job_id: str) -> FoundJob | None:
+        """The oldest live job of this runner's carrying `labels`, once ours is listed (None until then)."""
+        # An ended job (even COMPLETED) holds nothing a new submission must yield to.
+        mine = self._listed(labels)
+        if not any(f.id == job_id for f in mine):
+            return None
+        return next(f for f in mine if f.id == job_id or f.stage not in FINISHED)
+
+    def _listed(self, labels: dict[str, str]) -> list[FoundJob]:
+        """This runner's jobs carrying all `labels`, oldest first (creation time, then id: one order for all)."""
         jobs = self._call("list jobs", lambda **kw: list(self.api.list_jobs(**kw)), labels=labels,
                           namespace=self.namespace)
-        live = sorted((j for j in jobs if all((j.labels or {}).get(k) == v for k, v in labels.items())
-                       and (j.status.stage not in FAILED or j.id == job_id)),
-                      key=lambda j: (j.created_at.timestamp() if j.created_at else 0.0, j.id))
-        if not live:
-            raise UserError(f"Hugging Face Hub: job {job_id} was submitted but is not listed; not going on blind")
-        first = live[0]
-        if first.id != job_id:
-            self.echo(f"[hub] job {first.id} was submitted first for this work; canceling our {job_id}")
-            self.cancel(job_id)
-        return FoundJob(id=first.id, labels=first.labels or {},
-                        config=read_config((first.environment or {}).get("RUNNER_JOB_CONFIG")),
-                        stage=first.status.stage)
+        found = []
+        for j in sorted(jobs, key=lambda j: (j.created_at.timestamp() if j.created_at else 0.0, j.id)):
+            # A job whose config does not decode was not started by this runner (someone copied the labels):
+            # it is never adopted and never holds the work.
+            config = read_config((j.environment or {}).get("RUNNER_JOB_CONFIG"))
+            if config is not None and all((j.labels or {}).get(k) == v for k, v in labels.items()):
+                found.append(FoundJob(id=j.id, labels=j.labels or {}, config=config, stage=_status(j).stage))
+        return found
 
     def status(self, job_id: str) -> JobStatus:
         info = self._call("inspect job", self.api.inspect_job, job_id=job_id, namespace=self.namespace)
@@ -245,15 +274,7 @@ class HfBackend:
     def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels:
             return None
-        jobs = self._call("list jobs", lambda **kw: list(self.api.list_jobs(**kw)), labels=labels,
-                          namespace=self.namespace)
-        for job in sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True):
-            if all((job.labels or {}).get(k) == v for k, v in labels.items()) and \
-                    (include_failed or job.status.stage not in FAILED):
-                config = read_config((job.environment or {}).get("RUNNER_JOB_CONFIG"))
-                return FoundJob(id=job.id, labels=job.labels or {}, config=config,
-                                stage=job.status.stage)
-        return None
+        return next((f for f in reversed(self._listed(labels)) if include_failed or f.stage not in FAILED), None)
 
     def summary(self, config: JobConfig) -> dict[str, Any] | None:
         if not config.summary_repo or not config.summary_repo_path:

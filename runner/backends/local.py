@@ -139,7 +139,8 @@ class LocalBackend:
 
     def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:
         # One machine: the run lock already keeps a second submitter out.
-        return FoundJob(id=job_id, labels=labels, config=None, stage=self.status(job_id).stage)
+        spec = JobSpec.model_validate_json((self._dir(job_id) / "spec.json").read_text())
+        return FoundJob(id=job_id, labels=labels, config=spec.config, stage=self.status(job_id).stage)
 
     def find(self, labels: dict[str, str], *, include_failed: bool = False) -> FoundJob | None:
         if not labels or not self.state_dir.exists():

@@ -185,7 +185,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         record.move("failed")  # what happened: this run submitted nothing
         ledger.save(step.home, record, step.name)
         raise SpendRefused(f"{record.recipe}: {reason}")
-    if found and found.config:
+    if found:
         setattr(record.configs, stage, found.config)
         job_id = found.id
         step.echo(f"[{stage}] adopting job {job_id} ({found.stage}): it trains this same recipe version")
@@ -200,8 +200,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
         # Another machine may have submitted the same work meanwhile: one of the two jobs survives.
         held = step.backend.claim(_identity(step.name, record.version, stage, record.attempt), job_id)
         if held.id != job_id:
-            if held.config:
-                setattr(record.configs, stage, held.config)  # the surviving job's config, as when adopting
+            setattr(record.configs, stage, held.config)  # the surviving job's config, as when adopting
             job_id = held.id
     planned = step.plan.job(stage) if step.plan else None
     record.jobs[stage] = JobRef(id=job_id, backend=step.backend.name, flavor=spec.flavor, submitted_at=ledger.now(),
