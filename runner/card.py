@@ -198,11 +198,12 @@ def _results_lines(record: RunRecord, plan: Plan, config: TrainJobConfig, has_pl
 
 
 def _provenance_lines(record: RunRecord, config: TrainJobConfig) -> list[str]:
-    """Where the model came from: run, recipe, commit, data revision, and the exact job scripts."""
+    """Where the model came from: run, recipe, commit, model and data revisions, and the exact job scripts."""
     lines = ["", "## Provenance", "", "| | |", "| --- | --- |",
              f"| run | {code(record.run_id)} ({md(record.backend)} backend) |",
              f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
              f"| commit | {code(record.commit or 'not a git checkout')} |",
+             f"| base model revision | {code(config.model_revision or 'latest')} |",
              f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())

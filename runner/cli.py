@@ -176,6 +176,21 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Propose retraining where a recipe's base model or Hub dataset moved (a pull request each); never trains."""
+    from runner import watch
+
+    if args.open:  # the job that may write: no Hub token, the proposals read as data
+        print("\n".join(watch.open_file(Path.cwd(), Path(args.open))))
+        return 0
+    found, lines = watch.look_here(Path.cwd(), Path(args.out) if args.out else None)
+    problems = [line for line in lines if line.startswith("error:")]  # a recipe it could not check; others went on
+    print(json.dumps([p.model_dump(mode="json") for p in found]) if args.json else
+          "\n".join(line for line in lines if line not in problems))
+    print("\n".join(problems), file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Every model the repository trained, the current one of each recipe marked (runner/registry.py)."""
     from runner import registry
@@ -285,6 +300,12 @@ def _record_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one of its recorded runs (runner history)")
     p.add_argument("--apply", action="store_true", help="move every promoted model's Hub tag (what the merge runs)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("watch", help="propose retraining (a pull request per recipe) where the base or data moved")
+    p.add_argument("--out", metavar="FILE", help="also write the proposals, with their plan comments, to FILE")
+    p.add_argument("--open", metavar="FILE", help="open a pull request per proposal in FILE (GITHUB_TOKEN; no Hub)")
+    p.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    p.set_defaults(func=cmd_watch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

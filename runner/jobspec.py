@@ -21,6 +21,7 @@ from runner.recipe import Evaluation, first_symlink
 if TYPE_CHECKING:  # the local job launcher imports JobSpec: keep the planner out of its start-up
     from runner.plan import Plan
     from runner.recipe import LoadedRecipe
+    from runner.revisions import Resolved
 
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -141,6 +142,7 @@ class TrainJobConfig(_JobConfig):
     model_architecture: str | None = None
     # TRL ModelConfig
     model_name_or_path: str
+    model_revision: str | None = None  # the base model's commit the run resolved (None: local, or main)
     use_peft: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -205,6 +207,7 @@ class GgufJobConfig(_JobConfig):
     # thing not known at the start), so a later push to the same repo is never the model converted.
     model_revision: str | None = None
     base_model: str | None = None  # set when the model is a LoRA adapter: merged into this base first
+    base_model_revision: str | None = None  # ... at the commit training started from
     quantizations: list[str]
     imatrix: bool = False
     # the training data: calibration text for the importance matrix, a conversation for the template check
@@ -264,18 +267,24 @@ def _model(plan: Plan) -> dict[str, int | str | None]:
             "model_architecture": shape.architecture if shape else None}
 
 
-def _dataset(loaded: LoadedRecipe, places: Places) -> dict[str, object]:
+def _dataset(loaded: LoadedRecipe, places: Places, resolved: Resolved | None) -> dict[str, object]:
     d = loaded.recipe.dataset
+    # The commit the run resolved, else the recipe's pin (a run from before revisions were recorded).
+    revision = resolved.dataset if resolved and resolved.dataset else d.revision
     return {"dataset_name": _input(loaded, places, d.path, d.is_local), "dataset_config": d.config,
-            "dataset_train_split": d.split, "dataset_test_split": d.eval_split, "dataset_revision": d.revision,
+            "dataset_train_split": d.split, "dataset_test_split": d.eval_split, "dataset_revision": revision,
             "dataset_columns": d.columns}
+
+
+def _base_revision(loaded: LoadedRecipe, resolved: Resolved | None) -> str | None:
+    return resolved.base_model if resolved and resolved.base_model else loaded.recipe.base_model_revision
 
 
 CONFIG_CLASSES: dict[str, type[TrainJobConfig]] = {"sft": SFTJobConfig, "dpo": DPOJobConfig, "grpo": GRPOJobConfig}
 
 
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool,
-                 resume: bool = False) -> TrainJobConfig:
+                 resume: bool = False, resolved: Resolved | None = None) -> TrainJobConfig:
     """The training job's config for this recipe and plan."""
     repo = loaded.output_repo if push else None
     r = loaded.recipe
@@ -290,11 +299,12 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
     }
     per_method = method_fields[r.method]
     return CONFIG_CLASSES[r.method](
-        run_id=run_id, **_dataset(loaded, places), eval_fraction=r.dataset.held_out_fraction,
+        run_id=run_id, **_dataset(loaded, places, resolved), eval_fraction=r.dataset.held_out_fraction,
         evaluation=r.evaluation, rewards=rewards, pin_batch=t.pin_batch, packing_mode=t.packing,
         gradient_checkpointing_mode=t.gradient_checkpointing, strategy=t.strategy,
         sequence_tokens=plan.sequence_tokens or None, **_model(plan),
-        model_name_or_path=_input(loaded, places, r.base_model, r.base_model_is_local), use_peft=plan.lora,
+        model_name_or_path=_input(loaded, places, r.base_model, r.base_model_is_local),
+        model_revision=_base_revision(loaded, resolved), use_peft=plan.lora,
         lora_r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, lora_target_modules=a.target_modules,
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1, learning_rate=plan.learning_rate,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, per_device_train_batch_size=t.batch_size,
@@ -308,7 +318,8 @@ def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, 
     )
 
 
-def gguf_config(loaded: LoadedRecipe, places: Places, run_id: str, *, adapter: bool, push: bool) -> GgufJobConfig:
+def gguf_config(loaded: LoadedRecipe, places: Places, run_id: str, *, adapter: bool, push: bool,
+                resolved: Resolved | None = None) -> GgufJobConfig:
     """The GGUF job's config: convert (merging an adapter first) and quantize the trained model."""
     r = loaded.recipe
     repo = loaded.output_repo if push else None
@@ -316,7 +327,8 @@ def gguf_config(loaded: LoadedRecipe, places: Places, run_id: str, *, adapter: b
         name=r.name, model_dir=str(places.model_dir),
         model_repo=repo,  # when set, the job downloads the trained model from here into model_dir
         base_model=_input(loaded, places, r.base_model, r.base_model_is_local) if adapter else None,
-        quantizations=list(r.gguf.quantizations), imatrix=r.gguf.imatrix, **_dataset(loaded, places),
+        base_model_revision=_base_revision(loaded, resolved) if adapter else None,
+        quantizations=list(r.gguf.quantizations), imatrix=r.gguf.imatrix, **_dataset(loaded, places, resolved),
         model_id=loaded.output_repo or r.name, hub_repo=f"{repo}-GGUF" if repo else None, private=r.output.private,
         output_dir=str(places.gguf_dir), summary_path=str(places.work_dir / "gguf-summary.json"),
         **_summary_target(repo, run_id, "gguf-summary.json"),

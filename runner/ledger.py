@@ -24,6 +24,7 @@ from runner.gates import Gate, GateVerdict
 from runner.jobspec import JobConfigs
 from runner.migrations import CURRENT, upgrade
 from runner.plan import Plan, billed
+from runner.revisions import HubSha, Resolved
 from runner.summaries import GgufSummary, TrainSummary
 
 State = Literal["planned", "training", "trained", "converting", "converted", "recorded", "rejected", "failed",
@@ -128,6 +129,10 @@ class RunRecord(BaseModel):
     gate: GateVerdict | None = None  # gate_rule over this run's numbers, once trained (None: no gate)
     trial: str | None = None  # the sweep trial id this run trains (runner/sweep.py), None outside a sweep
     sweep: SweepResult | None = None  # on a sweep's winner: the table of every trial
+    # The Hub commits the run trained on, resolved once when it started (None: a local input, or offline).
+    # Optional fields added to layout 1: an older file reads as "not recorded", so no migration is needed.
+    base_revision: HubSha | None = None
+    dataset_revision: HubSha | None = None
     seconds: dict[str, float] = Field(default_factory=dict)  # wall time per stage
     cost_usd: dict[str, float | None] = Field(default_factory=dict)  # estimated / actual
     links: dict[str, str] = Field(default_factory=dict)
@@ -153,6 +158,11 @@ class RunRecord(BaseModel):
         if stage not in self.jobs:
             raise UserError(f"run {self.run_id} has no job yet (state {self.state})")
         return stage, self.jobs[stage].id
+
+    @property
+    def revisions(self) -> Resolved:
+        """The commits this run trained on, as job configs take them."""
+        return Resolved(base_model=self.base_revision, dataset=self.dataset_revision)
 
     @property
     def billed_jobs(self) -> list[JobRef]:

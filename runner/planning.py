@@ -53,7 +53,7 @@ def model_facts(loaded: LoadedRecipe, token: str | None) -> tuple[ModelFacts, li
     reason = "offline"
     if not hub.offline():
         try:
-            return modelfacts.from_hub(r.base_model, hub.api(token)), []
+            return modelfacts.from_hub(r.base_model, hub.api(token), r.base_model_revision), []
         except UserError:
             raise
         except Exception as e:  # network or server trouble: fall back to what we know

@@ -43,6 +43,7 @@ from runner.recipe_shapes import (
     REWARDS_DIR,
     SCHEMA_FILE,
     SLUG,
+    git_revision,
     hub_id,
     looks_local_dataset,
     parse_duration,
@@ -52,6 +53,6 @@ __all__ = [
     "BUILTIN_REWARDS", "DATA_SUFFIXES", "DEFAULTS_FILE", "DEFAULT_EVAL_FRACTION", "GGUF_TYPES", "HUB_ID",
     "LORA_AUTO_THRESHOLD", "REPO_KEYS", "REWARDS_DIR", "SCHEMA_FILE", "SLUG", "Adapter", "Dataset", "Evaluation",
     "Gguf", "LoadedRecipe", "Method", "Output", "Problem", "Recipe", "RecipeInvalid", "RepoDefaults", "Reward",
-    "Tracking", "Training", "defaults_file", "find_root", "first_symlink", "hub_id", "json_schema", "load",
-    "load_all", "looks_local_dataset", "name_of", "parse_duration", "recipe_files", "reward_function_problem",
+    "Tracking", "Training", "defaults_file", "find_root", "first_symlink", "git_revision", "hub_id", "json_schema",
+    "load", "load_all", "looks_local_dataset", "name_of", "parse_duration", "recipe_files", "reward_function_problem",
 ]

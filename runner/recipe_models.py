@@ -16,7 +16,7 @@ from runner import sweep as sweeps
 from runner.gates import Gate
 from runner.hardware import FLAVOR_NAMES
 from runner.recipe_shapes import (BUILTIN_REWARDS, COLUMN, DATA_SUFFIXES, DEFAULT_EVAL_FRACTION, GGUF_TYPES, HUB_ID,
-                                   IDENT, REVISION, SLUG, SPLIT, TASK, did_you_mean, display, hub_id,
+                                   IDENT, SLUG, SPLIT, TASK, did_you_mean, display, git_revision, hub_id,
                                    looks_local_dataset, parse_duration, repo_path)
 
 
@@ -76,9 +76,7 @@ class Dataset(_Strict):
     @field_validator("revision")
     @classmethod
     def _revision(cls, v: str | None) -> str | None:
-        if v is not None and (not REVISION.match(v) or ".." in v):
-            raise ValueError(f"'{v}' is not a valid git revision")
-        return v
+        return git_revision(v)
 
     @field_validator("columns")
     @classmethod
@@ -300,6 +298,8 @@ class Recipe(_Strict):
     name: str = Field(description="a slug (lowercase letters, digits, '-'); default: the file name; names the "
                       "model repo and runs/<name>.json")
     base_model: str = Field(description="Hub model id ('owner/name'), or ./path/to/model inside the repository")
+    base_model_revision: str | None = Field(None, description="Hub base model git revision (branch, tag or commit) "
+                                            "to pin; `runner watch` proposes a new commit when the model moves")
     method: Method = Field(description="sft (demonstrations), dpo (chosen/rejected pairs) or grpo (prompts and "
                            "reward functions)")
     dataset: Dataset = Field(description="the training data; a string is short for {path: ...}")
@@ -334,6 +334,11 @@ class Recipe(_Strict):
             repo_path(v)
             return v  # keep './': it is what marks a local model
         return hub_id(v, "model")
+
+    @field_validator("base_model_revision")
+    @classmethod
+    def _base_revision(cls, v: str | None) -> str | None:
+        return git_revision(v)
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -374,6 +379,8 @@ class Recipe(_Strict):
         elif not self.rewards:
             raise ValueError("method 'grpo' needs at least one reward in 'rewards', "
                              "e.g. rewards: [{builtin: exact_answer}]")
+        if self.base_model_revision is not None and self.base_model_is_local:
+            raise ValueError("base_model_revision pins a Hub model; a local base_model is pinned by the repository")
         return self
 
     @property

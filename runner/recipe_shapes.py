@@ -74,6 +74,13 @@ def parse_duration(value: str | int) -> int:
 
 
 
+def git_revision(v: str | None) -> str | None:
+    """A branch, tag or commit name that cannot step anywhere else (no '..', no leading punctuation)."""
+    if v is not None and (not REVISION.match(v) or ".." in v):
+        raise ValueError(f"'{v}' is not a valid git revision")
+    return v
+
+
 def did_you_mean(word: str, candidates: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or nothing."""
     match = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.5)

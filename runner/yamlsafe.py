@@ -78,7 +78,16 @@ def load(path: Path, *, display: str | None = None) -> Located:
     def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
         return RecipeInvalid([Problem(name, line, col, "", message)])
 
-    nodes = _compose(_read_text(path, fail), fail)
+    return loads(_read_text(path, fail), name)
+
+
+def loads(text: str, name: str) -> Located:
+    """Parse YAML text as one mapping, as `load` does a file. Raises RecipeInvalid with a located message."""
+
+    def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
+        return RecipeInvalid([Problem(name, line, col, "", message)])
+
+    nodes = _compose(text, fail)
     docs = [n for n in nodes if n is not None]
     if not docs:
         raise fail("file is empty; expected a mapping of recipe fields")

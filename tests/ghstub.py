@@ -260,17 +260,21 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                 c["body"] = self._body()["body"]
                 c.setdefault("versions", []).append(c["body"])
                 return self._send(200, stub.comment_json(c))
-            if rest == "/pulls" and method == "GET":
-                pulls = [stub.pull_json(p) for p in state.pulls.values() if q.get("state", "open") in (p["state"], "all")]
+            if rest == "/pulls" and method == "GET":  # ?state=open|closed|all&head=owner:branch&base=branch
+                pulls = [stub.pull_json(p) for p in state.pulls.values()
+                         if q.get("state", "open") in (p["state"], "all")
+                         and q.get("head", p["head"]["label"]) == p["head"]["label"]
+                         and q.get("base", p["base"]["ref"]) == p["base"]["ref"]]
                 return self._page(pulls, q, rest)
             if rest == "/pulls" and method == "POST":
+                return self._create_pull(self._body())
+            if (r := m(r"/pulls/(\d+)", rest)) and method == "PATCH":
+                pr = state.pulls.get(int(r[1]))
+                if pr is None:
+                    return self._send(404, {"message": "Not Found"})
                 body = self._body()
-                n = max(state.pulls, default=0) + 1
-                sha = state.refs[f"heads/{body['head']}"]
-                stub.add_pull(n, sha)
-                state.pulls[n]["head"]["ref"] = body["head"]
-                state.pulls[n]["title"] = body["title"]
-                return self._send(201, stub.pull_json(state.pulls[n]))
+                pr.update({k: body[k] for k in ("state", "title", "body") if k in body})
+                return self._send(200, stub.pull_json(pr))
             if r := m(r"/pulls/(\d+)", rest):
                 pr = state.pulls.get(int(r[1]))
                 return self._send(200, stub.pull_json(pr)) if pr else self._send(404, {"message": "Not Found"})
@@ -312,6 +316,25 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                                         "sha": blob, "size": len(data), "content": base64.b64encode(data).decode(),
                                         "url": f"{stub.repo_url()}/contents/{r[1]}"})
             return self._git(method, rest)
+
+        def _create_pull(self, body: dict[str, Any]) -> None:
+            """POST /pulls as GitHub answers it: 422 for a head branch that does not exist, or one that already
+            has an open pull request into the same base."""
+            head, base = body.get("head", ""), body.get("base", "main")
+            sha = state.refs.get(f"heads/{head}")
+            label = f"{state.owner}:{head}"
+            if sha is None or any(p["head"]["label"] == label and p["base"]["ref"] == base and p["state"] == "open"
+                                  for p in state.pulls.values()):
+                why = "head invalid" if sha is None else f"A pull request already exists for {label}."
+                return self._send(422, {"message": "Validation Failed", "errors": [{"message": why}]})
+            n = max(state.pulls, default=0) + 1
+            stub.add_pull(n, sha, author=BOT["login"])
+            state.pulls[n]["user"] = BOT
+            state.pulls[n]["head"].update({"ref": head, "label": label, "repo": {"full_name": state.full_name,
+                                                                                 "fork": False}})
+            state.pulls[n]["base"]["ref"] = base
+            state.pulls[n].update({"title": body.get("title", ""), "body": body.get("body")})
+            return self._send(201, stub.pull_json(state.pulls[n]))
 
         def _git(self, method: str, rest: str) -> None:
             m = re.fullmatch

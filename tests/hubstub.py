@@ -158,6 +158,9 @@ class HubState:
     # dataset id -> {(config, split): rows}
     datasets: dict[str, dict[tuple[str, str], list[dict]]] = field(default_factory=dict)
     hardware_prices: dict[str, int] = field(default_factory=dict)  # override micro-USD per minute
+    # Commits of Hub models and datasets (state.models, state.datasets), oldest first, as `sha` in
+    # GET /api/{models,datasets}/{id}[/revision/{rev}]: key "model:<id>" or "dataset:<id>" (see move()).
+    heads: dict[str, list[str]] = field(default_factory=dict)
     # "[METHOD ]path prefix" (or a pattern with *) -> statuses to return first
     faults: dict[str, list[int]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
@@ -223,6 +226,17 @@ class HubStub:
                                + str(len(repo.commits)).encode()).hexdigest()
             repo.commits.append((oid, tree))
             return oid
+
+    def move(self, kind: str, repo_id: str) -> str:
+        """A new commit on main of a Hub model or dataset (kind "model" or "dataset"); its sha."""
+        with self.state.lock:
+            history = self.state.heads.setdefault(f"{kind}:{repo_id}", [_INITIAL[kind]])
+            history.append(hashlib.sha1(f"{kind}:{repo_id}:{len(history)}".encode()).hexdigest())
+            return history[-1]
+
+    def head(self, kind: str, repo_id: str) -> str:
+        """The commit main of a Hub model or dataset is at."""
+        return self.state.heads.get(f"{kind}:{repo_id}", [_INITIAL[kind]])[-1]
 
     def files(self, repo_id: str) -> dict[str, bytes]:
         repo = self.state.repos.get(repo_id)
@@ -360,6 +374,9 @@ class HubStub:
         self._finish(job, "COMPLETED" if code == 0 else "ERROR", None if code == 0 else f"exit code {code}")
 
 
+_INITIAL = {"model": "a" * 40, "dataset": "d" * 40}  # every Hub model's and dataset's first commit
+
+
 def _config(job: Job) -> dict[str, Any]:
     try:
         return json.loads((job.spec.get("environment") or {}).get("RUNNER_JOB_CONFIG", "{}"))
@@ -479,6 +496,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 return self._tree(path[len("/api/models/"):])
             if path.startswith("/api/models/"):
                 return self._model(path[len("/api/models/"):])
+            if path.startswith("/api/datasets/"):
+                return self._dataset_info(path[len("/api/datasets/"):])
             if "/resolve/" in path:
                 return self._resolve(path)
             if path == "/splits":
@@ -678,13 +697,40 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                                         "lastModified": _now(), "siblings": [{"rfilename": n} for n in sorted(found[1])]})
             if model is None:
                 return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            sha = self._revision("model", repo, rest)
+            if sha is None:
+                return None
             return self._send(200, {
-                "_id": "0" * 24, "id": repo, "sha": "a" * 40, "private": False,
+                "_id": "0" * 24, "id": repo, "sha": sha, "private": False,
                 "lastModified": "2025-01-01T00:00:00.000Z",
                 "safetensors": {"parameters": {"BF16": model["params"]}, "total": model["params"]},
                 "config": {"architectures": model.get("architectures", ["Qwen3ForCausalLM"]),
                            "model_type": "qwen3"},
             })
+
+        def _revision(self, kind: str, repo: str, rest: str) -> str | None:
+            """The commit `/revision/{rev}` (default main) names: main's head, or a commit of its history;
+            an unknown revision is answered 404 RevisionNotFound, as the Hub does (None: answered)."""
+            revision = unquote(rest.split("/revision/")[1]) if "/revision/" in rest else "main"
+            history = state.heads.get(f"{kind}:{repo}", [_INITIAL[kind]])
+            if revision == "main":
+                return history[-1]
+            if revision in history:
+                return revision
+            self._send(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
+            return None
+
+        def _dataset_info(self, rest: str) -> None:
+            """GET /api/datasets/{id}[/revision/{rev}]: what HfApi.dataset_info reads (id, sha, private...)."""
+            repo = rest.split("/revision/")[0]
+            if repo not in state.datasets and f"dataset:{repo}" not in state.heads:
+                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            sha = self._revision("dataset", repo, rest)
+            if sha is not None:
+                self._send(200, {"_id": "1" * 24, "id": repo, "author": repo.split("/")[0], "sha": sha,
+                                 "private": repo in state.private_datasets, "gated": False, "disabled": False,
+                                 "lastModified": "2025-01-01T00:00:00.000Z", "tags": [], "downloads": 0,
+                                 "likes": 0, "siblings": [{"rfilename": "README.md"}]})
 
         def _dataset(self, q: dict[str, str]) -> dict | None:
             ds = state.datasets.get(q.get("dataset", ""))

@@ -218,8 +218,8 @@ def test_two_machines_running_one_recipe_pay_for_one_job_per_stage(hub, workspac
         subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
         clones.append(clone)
     # Queued long enough that the loser is canceled before it would start, even on a busy machine.
-    hub.state.job_scripts += [JobScript(summary=SUMMARY, scheduling=4.0, running=1.0) for _ in range(2)]
-    hub.state.job_scripts += [JobScript(summary=GGUF_SUMMARY, scheduling=4.0) for _ in range(2)]
+    hub.state.job_scripts += [JobScript(summary=SUMMARY, scheduling=8.0, running=1.0) for _ in range(2)]
+    hub.state.job_scripts += [JobScript(summary=GGUF_SUMMARY, scheduling=8.0) for _ in range(2)]
     env = dict(os.environ) | {"HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN}
     procs = [subprocess.Popen([sys.executable, "-m", "runner", "run", "recipes/tiny-sft.yaml", "--backend", "hf"],
                               cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -110,6 +110,21 @@ def test_the_hub_token_never_meets_write_access() -> None:
     assert holders == 4  # train, promote (on merge), reconcile and the read-only setup check
 
 
+def test_the_watcher_reads_with_the_read_token_and_writes_without_any() -> None:
+    import yaml
+
+    flow = yaml.safe_load((WORKFLOWS / "watch.yml").read_text())
+    assert set(flow[True]) == {"schedule", "workflow_dispatch"}  # PyYAML reads the key `on` as True
+    look, propose = flow["jobs"]["look"], flow["jobs"]["propose"]
+    assert look["permissions"] == {"contents": "read"} and look["environment"] == "plan-read"
+    assert propose["permissions"] == {"contents": "write", "pull-requests": "write"} and propose["needs"] == "look"
+    secrets = re.findall(r"secrets\.(\w+)", json.dumps(look))
+    assert secrets == ["HF_READ_TOKEN"] and "secrets." not in json.dumps(propose)
+    runs = [s["run"] for job in (look, propose) for s in job["steps"] if "run" in s]
+    assert any("runner watch --out" in r for r in runs) and any("runner watch --open" in r for r in runs)
+    assert all("TOKEN" not in r and "${{" not in r for r in runs)  # tokens reach the runner through env only
+
+
 def test_job_image_and_dependencies_are_pinned() -> None:
     from runner.backends.hf import IMAGE
 
@@ -509,6 +524,36 @@ def test_setup_workflow_runs_the_doctor_with_the_environment_token(project, gith
     assert "[fail] CODEOWNERS: still names the placeholder" in log and out.returncode != 0
     assert any(r.path == "/api/whoami-v2" and r.headers.get("authorization") == f"Bearer {HF_TOKEN}"
                for r in hub.state.requests)
+
+
+@needs_act
+@slow
+def test_watch_workflow_opens_one_pull_request_for_a_moved_base_and_never_trains(project, github, hub,
+                                                                                   step_python) -> None:
+    from runner import ledger
+
+    hub.state.models["acme/base"] = {"params": 5_000_000}
+    text = (project / "recipes" / "tiny-sft.yaml").read_text().replace("name: tiny-sft", "name: hub-sft")
+    add_recipe(project, "hub-sft", text.replace("base_model: ./tiny-model", "base_model: acme/base"))
+    ledger.save(project, ledger.RunRecord(run_id="r1", recipe="recipes/hub-sft.yaml", recipe_sha256="0" * 64,
+                                          commit=git(project, "rev-parse", "HEAD"), backend="hf", state="recorded",
+                                          base_revision=hub.head("model", "acme/base")), "hub-sft")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "a recorded run of hub-sft")
+    github.state.commit("main", {"recipes/hub-sft.yaml": (project / "recipes" / "hub-sft.yaml").read_bytes()}, "sync")
+    dispatch = {"repository": repository(), "sender": {"login": "alice", "type": "User"}, "ref": "refs/heads/main"}
+
+    out = act(project, "workflow_dispatch", "watch.yml", dispatch, github=github, hub=hub, python=step_python)
+    assert out.returncode == 0 and not github.state.pulls, out.stdout[-3000:]  # nothing moved: no pull request
+    new = hub.move("model", "acme/base")
+    for _ in range(2):  # a second run proposes nothing new
+        out = act(project, "workflow_dispatch", "watch.yml", dispatch, github=github, hub=hub, python=step_python)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    [pr] = github.state.pulls.values()
+    assert pr["head"]["ref"] == f"watch/hub-sft-{new[:8]}" and "already proposed" in out.stdout
+    assert f'base_model_revision: "{new}"' in github.state.file(pr["head"]["ref"], "recipes/hub-sft.yaml").decode()
+    assert bot_comments(github, pr["number"])[0]["body"].startswith(MARKER)
+    assert not hub.state.jobs and {r.method for r in hub.state.requests} == {"GET"}  # never trains
 
 
 def test_commit_back_opens_a_pull_request_on_a_protected_branch(cli, tmp_path, monkeypatch) -> None:

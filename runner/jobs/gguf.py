@@ -109,6 +109,7 @@ class GgufArguments:
     model_repo: str | None = None
     model_revision: str | None = None
     base_model: str | None = None
+    base_model_revision: str | None = None
     imatrix: bool = False
     dataset_name: str | None = None
     dataset_config: str | None = None
@@ -167,21 +168,22 @@ def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
     return base
 
 
-def merge_adapter(adapter_dir: Path, base: str, out: Path, *, vision: bool) -> None:
-    """Merge a LoRA adapter into its base weights so llama.cpp gets one plain model."""
+def merge_adapter(adapter_dir: Path, base: str, out: Path, *, vision: bool, revision: str | None = None) -> None:
+    """Merge a LoRA adapter into its base weights (at `revision`, the commit it trained from) for llama.cpp."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    model = auto.from_pretrained(base, dtype=torch.float32)
+    model = auto.from_pretrained(base, dtype=torch.float32, revision=revision)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
-    tokenizer_src = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base
+    own = (adapter_dir / "tokenizer_config.json").exists()
+    tokenizer_src, at = (adapter_dir, None) if own else (base, revision)
     if vision:  # the projector conversion reads the image processor's settings too
-        AutoProcessor.from_pretrained(str(tokenizer_src), use_fast=False).save_pretrained(out)
+        AutoProcessor.from_pretrained(str(tokenizer_src), use_fast=False, revision=at).save_pretrained(out)
     else:
-        AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
+        AutoTokenizer.from_pretrained(str(tokenizer_src), revision=at).save_pretrained(out)
     copy_tokenizer_extras(Path(base), out)
 
 
@@ -850,7 +852,7 @@ def run(config: GgufArguments) -> dict[str, Any]:
         if merged:
             log("merging the LoRA adapter into the base model")
             source = work / "merged"
-            merge_adapter(model_dir, base, source, vision=vision)
+            merge_adapter(model_dir, base, source, vision=vision, revision=config.base_model_revision)
         elif config.base_model:
             source = work / "model"
             shutil.copytree(model_dir, source)

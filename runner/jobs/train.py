@@ -350,7 +350,8 @@ def vision_trainer(config: Config, data, args, model_kwargs: dict[str, Any], pef
         raise JobError(f"the dataset has images; vision-language training supports method dpo, not {config.method}")
     try:
         # The slow (PIL) image processor: the fast one needs torchvision, which the job does not install.
-        processor = AutoProcessor.from_pretrained(config.base_model, use_fast=False)
+        processor = AutoProcessor.from_pretrained(config.base_model, use_fast=False,
+                                                  revision=model_kwargs.get("revision"))
         model = AutoModelForImageTextToText.from_pretrained(config.base_model, **model_kwargs)
     except ValueError as e:  # transformers' answer for a model that has no image-text-to-text class
         raise JobError(f"{config.base_model} is not a vision-language model ({str(e).splitlines()[0]})") from None
@@ -608,10 +609,12 @@ def _trainer(config: Config, data, held=None):
     gpu = torch.cuda.is_available()
     peft = peft_config(config)
     callbacks = [progress_callback()]
+    # TRL loads the model and its processor at model_init_kwargs["revision"]: the commit the run resolved.
+    revision = {"revision": config.model.model_revision} if config.model.model_revision else {}
     if is_vision(data):  # the processor loads the model itself (no model_init_kwargs)
-        return vision_trainer(config, data, trl_args(config, setup, gpu=gpu, held=held), model_init_kwargs(setup),
-                              peft, callbacks, held)
-    args = trl_args(config, setup, gpu=gpu, held=held, model_init_kwargs=model_init_kwargs(setup))
+        return vision_trainer(config, data, trl_args(config, setup, gpu=gpu, held=held),
+                              model_init_kwargs(setup) | revision, peft, callbacks, held)
+    args = trl_args(config, setup, gpu=gpu, held=held, model_init_kwargs=model_init_kwargs(setup) | revision)
     common = {"model": config.base_model, "args": args, "train_dataset": data, "peft_config": peft,
               "eval_dataset": held, "callbacks": callbacks}
     if config.method == "sft":
@@ -944,6 +947,8 @@ def harness_kwargs(config: Config, *, adapter: bool, chat: bool) -> dict[str, An
     settings = eval_settings(config)
     model_args: dict[str, Any] = {"pretrained": config.base_model, "peft": config.output_dir} if adapter else \
         {"pretrained": config.output_dir}
+    if adapter and config.model.model_revision:  # the adapter sits on the base commit it trained from
+        model_args["revision"] = config.model.model_revision
     model_args["dtype"] = "auto"
     return {
         "model": "hf",

@@ -18,6 +18,7 @@ from runner.jobspec import (
 from runner.ledger import RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
+from runner.revisions import consistent
 from runner.runs.step import (
     LOCAL_GGUF_TIMEOUT,
     SpendRefused,
@@ -53,11 +54,16 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
     """The job's config as the runner's code derives it from the recipe and its plan (never from the record)."""
     loaded, plan = step.loaded, step.plan
     assert loaded is not None and plan is not None
+    # The commits the run resolved when it started: a record may name only commits of the recipe's own
+    # Hub inputs (exactly the one a recipe pins), never a revision for a local input.
+    if problem := consistent(loaded, record.revisions):
+        raise SpendRefused(f"run {record.run_id} ({record.recipe}): the record {problem}; not submitting")
     if stage == "train":
         places = _places(step.backend, loaded, record.run_id, step.hub_dir)
-        return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume)
+        return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume,
+                            resolved=record.revisions)
     places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
-    return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push)
+    return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push, resolved=record.revisions)
 
 
 def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:

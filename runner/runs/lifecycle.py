@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from runner import card, failures, gates, ledger, outputs, promote
+from runner import card, failures, gates, ledger, outputs, promote, revisions
 from runner.backends.base import FAILED, Backend, JobStatus
 from runner.errors import UserError
 from runner.gitrepo import git_commit
@@ -97,7 +97,8 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
         else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
-                 retry_of=prior.run_id if prior else None, resume=resume)
+                 retry_of=prior.run_id if prior else None, resume=resume,
+                 resolved=prior.revisions if prior and resume else None)  # a checkpoint goes on with its data
 
 
 def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRecord, *, hub_dir: Path | None,
@@ -124,7 +125,7 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
         raise SpendRefused(f"{loaded.display}: run {prior.run_id} failed converting, and its trained model cannot be "
                            f"reused ({problem}); change the recipe to train it again")
     record = start(loaded, plan, backend, hub_dir=hub_dir, processes=prior.processes, attempt=prior.attempt + 1,
-                   retry_of=prior.run_id)
+                   retry_of=prior.run_id, resolved=prior.revisions)  # the model it converts trained on these
     if "train" in prior.jobs:  # provenance: the job that trained this model, billed to the run it belongs to
         record.jobs["train"] = prior.jobs["train"].model_copy(update={"reused_from": prior.run_id})
     record.train_summary, record.metrics, record.evaluation = prior.train_summary, prior.metrics, prior.evaluation
@@ -137,10 +138,22 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
     return record
 
 
+def resolve_inputs(loaded: LoadedRecipe, backend: Backend) -> revisions.Resolved:
+    """The commits the recipe's Hub inputs are at now, through the backend's client (or one on the
+    configured endpoint); nothing when offline, where the job can only read what is cached anyway."""
+    from runner import hub
+
+    if hub.offline():
+        return revisions.Resolved()
+    api = getattr(backend, "api", None)
+    return revisions.resolve(loaded, (lambda: api) if api is not None else hub.api)
+
+
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
           processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
-          root: Path | None = None) -> RunRecord:
-    """A new run in state `planned`, with the training job's config derived from the recipe and saved."""
+          root: Path | None = None, resolved: revisions.Resolved | None = None) -> RunRecord:
+    """A new run in state `planned`, with the commits of its Hub inputs resolved and its training job's
+    config derived from the recipe and saved."""
     r = loaded.recipe
     run_id = new_run_id()
     push = backend.bills
@@ -150,6 +163,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
             raise UserError(f"{loaded.display}: training on HF Jobs needs an output repo (output.repo, or a "
                             "namespace in recipes/_defaults.yaml); the trained model would be lost")
         processes = max(plan.devices, 1)  # a multi-GPU flavor trains data-parallel (or sharded) across all
+    resolved = resolved if resolved is not None else resolve_inputs(loaded, backend)
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
         commit=git_commit(loaded.root),
@@ -157,6 +171,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
         attempt=attempt, retry_of=retry_of, resume=resume, gate_rule=r.evaluation.gate,
+        base_revision=resolved.base_model, dataset_revision=resolved.dataset,
     )
     record.history.append({"state": "planned", "at": record.created_at})
     step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir)

@@ -129,7 +129,8 @@ def recipe_version(loaded: LoadedRecipe) -> str:
     r = loaded.recipe
     # Fields added later count only when set, so a recipe that does not use them keeps the version it had.
     unset: dict[str, Any] = ({"sweep": True} if r.sweep is None else {}) | \
-        ({"evaluation": {"gate"}} if r.evaluation.gate is None else {})
+        ({"evaluation": {"gate"}} if r.evaluation.gate is None else {}) | \
+        ({"base_model_revision": True} if r.base_model_revision is None else {})
     h = hashlib.sha256(r.model_dump_json(exclude=unset).encode())
     for rel, digest in shipped_digests(loaded).items():
         h.update(f"\0{rel}\0{digest}".encode())
