@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
-from runner.jobspec import DPOJobConfig, GRPOJobConfig
+from runner.jobspec import DPOJobConfig, GRPOJobConfig, TrainJobConfig
 from runner.ledger import RunRecord
+from runner.plan import Plan
 from runner.recipe import looks_local_dataset
 from runner.render import code, md, sweep_markdown
 from runner.summaries import GgufSummary, LogEntry
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 
 def loss_points(log_history: list[LogEntry]) -> list[tuple[float, float]]:
@@ -83,19 +87,36 @@ def _gguf_lines(gguf: GgufSummary, repo: str | None) -> list[str]:
 def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
     """The card text (YAML metadata + Markdown) via huggingface_hub's ModelCard, from the run record alone:
     what the run fixed when it started (its plan and job configs) and what its jobs reported."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     plan, config = record.plan, record.configs.train
     if plan is None or config is None:
         raise UserError(f"run {record.run_id}: the record has no plan or training config to write a card from")
-    summary = record.train_summary
-    gguf = record.gguf_summary
+    summary, gguf = record.train_summary, record.gguf_summary
     adapter = summary.adapter if summary else config.use_peft
-    base_is_hub = not plan.base_model.startswith("./")
     dataset = plan.dataset_path or config.dataset_name
-    vision = summary.vision if summary else False
-    data = ModelCardData(
-        base_model=plan.base_model if base_is_hub else None,
+    data = _metadata(record, plan, dataset, adapter, license)
+    lines = _training_lines(record, plan, config, dataset, adapter)
+    lines += _results_lines(record, plan, config, has_plot)
+    if record.sweep:  # this run won a sweep: every trial it was judged beside
+        lines += ["", "## Sweep", *sweep_markdown(record.sweep, record.run_id)]
+    if gguf and gguf.skipped:
+        lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
+    if gguf and gguf.models:
+        lines += _gguf_lines(gguf, config.repo)
+    lines += _provenance_lines(record, config) + _cost_lines(record)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return str(card)
+
+
+def _metadata(record: RunRecord, plan: Plan, dataset: str, adapter: bool, license: str) -> ModelCardData:
+    """The card's YAML header: base model, data, library, tags and scores, as the Hub indexes them."""
+    from huggingface_hub import ModelCardData
+
+    gguf = record.gguf_summary
+    vision = record.train_summary.vision if record.train_summary else False
+    return ModelCardData(
+        base_model=plan.base_model if not plan.base_model.startswith("./") else None,
         datasets=[dataset] if not looks_local_dataset(dataset) else None,
         library_name="peft" if adapter else "transformers",
         license=license,
@@ -105,8 +126,11 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         pipeline_tag="image-text-to-text" if vision else "text-generation",
         eval_results=eval_results(record, dataset) or None,
     )
-    repo = config.repo
-    setup = summary.setup if summary else None  # what the job resolved on its device (runner/jobs/train_policy.py)
+
+
+def _training_lines(record: RunRecord, plan: Plan, config: TrainJobConfig, dataset: str, adapter: bool) -> list[str]:
+    """The title, what was trained from what, and the settings table (as the job resolved them, when it said)."""
+    setup = record.train_summary.setup if record.train_summary else None  # see runner/jobs/train_policy.py
     if setup:
         batch = (f"{setup.per_device_train_batch_size} x {setup.gradient_accumulation_steps} "
                  f"x {setup.world_size} process(es)")
@@ -139,15 +163,27 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         lines.append(f"| precision | {setup.model_dtype} weights, {setup.autocast} autocast, "
                      f"{setup.attn_implementation} attention, Liger {liger}, "
                      f"{setup.strategy} on {setup.device} |")
+    return lines + _method_rows(config, adapter)
+
+
+def _method_rows(config: TrainJobConfig, adapter: bool) -> list[str]:
+    """The settings rows only some runs have: LoRA, DPO's beta, GRPO's rewards."""
+    rows = []
     if adapter:
-        lines.append(f"| LoRA | r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
-                     f"targets {config.lora_target_modules} |")
+        rows.append(f"| LoRA | r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
+                    f"targets {config.lora_target_modules} |")
     if isinstance(config, DPOJobConfig):
-        lines.append(f"| DPO beta | {config.beta} |")
+        rows.append(f"| DPO beta | {config.beta} |")
     if isinstance(config, GRPOJobConfig):
         names = [w.name or f"{Path(w.path or '').name}:{w.function}" for w in config.rewards]
-        lines.append(f"| GRPO rewards | {', '.join(names)} |")
-    lines += ["", "## Results", ""]
+        rows.append(f"| GRPO rewards | {', '.join(names)} |")
+    return rows
+
+
+def _results_lines(record: RunRecord, plan: Plan, config: TrainJobConfig, has_plot: bool) -> list[str]:
+    """Final metrics, how long it trained, the loss plot and the evaluation."""
+    summary = record.train_summary
+    lines = ["", "## Results", ""]
     if record.metrics:
         lines += ["| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.6g} |" for k, v in sorted(record.metrics.items())]
@@ -158,31 +194,33 @@ def build(record: RunRecord, *, has_plot: bool, license: str = "other") -> str:
         lines += ["", "![training loss](loss.png)"]
     if record.evaluation:
         lines += evaluation_section(record.evaluation, plan.base_model, config.evaluation.model_dump())
-    if record.sweep:  # this run won a sweep: every trial it was judged beside
-        lines += ["", "## Sweep", *sweep_markdown(record.sweep, record.run_id)]
-    if gguf and gguf.skipped:
-        lines += ["", "## GGUF", "", f"Not converted: {gguf.skipped}."]
-    if gguf and gguf.models:
-        lines += _gguf_lines(gguf, repo)
-    lines += ["", "## Provenance", "", "| | |", "| --- | --- |",
-              f"| run | {code(record.run_id)} ({md(record.backend)} backend) |",
-              f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
-              f"| commit | {code(record.commit or 'not a git checkout')} |",
-              f"| base model revision | {code(config.model_revision or 'latest')} |",
-              f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
+    return lines
+
+
+def _provenance_lines(record: RunRecord, config: TrainJobConfig) -> list[str]:
+    """Where the model came from: run, recipe, commit, model and data revisions, and the exact job scripts."""
+    lines = ["", "## Provenance", "", "| | |", "| --- | --- |",
+             f"| run | {code(record.run_id)} ({md(record.backend)} backend) |",
+             f"| recipe | `{record.recipe}` (sha256 `{record.recipe_sha256[:16]}`) |",
+             f"| commit | {code(record.commit or 'not a git checkout')} |",
+             f"| base model revision | {code(config.model_revision or 'latest')} |",
+             f"| dataset revision | `{config.dataset_revision or 'latest'}` |"]
     for stage, job in record.jobs.items():
         modules = "".join(f", {m} sha256 `{h[:16]}`" for m, h in job.modules_sha256.items())
         lines.append(f"| {stage} job | `{job.id}`, script sha256 `{(job.script_sha256 or '')[:16]}`{modules} |")
+    return lines
+
+
+def _cost_lines(record: RunRecord) -> list[str]:
+    """The estimate against what the Hub billed (nothing, for a run on this machine)."""
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
     hours = record.billed_hours
-    lines += ["", "## Cost", "",
-              f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
-              + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")
-              + "; actual "
-              + ("$0.00 (trained locally)" if record.backend == "local" else
-                 (f"${actual:.2f} ({hours:.2f} h billed running time)" if actual is not None else "unknown")) + "."]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
-    return str(card)
+    return ["", "## Cost", "",
+            f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
+            + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")
+            + "; actual "
+            + ("$0.00 (trained locally)" if record.backend == "local" else
+               (f"${actual:.2f} ({hours:.2f} h billed running time)" if actual is not None else "unknown")) + "."]
 
 
 def _fence(text: str) -> list[str]:

@@ -1,5 +1,8 @@
 """The `runner` command: parse, call, print. One subcommand per verb.
 
+The verbs over one recipe's run (run, status, logs, cancel) live in cli_runs.py and the
+workflows' verbs in actions.py; each adds its own subcommands to the parser built here.
+
 Exit codes: 0 all good; 1 the input is invalid, over budget or not ready; 2 usage.
 """
 
@@ -12,29 +15,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import __version__, actions
-from runner.errors import RecipeInvalid, UserError
-
-
-def _load_all(paths: Sequence[str], located: list | None = None):
-    from runner import recipe
-
-    loaded, problems = [], []
-    for path in recipe.recipe_files(paths):
-        try:
-            loaded.append(recipe.load(path))
-        except RecipeInvalid as e:
-            problems += [str(p) for p in e.problems]
-            if located is not None:
-                located += e.problems
-    return loaded, problems
+from runner import __version__, actions, cli_runs
+from runner.backends import ENGINES
+from runner.errors import UserError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from runner import recipe
     from runner.errors import Problem
 
-    located: list = []
-    loaded, problems = _load_all(args.recipes, located)
+    loaded, located = recipe.load_all(args.recipes)
+    problems = [str(p) for p in located]
     if not loaded and not problems:
         located = [Problem(a, 1, 1, "", "no recipe files given or found (recipes are recipes/*.yaml; "
                            "copy recipes/starter.yaml.example to start one)")
@@ -105,12 +96,13 @@ def _token_if_hub(dataset: str) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner import hub, planning, render
+    from runner import hub, planning, recipe, render, sweep
 
-    loaded, problems = _load_all(args.recipes)
+    loaded, located = recipe.load_all(args.recipes)
+    problems = [str(p) for p in located]
     token = None if hub.offline() else hub.token()
     plans = planning.plan_all(loaded, token, problems)
-    sweeps = _sweep_plans(loaded, token)
+    sweeps = planning.plan_sweeps(loaded, token)
     problems += [f"{name}: {sp.refusal}" for name, sp in sweeps.items() if sp.refusal]
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")
@@ -121,279 +113,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(render.plan_markdown(plans, problems))
         for name, sp in sweeps.items():  # one line per trial and the total, gated as a whole
-            print(f"\n#### Sweep of {name}\n\n{_sweep_markdown(sp)}")
+            print(f"\n#### Sweep of {name}\n\n{sweep.markdown(sp)}")
     else:
         for line in problems:
             print(line, file=sys.stderr)
         print("\n\n".join(render.plan_text(p) for p in plans))
         for name, sp in sweeps.items():
-            print(f"\nsweep of {name}:\n{_sweep_markdown(sp)}")
+            print(f"\nsweep of {name}:\n{sweep.markdown(sp)}")
     return 0 if not problems and all(p.ok for p in plans) else 1
-
-
-def _sweep_plans(loaded: list, token: str | None) -> dict:
-    """recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
-    import dataclasses
-
-    from runner import planning, sweep
-
-    out = {}
-    prices = planning.prices(token) if any(lr.recipe.sweep for lr in loaded) else None
-    for lr in loaded:
-        if lr.recipe.sweep is not None and prices is not None:
-            def plan_one(r, lr=lr):
-                return planning.plan_recipe(dataclasses.replace(lr, recipe=r), token=token, price_table=prices)
-            out[lr.display] = sweep.plan_sweep(sweep.expand(lr.recipe), plan_one, lr.recipe.budget_usd)
-    return out
-
-
-def _sweep_markdown(sp) -> str:
-    from runner import sweep
-
-    return sweep.markdown(sp)
-
-
-def _backend(name: str, root: Path, repo: str | None = None):
-    """The engine a run uses; `repo` (the output repo) fixes the HF namespace jobs run and bill in."""
-    from runner.backends.local import LocalBackend
-
-    if name == "hf":
-        from runner import hub
-        from runner.backends.hf import HfBackend, namespace_of
-
-        token = None if hub.offline() else hub.token()
-        if not token:
-            raise UserError("the hf backend needs a Hugging Face token with write access: set HF_TOKEN "
-                            "(in GitHub Actions, a repository secret) or run `hf auth login`")
-        from huggingface_hub.utils import logging as hf_logging
-
-        from runner import hubretry
-
-        hf_logging.set_verbosity_error()  # retries are reported once, by the runner's own transport
-        echo = _progress_printer()
-        hubretry.install(echo)  # one retry layer under every Hub call of this process
-        api = hub.api(token)
-        return HfBackend(api, namespace_of(repo, api), token, echo=echo)
-    state = root / ".runner"
-    # Trackio keeps its SQLite logs here, beside the local stand-in for the Hub.
-    return LocalBackend(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from runner import hub, planning, recipe, runs
-
-    loaded = recipe.load(args.recipe)
-    token = None if hub.offline() else hub.token()
-    plan = planning.plan_recipe(loaded, token=token, price_table=planning.prices(token))
-    if plan.dataset.status != "ready":
-        raise UserError(f"{loaded.display}: dataset not ready for {plan.method.upper()}: {plan.dataset.reason}")
-    together = planning.merge_gate(loaded, plan, args.merged_with, token)
-    if together:
-        raise UserError(f"{loaded.display}: {together}; nothing submitted")
-    if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
-        from runner.backends.hf import job_request
-
-        specs = runs.preview(loaded, plan, push=args.backend != "local")
-        jobs = [{"stage": s.script, **(job_request(s) if args.backend == "hf" else {}), "flavor": s.flavor,
-                 "timeout_seconds": s.timeout_seconds, "labels": s.labels, "config": s.config.model_dump(mode="json")}
-                for s in specs]
-        out = {"recipe": loaded.display, "backend": args.backend, "jobs": jobs, "cost_usd": plan.cost_usd,
-               "max_cost_usd": plan.max_cost_usd, "budget_usd": plan.budget_usd}
-        print(json.dumps(out, indent=None if args.json else 2))
-        return 0
-    backend = _backend(args.backend, loaded.root, loaded.output_repo)
-    runs.check_spend(plan, backend, loaded.display)  # before any upload or job
-    hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
-    echo = (lambda line: None) if args.quiet else _progress_printer()
-    if loaded.recipe.sweep is not None:
-        return _run_sweep(loaded, backend, token, echo, hub_dir)
-    echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
-         f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
-         f"(worst case ${plan.max_cost_usd:.2f})")
-    record = runs.begin(loaded, plan, backend, retry=args.retry, hub_dir=hub_dir, processes=args.processes,
-                            echo=echo)
-    window = args.follow_for * 60 if args.follow_for is not None else None
-    step = runs.Step(loaded, backend, echo, plan=plan, hub_dir=hub_dir, follow_seconds=window,
-                         update_every=args.comment_every)
-    if args.live_comment:  # in the train workflow: one comment on the merged pull request, kept current
-        commenter = actions.run_commenter(loaded.recipe.name)
-        step.on_update = lambda rec: echo(f"[comment] {commenter(rec)}")
-    record = runs.drive(record, step, wait=not args.detach)
-    print(json.dumps({"run_id": record.run_id, "state": record.state, "links": record.links,
-                      "failure": record.failure.model_dump() if record.failure else None}))
-    if not record.terminal:
-        echo(f"[detach] run {record.run_id} is {record.state}; `runner reconcile` carries it on")
-        return 0
-    return 0 if record.state == "recorded" else 1
-
-
-def _run_sweep(loaded, backend, token, echo, hub_dir: Path) -> int:
-    """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py)."""
-    import dataclasses
-
-    from runner import planning, sweeprun
-
-    prices = planning.prices(token)
-    outcome = sweeprun.run(loaded, backend, lambda r: planning.plan_recipe(dataclasses.replace(loaded, recipe=r),
-                                                                          token=token, price_table=prices),
-                           echo=echo, hub_dir=hub_dir)
-    print(json.dumps({"sweep": outcome.verdict.reason, "winner": outcome.verdict.winner,
-                      "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()}}))
-    return 0 if outcome.winner is not None and outcome.winner.state == "recorded" else 1
-
-
-def _latest(target: str):
-    """(recipe name, run, job stage) for a recipe given by file or name (its newest run), or for a job id."""
-    from runner import ledger, recipe
-
-    name = recipe.name_of(target) if target.endswith((".yaml", ".yml")) else target
-    runs = ledger.read(Path.cwd(), name).runs if "/" not in name else []
-    if runs:
-        return name, runs[-1], None
-    for group in ledger.all_runs(Path.cwd()):
-        for record in reversed(group.runs):
-            for stage, job in record.jobs.items():
-                if job.id == target:
-                    return group.name, record, stage
-    raise UserError(f"no runs recorded for '{target}' (neither runs/{name}.json nor a job id in runs/)")
-
-
-def _repo(record) -> str | None:
-    return record.configs.train.repo if record.configs.train else None
-
-
-def _current_job(record, stage: str | None = None) -> tuple[str, str]:
-    stage = stage or ("gguf" if "gguf" in record.jobs else "train")
-    if stage not in record.jobs:
-        raise UserError(f"run {record.run_id} has no job yet (state {record.state})")
-    return stage, record.jobs[stage].id
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from runner import ledger
-
-    targets = [_latest(a) for a in args.recipes] if args.recipes else \
-        [(g.name, g.runs[-1], None) for g in ledger.all_runs(Path.cwd()) if g.runs]
-    if not targets:
-        print("no runs recorded yet (runs/ is empty)")
-    for name, r, job_stage in targets:
-        line = f"{name}: {r.state} (run {r.run_id}, {r.backend} backend, updated {r.updated_at})"
-        if not r.terminal and r.jobs:
-            stage, job_id = _current_job(r, job_stage)
-            backend = _backend(r.backend, Path.cwd(), _repo(r))
-            live = backend.status(job_id)
-            line += f"; {stage} job {job_id} is {live.stage}"
-            # The job's latest metrics line (the same values it logs to Trackio).
-            progress = [ln for ln in backend.logs(job_id) if ln.startswith("progress ")]
-            if progress:
-                line += f"; {progress[-1].removeprefix('progress ').strip()}"
-        if r.evaluation and r.evaluation.phrase():
-            line += f"; {r.evaluation.phrase()}"
-        if r.failure:  # a cancel is not a failure: its reason says who canceled, where the Hub says
-            line += f"; {r.failure.reason}" if r.state == "canceled" else \
-                f"; {r.failure.stage} failed: {r.failure.reason}"
-        print(line)
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    name, record, job_stage = _latest(args.recipe)
-    stage, job_id = _current_job(record, job_stage)
-    backend = _backend(record.backend, Path.cwd(), _repo(record))
-    if args.follow:  # to the job's end, then its outcome
-        status = backend.wait(job_id, lambda line: print(f"[{stage}] {line}", flush=True))
-        print(f"[{stage}] job {job_id} {status.stage}" + (f": {status.message}" if status.message else ""))
-        return 0 if status.stage == "COMPLETED" else 1
-    for line in backend.logs(job_id):
-        print(f"[{stage}] {line}", flush=True)
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    from runner import runs
-
-    name, record, _ = _latest(args.recipe)
-    if record.terminal:
-        print(f"{name}: run {record.run_id} already {record.state}")
-        return 0
-    backend = _backend(record.backend, Path.cwd(), _repo(record))
-    running = record.state in ("training", "converting")
-    if running:
-        backend.cancel(_current_job(record)[1])
-    # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
-    step = runs.Step(None, backend, _progress_printer(), name=name, root=Path.cwd(), submit=False)
-    try:
-        record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
-    except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
-        print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
-        return 0
-    print(f"{name}: run {record.run_id} {record.state}")
-    return 0
-
-
-def _reconcile_step(root: Path, name: str, record, token: str | None, prices, default_branch: str = "HEAD"):
-    """The step that carries a recorded run on, from what the run fixed when it started.
-
-    A local run needs nothing else: its recipe may since have changed or gone. What a Hub run may
-    submit (a GGUF job, or a training job whose record is `planned`) is also derived from the recipe
-    as of the run's commit and gated again; without that recipe and a plan it submits nothing.
-    """
-    from runner import planning, recipe, runs
-
-    echo = _progress_printer()
-    if record.backend == "local":
-        return runs.Step(None, _backend(record.backend, root), echo, name=name, root=root, may_train=False)
-    if not runs.on_branch(root, record.commit, default_branch):
-        # A record can name any commit; only what reached the default branch was reviewed and merged.
-        raise UserError(f"runs/{name}.json: run {record.run_id} names commit {(record.commit or '(none)')[:12]}, "
-                        f"which is not on the default branch ({default_branch}); refused")
-    rel = Path(record.recipe)
-    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
-        raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
-    backend = _backend(record.backend, root, _repo(record))
-    source = runs.snapshot(root, record.commit)
-    if source is None:
-        echo(f"[reconcile] commit {(record.commit or '?')[:12]} of run {record.run_id} is not in this checkout; "
-             "following its jobs only (fetch the full history to let it submit)")
-        return runs.Step(None, backend, echo, name=name, root=root, may_train=False)
-    loaded = recipe.load(source / record.recipe, root=source)
-    plan = None
-    try:
-        plan = planning.plan_recipe(loaded, token=token, price_table=prices)
-    except UserError as e:
-        echo(f"[reconcile] cannot plan {record.recipe} ({str(e).splitlines()[0]}); following its jobs only")
-    return runs.Step(loaded, backend, echo, plan=plan, root=root, may_train=False)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Carry every unfinished run forward as far as it can go without waiting."""
-    from runner import hub, ledger, planning, runs
+    from runner.runs import reconcile
 
-    root = Path.cwd()
     problems = 0
-    token = None if hub.offline() else hub.token()
-    prices = None
     unreadable: list[str] = []
-    for group in ledger.all_runs(root, unreadable):
-        if args.recipes and group.name not in args.recipes:  # the reconcile workflow: one recipe per matrix job
-            continue
-        for record in [r for r in group.runs if not r.terminal and args.backend in (None, r.backend)]:
-            try:
-                prices = prices or planning.prices(token)
-                step = _reconcile_step(root, group.name, record, token, prices, args.default_branch)
-                record = runs.drive(record, step, wait=args.wait)
-            except runs.RunBusy:
-                print(f"{group.name}: run {record.run_id} is being advanced by another runner process")
-                continue
-            except (UserError, KeyError, ValueError, OSError) as e:  # one bad record never stops the others
-                print(f"{group.name}: run {record.run_id} not advanced: {str(e).splitlines()[0]}", file=sys.stderr)
-                problems += 1
-                continue
-            print(f"{group.name}: run {record.run_id} {record.state}"
+    for done in reconcile.carry_on(Path.cwd(), names=args.recipes, backend=args.backend, wait=args.wait,
+                                   default_branch=args.default_branch, echo=cli_runs.progress_printer(),
+                                   unreadable=unreadable):
+        record = done.record
+        if done.busy:
+            print(f"{done.name}: run {record.run_id} is being advanced by another runner process")
+        elif done.error:
+            print(f"{done.name}: run {record.run_id} not advanced: {done.error}", file=sys.stderr)
+            problems += 1
+        else:
+            print(f"{done.name}: run {record.run_id} {record.state}"
                   + (f": {record.failure.reason}" if record.state == "failed" and record.failure else ""))
             problems += record.state in ("failed", "canceled") and args.wait
-    if args.recipes:  # another recipe's unreadable file is its own matrix job's to report
-        unreadable = [u for u in unreadable if any(u.startswith(f"runs/{n}.json:") for n in args.recipes)]
     for line in unreadable:  # the other recipes' runs went on; this file needs a person
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems or unreadable else 0
@@ -457,68 +205,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Per run: estimated vs actual cost, hours, flavor; and the planner's median estimate error."""
-    import statistics
-
-    from runner import ledger, recipe
+    from runner import history, ledger, recipe
 
     root = Path.cwd()
     names = [recipe.name_of(a) for a in args.recipes] if args.recipes else [g.name for g in ledger.all_runs(root)]
-    ratios: list[float] = []
-    rows = []
-    for name in names:
-        for r in ledger.read(root, name).runs:
-            est, actual = r.cost_usd.get("estimated"), r.cost_usd.get("actual")
-            hours = r.billed_hours
-            ratio = actual / est if r.push and est and actual is not None and r.state == "recorded" else None
-            if ratio is not None:
-                ratios.append(ratio)
-            rows.append({"recipe": name, "run_id": r.run_id, "state": r.state, "backend": r.backend,
-                         "flavor": r.jobs["train"].flavor if "train" in r.jobs else (r.plan.flavor if r.plan else None),
-                         "estimated_usd": est, "max_usd": r.cost_usd.get("max"), "actual_usd": actual,
-                         "ratio": round(ratio, 3) if ratio is not None else None, "hours": round(hours, 3)})
-    median = round(statistics.median(ratios), 3) if ratios else None
+    found = history.history(root, names)
     if args.json:
-        print(json.dumps({"runs": rows, "median_ratio": median, "runs_compared": len(ratios)}))
+        print(json.dumps(found.model_dump(mode="json")))
         return 0
-    if not rows:
-        print("no runs recorded yet (runs/ is empty)")
-        return 0
-
-    def usd(v: float | None) -> str:
-        return "-" if v is None else f"${v:.2f}"
-
-    print(f"{'recipe':<20} {'run':<24} {'state':<10} {'flavor':<12} {'estimate':>9} {'actual':>9} {'ratio':>6} "
-          f"{'hours':>6}")
-    for row in rows:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        print(f"{row['recipe']:<20} {row['run_id']:<24} {row['state']:<10} {str(row['flavor'] or '-'):<12} "
-              f"{usd(row['estimated_usd']):>9} {usd(row['actual_usd']):>9} {ratio:>6} {row['hours']:>6.2f}")
-    if median is None:
-        print("median actual/estimate: no finished Hugging Face Jobs run to compare yet")
-    else:
-        print(f"median actual/estimate: {median:.2f} over {len(ratios)} run(s)")
+    print("\n".join(history.text(found)))
     return 0
-
-
-def _progress_printer():
-    """Job log lines as progress, minus progress-bar redraws and blank lines (the full log stays on disk)."""
-    import re
-
-    bar = re.compile(r"\d+%\|")
-
-    def echo(line: str) -> None:
-        text = line.split("] ", 1)[-1].strip()
-        if text and not bar.search(text):
-            print(line, file=sys.stderr, flush=True)
-
-    return echo
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description="Fine-tune LLMs as code: recipes in, models out.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _recipe_commands(sub)
+    cli_runs.add_commands(sub)
+    _record_commands(sub)
+    actions.add_commands(sub)
+    return parser
 
+
+def _recipe_commands(sub: argparse._SubParsersAction) -> None:
+    """Before the merge: check, write, inspect and plan recipes."""
     p = sub.add_parser("validate", help="check recipe files; one located line per problem")
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or directories")
     out = p.add_mutually_exclusive_group()
@@ -558,50 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--markdown", action="store_true", help="print the pull-request comment body")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("run", help="validate, plan, train, convert to GGUF, and record the card and run")
-    p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--backend", choices=["local", "hf"], default="local",
-                   help="local: subprocesses on this machine (default); hf: Hugging Face Jobs")
-    p.add_argument("--processes", type=int, default=1, choices=range(1, 65), metavar="N",
-                   help="data-parallel training processes (torchrun) for the local backend")
-    p.add_argument("--hub-dir", default=None, help="local stand-in for the Hub (default .runner/hub)")
-    p.add_argument("--quiet", action="store_true", help="print only the final JSON line")
-    p.add_argument("--detach", action="store_true",
-                   help="submit the training job and return; `runner reconcile` carries the run on")
-    p.add_argument("--follow-for", type=float, default=None, metavar="MINUTES",
-                   help="follow the jobs for at most this long, then detach (the train workflow's runner budget)")
-    p.add_argument("--retry", action="store_true",
-                   help="train a version that failed or was canceled again, as a new attempt (resuming from its "
-                        "checkpoint when one was saved; when only its GGUF conversion failed, convert its model again)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the jobs it would submit (flavor, timeout, image, command, config); submit nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
-    p.add_argument("--merged-with", nargs="*", default=[], metavar="RECIPE",
-                   help="the other recipes of the same merge: refused together above max_total_usd")
-    p.add_argument("--live-comment", action="store_true",
-                   help="in a workflow: keep one comment on the merged pull request current (GITHUB_TOKEN)")
-    p.add_argument("--comment-every", type=float, default=float(os.environ.get("RUNNER_COMMENT_EVERY", 120)),
-                   metavar="SECONDS",
-                   help="with --live-comment: seconds between progress updates (state changes always update)")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="the latest run of each recipe, with its live job stage")
-    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names, files or job ids (default: all)")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("logs", help="the log of a recipe's current job (or of a job id)")
-    p.add_argument("recipe", metavar="RECIPE|JOB")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p.set_defaults(func=cmd_logs)
-
-    p = sub.add_parser("cancel", help="cancel a recipe's running job; the run ends canceled")
-    p.add_argument("recipe", metavar="RECIPE")
-    p.set_defaults(func=cmd_cancel)
-
+def _record_commands(sub: argparse._SubParsersAction) -> None:
+    """Over the recorded runs: carry them on, check the set-up, compare costs, promote a model."""
     p = sub.add_parser("reconcile", help="carry every unfinished run forward (safe on a schedule, twice at once)")
     p.add_argument("recipes", nargs="*", metavar="NAME", help="only these recipes' runs (default: all)")
     p.add_argument("--wait", action="store_true", help="wait for running jobs instead of returning")
-    p.add_argument("--backend", choices=["local", "hf"], default=None,
+    p.add_argument("--backend", choices=list(ENGINES), default=None,
                    help="only runs on this backend (the reconcile workflow: hf)")
     p.add_argument("--default-branch", default="HEAD", metavar="REF",
                    help="a Hub run's commit must be on this branch (default: HEAD, the checked-out default branch)")
@@ -633,9 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the proposals as JSON")
     p.set_defaults(func=cmd_watch)
 
-    actions.add_commands(sub)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -653,7 +324,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "rerun with RUNNER_DEBUG=1 and report it", file=sys.stderr)
         return 1
-    finally:
-        retry = sys.modules.get("runner.hubretry")  # installed by the hf backend for this command only
-        if retry is not None:
-            retry.uninstall()

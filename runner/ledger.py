@@ -148,6 +148,18 @@ class RunRecord(BaseModel):
     resume: bool = False  # this attempt resumes from the checkpoint the last one left on the Hub
 
     @property
+    def output_repo(self) -> str | None:
+        """The model repo the run fixed when it started (on the Hub, its namespace is where jobs run and bill)."""
+        return self.configs.train.repo if self.configs.train else None
+
+    def current_job(self, stage: str | None = None) -> tuple[str, str]:
+        """(stage, job id) of the run's job at `stage`, by default its latest one."""
+        stage = stage or ("gguf" if "gguf" in self.jobs else "train")
+        if stage not in self.jobs:
+            raise UserError(f"run {self.run_id} has no job yet (state {self.state})")
+        return stage, self.jobs[stage].id
+
+    @property
     def revisions(self) -> Resolved:
         """The commits this run trained on, as job configs take them."""
         return Resolved(base_model=self.base_revision, dataset=self.dataset_revision)
@@ -204,6 +216,20 @@ def all_runs(root: Path, problems: list[str] | None = None) -> list[RecipeRuns]:
 
 def runs_path(root: Path, name: str) -> Path:
     return root / "runs" / f"{name}.json"
+
+
+def latest(root: Path, name: str, target: str) -> tuple[str, RunRecord, str | None]:
+    """(recipe name, run, job stage): the newest run of recipe `name`, else the run holding the job id `target`
+    (what the user typed, of which `name` is the recipe name)."""
+    runs = read(root, name).runs if "/" not in name else []
+    if runs:
+        return name, runs[-1], None
+    for group in all_runs(root):
+        for record in reversed(group.runs):
+            for stage, job in record.jobs.items():
+                if job.id == target:
+                    return group.name, record, stage
+    raise UserError(f"no runs recorded for '{target}' (neither runs/{name}.json nor a job id in runs/)")
 
 
 def read(root: Path, name: str) -> RecipeRuns:

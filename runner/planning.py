@@ -7,10 +7,12 @@ plan lists what it had to guess.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hardware, hub, ledger, modelfacts
+from runner import hardware, hub, ledger, modelfacts, sweep
 from runner.budget import merge_refusal
 from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import UserError
@@ -18,7 +20,7 @@ from runner.formats import METHODS, MethodVerdict
 from runner.hardware import HardwareFlavor
 from runner.modelfacts import ModelFacts
 from runner.plan import PastRun, Plan, plan
-from runner.recipe import LoadedRecipe
+from runner.recipe import LoadedRecipe, Recipe
 
 HUB_TIMEOUT = 10.0
 
@@ -131,6 +133,20 @@ def plan_all(loaded: list[LoadedRecipe], token: str | None, problems: list[str])
     return plans
 
 
+def trial_planner(loaded: LoadedRecipe, token: str | None, price_table: Prices) -> Callable[[Recipe], Plan]:
+    """Plans one sweep trial: the recipe with the trial's overrides, read from the same file and repository."""
+    return lambda r: plan_recipe(dataclasses.replace(loaded, recipe=r), token=token, price_table=price_table)
+
+
+def plan_sweeps(loaded: list[LoadedRecipe], token: str | None) -> dict[str, sweep.SweepPlan]:
+    """Recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
+    swept = [lr for lr in loaded if lr.recipe.sweep is not None]
+    price_table = prices(token) if swept else None
+    return {lr.display: sweep.plan_sweep(sweep.expand(lr.recipe), trial_planner(lr, token, price_table),
+                                         lr.recipe.budget_usd)
+            for lr in swept if price_table is not None}
+
+
 def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str | None) -> str | None:
     """At merge: why this recipe is refused together with the other recipes of the same merge (their summed
     worst case above `max_total_usd`), or None. Every recipe of the merge reaches the same verdict."""
@@ -146,4 +162,3 @@ def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str |
         other = plan_recipe(recipe.load(path), token=token, price_table=price_table)
         worst[other.recipe] = other.max_cost_usd
     return merge_refusal(worst, cap)
-

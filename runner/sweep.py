@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from runner.errors import Problem
 
-if TYPE_CHECKING:  # recipe.py imports this module for the Sweep field
+if TYPE_CHECKING:  # recipe_models.py imports this module for the Sweep field
     from runner import yamlsafe
     from runner.plan import Plan
-    from runner.recipe import Recipe
+    from runner.recipe_models import Recipe
 
 DEFAULT_MAX_TRIALS = 8
 SWEEPABLE = ("training", "adapter")  # the sections a trial may override: hyperparameters, not data or model
@@ -93,7 +93,7 @@ def suffix(overrides: Mapping[str, Scalar]) -> str:
 
 def _path_problem(path: str) -> str | None:
     """Why `path` is not an override a trial may make (None: it is)."""
-    from runner.recipe import Recipe
+    from runner.recipe_models import Recipe
 
     section, _, name = path.partition(".")
     if section not in SWEEPABLE or not name or "." in name:
@@ -275,7 +275,7 @@ def rebuild() -> None:
     if Trial.__pydantic_complete__ and SweepPlan.__pydantic_complete__:
         return
     from runner.plan import Plan
-    from runner.recipe import Recipe
+    from runner.recipe_models import Recipe
 
     Trial.model_rebuild(_types_namespace={"Recipe": Recipe})
     TrialPlan.model_rebuild(_types_namespace={"Recipe": Recipe, "Plan": Plan, "Trial": Trial})

@@ -9,6 +9,7 @@ documents. Every value keeps its line and column so errors can point at it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,33 @@ def load(path: Path, *, display: str | None = None) -> Located:
     def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
         return RecipeInvalid([Problem(name, line, col, "", message)])
 
+    return loads(_read_text(path, fail), name)
+
+
+def loads(text: str, name: str) -> Located:
+    """Parse YAML text as one mapping, as `load` does a file. Raises RecipeInvalid with a located message."""
+
+    def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
+        return RecipeInvalid([Problem(name, line, col, "", message)])
+
+    nodes = _compose(text, fail)
+    docs = [n for n in nodes if n is not None]
+    if not docs:
+        raise fail("file is empty; expected a mapping of recipe fields")
+    if len(docs) > 1:
+        raise fail("file holds several YAML documents; put one recipe per file", *_pos(docs[1]))
+
+    root = docs[0]
+    if not isinstance(root, yaml.MappingNode):
+        raise fail(f"expected a mapping of recipe fields, found a {_kind(root)}", *_pos(root))
+    located = Located(name, {})
+    builder = _Builder(located, fail)
+    located.data = builder.build(root, (), 0)
+    return located
+
+
+def _read_text(path: Path, fail: Callable[..., RecipeInvalid]) -> str:
+    """The file as text: bounded in size, not binary, UTF-8 (a BOM allowed)."""
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_BYTES + 1)
@@ -91,19 +119,14 @@ def load(path: Path, *, display: str | None = None) -> Located:
     if b"\x00" in raw:
         raise fail("file is binary (contains NUL bytes), not YAML")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise fail("file is not valid UTF-8 text", line) from None
-    return loads(text, name)
 
 
-def loads(text: str, name: str) -> Located:
-    """Parse YAML text as one mapping, as `load` does a file. Raises RecipeInvalid with a located message."""
-
-    def fail(message: str, line: int = 1, col: int = 1) -> RecipeInvalid:
-        return RecipeInvalid([Problem(name, line, col, "", message)])
-
+def _compose(text: str, fail: Callable[..., RecipeInvalid]) -> list[yaml.Node | None]:
+    """The YAML documents' nodes, once the events show no anchor, no alias and no deep nesting."""
     try:
         # Refuse anchors and deep nesting before composing: an alias bomb costs nothing to parse as
         # events, and composing 1,000 nested `[` recurses past Python's stack.
@@ -119,26 +142,13 @@ def loads(text: str, name: str) -> Located:
                     raise fail(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        return list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise fail(f"invalid YAML: {e.problem or e.context}", line, col) from None
     except yaml.YAMLError as e:  # e.g. a reader error on control characters
         raise fail(f"invalid YAML: {str(e).splitlines()[0]}") from None
-    docs = [n for n in nodes if n is not None]
-    if not docs:
-        raise fail("file is empty; expected a mapping of recipe fields")
-    if len(docs) > 1:
-        raise fail("file holds several YAML documents; put one recipe per file", *_pos(docs[1]))
-
-    root = docs[0]
-    if not isinstance(root, yaml.MappingNode):
-        raise fail(f"expected a mapping of recipe fields, found a {_kind(root)}", *_pos(root))
-    located = Located(name, {})
-    builder = _Builder(located, fail)
-    located.data = builder.build(root, (), 0)
-    return located
 
 
 def _kind(node: yaml.Node) -> str:

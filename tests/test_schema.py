@@ -33,7 +33,7 @@ def test_published_schema_is_in_sync_with_the_recipe_model(cli) -> None:
     printed = cli("schema").out
     assert SCHEMA.is_file(), f"recipes/schema.json is missing; generate it with `{REGENERATE}`"
     assert SCHEMA.read_text(encoding="utf-8") == printed, (
-        f"recipes/schema.json is out of date with the recipe model in runner/recipe.py; regenerate it with "
+        f"recipes/schema.json is out of date with the recipe model in runner/recipe_models.py; regenerate it with "
         f"`{REGENERATE}` (from the repository root) and commit it")
 
 
@@ -43,7 +43,7 @@ def test_schema_describes_every_field_with_its_default(cli) -> None:
     for model in models:
         for name, prop in model["properties"].items():
             assert prop.get("description"), (f"{model.get('title')}.{name} has no description: give it "
-                                             f"Field(description=...) in runner/recipe.py, then `{REGENERATE}`")
+                                             f"Field(description=...) in runner/recipe_models.py, then `{REGENERATE}`")
     training = schema["$defs"]["Training"]["properties"]
     assert training["batch_size"]["default"] == 4 and training["lr_scheduler"]["default"] == "cosine"
     hardware = schema["properties"]["hardware"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, Protocol
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -37,14 +39,24 @@ class JobStatus(BaseModel):
 
 
 class Backend(Protocol):
-    name: str
-    mount: str | None  # where a job sees the shipped repo-local inputs; None: in place
-    # What the engine can do, asked instead of its name: whether its jobs cost money (then every
-    # submission is derived from the recipe and gated, and outputs are pushed to the Hub).
-    bills: bool
+    """An engine that runs jobs, and what it can do: the runner asks its capabilities, never its name."""
+
+    name: ClassVar[str]  # what run records call it
+    mount: ClassVar[str | None]  # where a job sees the shipped repo-local inputs; None: in place
+    # Whether its jobs cost money: then every submission is derived from the recipe and gated,
+    # and outputs are pushed to the Hub.
+    bills: ClassVar[bool]
     # Whether outputs can go to a branch of their repo: a sweep's trials then each push to their own, and the
     # winner's model is made the repo's main (publish_model).
-    branches: bool
+    branches: ClassVar[bool]
+
+    @classmethod
+    def opened(cls, root: Path, repo: str | None, echo: Callable[[str], None]) -> AbstractContextManager[Backend]:
+        """This engine, ready for one command in the repository at `root`, and closed when it ends."""
+
+    @staticmethod
+    def request(spec: JobSpec) -> dict[str, Any]:
+        """What the engine is asked to run for this job beyond its spec (image, command, env; no secrets)."""
 
     def submit(self, spec: JobSpec) -> str:
         """Start the job (or adopt a running one with the same labels); return its id."""

@@ -14,6 +14,7 @@ What it adds over the plain client:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -78,6 +79,31 @@ class HfBackend:
         # Longer than the job listing's lag: a claim reads the listing again after it.
         self.settle = settle if settle is not None else float(os.environ.get(SETTLE_VARIABLE) or DEFAULT_SETTLE)
         self.echo = echo or (lambda _line: None)
+
+    @classmethod
+    @contextlib.contextmanager
+    def opened(cls, root: Path, repo: str | None, echo: Callable[[str], None]) -> Iterator[HfBackend]:
+        """Jobs in `repo`'s namespace (else the token owner's), with one retry layer under every Hub call while open."""
+        from huggingface_hub.utils import logging as hf_logging
+
+        from runner import hub, hubretry
+
+        token = None if hub.offline() else hub.token()
+        if not token:
+            raise UserError("the hf backend needs a Hugging Face token with write access: set HF_TOKEN "
+                            "(in GitHub Actions, a repository secret) or run `hf auth login`")
+        hf_logging.set_verbosity_error()  # retries are reported once, by the runner's own transport
+        hubretry.install(echo)  # one retry layer under every Hub call while this command uses the Hub
+        try:
+            api = hub.api(token)
+            yield cls(api, namespace_of(repo, api), token, echo=echo)
+        finally:
+            hubretry.uninstall()  # in-process callers (tests, the next command) start with the library's client
+
+    @staticmethod
+    def request(spec: JobSpec) -> dict[str, Any]:
+        """The image, command and environment the job runs with (no secrets)."""
+        return job_request(spec)
 
     def _call(self, what: str, fn: Callable[..., T], /, *, recover: Callable[[], T | None] | None = None,
               **kwargs: Any) -> T:

@@ -8,6 +8,7 @@ script, enforces the timeout and writes the final status, so a job outlives the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -34,6 +35,18 @@ class LocalBackend:
     def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.env = env or {}
+
+    @classmethod
+    @contextlib.contextmanager
+    def opened(cls, root: Path, repo: str | None, echo: Callable[[str], None]) -> Iterator[LocalBackend]:
+        """Jobs under <root>/.runner/jobs; Trackio keeps its SQLite logs beside them and the local Hub stand-in."""
+        state = root / ".runner"
+        yield cls(state / "jobs", env={"TRACKIO_DIR": str(state / "trackio")})
+
+    @staticmethod
+    def request(spec: JobSpec) -> dict[str, Any]:
+        """Nothing beyond the spec: the job runs this repository's own script with its config."""
+        return {}
 
     # --- the interface ---------------------------------------------------------------------
 

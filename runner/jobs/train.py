@@ -239,7 +239,7 @@ def load_config(argv: list[str] | None = None, args: argparse.Namespace | None =
 
 
 def check_config(config: Config) -> None:
-    """What TRL accepts but cannot train: the same bounds as the recipe's (runner/recipe.py)."""
+    """What TRL accepts but cannot train: the same bounds as the recipe's (runner/recipe_models.py)."""
     if not config.base_model:
         raise JobError("job config: model_name_or_path is missing")
     a = config.args

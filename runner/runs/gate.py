@@ -4,7 +4,6 @@ checked against the record; anything that disagrees is refused with the numbers,
 from __future__ import annotations
 
 from runner.backends.base import Backend
-from runner.backends.hf import MOUNT
 from runner.gitrepo import git_commit
 from runner.jobspec import (
     GgufJobConfig,
@@ -131,17 +130,11 @@ def _with_trained_revision(record: RunRecord, config: JobConfig) -> JobConfig:
     return config.model_copy(update={"model_revision": pushed.commit})
 
 
-def preview(loaded: LoadedRecipe, plan: Plan, *, push: bool) -> list[JobSpec]:
-    """The jobs a run of this recipe would submit, derived and gated exactly as `start` and `advance` do."""
-
-    class Engine:  # only what derivation reads: no client, no token, no request
-        name = "hf" if push else "local"
-        mount = MOUNT if push else None
-        bills = push
-        branches = push
-
-    engine = Engine()
-    check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]
+def preview(loaded: LoadedRecipe, plan: Plan, engine: type[Backend]) -> list[JobSpec]:
+    """The jobs a run of this recipe would submit on `engine`, derived and gated exactly as `start` and `advance`
+    do; the engine's class is enough (its capabilities: no client, no token, no request)."""
+    check_spend(plan, engine, loaded.display)  # type: ignore[arg-type]  # class attributes serve as capabilities
+    push = engine.bills
     record = RunRecord(run_id="dry-run", recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
                        version=recipe_version(loaded), commit=git_commit(loaded.root), backend=engine.name,
                        plan=plan, push=push,
