@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from runner.errors import RecipeInvalid, UserError
 from runner.recipe import name_of, recipe_files
@@ -224,7 +226,8 @@ def cmd_commit_back(args: argparse.Namespace) -> int:
         print("nothing to commit back")
         return 0
     branch = args.branch or os.environ.get("GITHUB_REF_NAME", "").strip() or "main"
-    merge = {path: ledger.merge_runs for path in files if path.startswith("runs/") and path.endswith(".json")}
+    merge: dict[str, Callable[[bytes | None, bytes], bytes]] = {
+        path: ledger.merge_runs for path in files if path.startswith("runs/") and path.endswith(".json")}
     repo = github.repository()
     if merge:  # a run record changes: the registry page with it, from the branch as the commit will leave it
         ours = {path: files[path] for path in merge}
@@ -281,7 +284,7 @@ def run_commenter(name: str, sha: str | None = None):
     from runner import github, render
 
     repo = github.repository()
-    pulls: dict[str, object] = {}
+    pulls: dict[str, Any] = {}  # commit -> its merged pull request (PyGithub), or None
 
     def post(record) -> str:
         from runner.runs import on_branch

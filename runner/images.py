@@ -198,8 +198,8 @@ def measure_cell(value: Any, column: str, base: Path | None) -> ImageInfo | list
     if isinstance(value, list):
         if not value:
             return None
-        infos = [measure(v, column, base) for v in value]
-        return infos if all(i is not None for i in infos) else None  # type: ignore[return-value]
+        infos = [i for i in (measure(v, column, base) for v in value) if i is not None]
+        return infos if len(infos) == len(value) else None
     return measure(value, column, base)
 
 
@@ -262,13 +262,13 @@ class ImageSummary(BaseModel):
 
 def summarize(rows: list[dict[str, Any]], column: str) -> ImageSummary:
     found = [i for r in rows for i in images_in(r.get(column))]
-    sized = [i for i in found if i.width and i.height]
+    sized = [(i.width, i.height) for i in found if i.width and i.height]
     return ImageSummary(
         column=column, images=len(found), per_row=round(len(found) / len(rows), 3) if rows else 0.0,
         measured=len(sized),
-        mean_width=round(sum(i.width for i in sized) / len(sized)) if sized else None,  # type: ignore[misc]
-        mean_height=round(sum(i.height for i in sized) / len(sized)) if sized else None,  # type: ignore[misc]
-        max_width=max((i.width for i in sized), default=None),  # type: ignore[type-var]
-        max_height=max((i.height for i in sized), default=None),  # type: ignore[type-var]
+        mean_width=round(sum(w for w, _ in sized) / len(sized)) if sized else None,
+        mean_height=round(sum(h for _, h in sized) / len(sized)) if sized else None,
+        max_width=max((w for w, _ in sized), default=None),
+        max_height=max((h for _, h in sized), default=None),
         formats=sorted({i.format for i in found if i.format}), sources=sorted({i.source for i in found}),
     )

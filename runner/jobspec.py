@@ -291,7 +291,8 @@ def _base_revision(loaded: LoadedRecipe, resolved: Resolved | None) -> str | Non
     return resolved.base_model if resolved and resolved.base_model else loaded.recipe.base_model_revision
 
 
-CONFIG_CLASSES: dict[str, type[TrainJobConfig]] = {"sft": SFTJobConfig, "dpo": DPOJobConfig, "grpo": GRPOJobConfig}
+CONFIG_CLASSES: dict[str, type[SFTJobConfig] | type[DPOJobConfig] | type[GRPOJobConfig]] = {
+    "sft": SFTJobConfig, "dpo": DPOJobConfig, "grpo": GRPOJobConfig}
 
 
 def trial_branch(trial: str, version: str) -> str:
@@ -301,7 +302,7 @@ def trial_branch(trial: str, version: str) -> str:
 
 
 def train_config(loaded: LoadedRecipe, plan: Plan, run_id: str, places: Places, *, push: bool,
-                 resume: bool = False, resolved: Resolved | None = None, branch: str | None = None) -> TrainJobConfig:
+                 resume: bool = False, resolved: Resolved | None = None, branch: str | None = None) -> TrainConfig:
     """The training job's config for this recipe and plan; pushed to `branch` of the repo when given, else main."""
     repo = loaded.output_repo if push else None
     r = loaded.recipe

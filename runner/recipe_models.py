@@ -215,7 +215,7 @@ class Gguf(_Strict):
     """GGUF conversion for llama.cpp, LM Studio and Ollama."""
 
     enabled: bool = Field(True, description="convert the trained model to GGUF into <repo>-GGUF")
-    quantizations: list[Literal[GGUF_TYPES]] = Field(  # type: ignore[valid-type]
+    quantizations: list[Literal[GGUF_TYPES]] = Field(  # type: ignore[valid-type]  # a Literal over the tuple
         default_factory=lambda: ["Q4_K_M"], min_length=1, description="GGUF files to produce, all from one f16; "
         "default [Q4_K_M]; IQ types need imatrix: true")
     imatrix: bool = Field(False, description="compute an importance matrix from the training data and quantize with it")

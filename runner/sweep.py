@@ -98,7 +98,7 @@ def _path_problem(path: str) -> str | None:
     section, _, name = path.partition(".")
     if section not in SWEEPABLE or not name or "." in name:
         return f"'{path}' is not an override path: use section.field with a section among {', '.join(SWEEPABLE)}"
-    fields = Recipe.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+    fields = Recipe.model_fields[section].annotation.model_fields  # type: ignore[union-attr]  # SWEEPABLE are models
     if name not in fields:
         close = [f for f in fields if f.startswith(name[:3])]
         hint = f" (did you mean {section}.{close[0]}?)" if close else ""

@@ -166,10 +166,11 @@ def survey(root: Path) -> tuple[list[LoadedRecipe], list[Watched], list[str]]:
 def lookup(api: Any, watched: list[Watched], problems: list[str]) -> dict[HubInput, str]:
     """The commit each followed ref is at now, asked once per repo and ref (HfApi model_info / dataset_info).
     One the Hub will not tell is left out, its one line added to `problems`: the other recipes go on."""
-    now: dict[tuple[str, str, str], str] = {}
-    for kind, repo, ref in sorted({(i.kind, i.repo, i.ref) for w in watched for i in w.inputs}):
+    now: dict[tuple[Kind, str, str], str] = {}
+    keys: set[tuple[Kind, str, str]] = {(i.kind, i.repo, i.ref) for w in watched for i in w.inputs}
+    for kind, repo, ref in sorted(keys):
         try:
-            now[(kind, repo, ref)] = head(api, kind, repo, None if ref == DEFAULT_REF else ref)  # type: ignore[arg-type]
+            now[(kind, repo, ref)] = head(api, kind, repo, None if ref == DEFAULT_REF else ref)
         except UserError as e:
             problems.append(f"error: {e}")
     return {i: now[(i.kind, i.repo, i.ref)] for w in watched for i in w.inputs if (i.kind, i.repo, i.ref) in now}

@@ -25,7 +25,7 @@ def _finished(step: Step, record: RunRecord, stage: str, wait: bool) -> JobStatu
         for line in step.backend.logs(job_id):
             _progress(record, line)
     status = step.backend.status(job_id)
-    while wait and not status.finished and (step.time_left() is None or step.time_left() > 0):
+    while wait and not status.finished and not step.out_of_time():
         time.sleep(0.2)  # logs can end a moment before the status does
         status = step.backend.status(job_id)
     job = record.jobs[stage]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner import card, failures, gates, ledger, outputs, promote, revisions
-from runner.backends.base import FAILED, Backend, JobStatus
+from runner.backends.base import FAILED, Backend, FoundJob, JobStatus
 from runner.errors import UserError
 from runner.gitrepo import git_commit
 from runner.jobspec import (
@@ -81,24 +81,29 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
         return prior
     lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded), "train"),
                                            include_failed=True)
-    failed = prior or (lost if lost and lost.stage in FAILED else None)
-    if failed is None:
+    if prior is None and (lost is None or lost.stage not in FAILED):
         return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial)
-    what = (f"run {prior.run_id} {prior.state}" + (f": {prior.failure.reason}" if prior.failure else "")) if prior \
-        else f"job {lost.id} ended {lost.stage}"
+    what, attempt, resume = _failed_before(prior, lost, backend)
     if not retry:
         raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
                            "pay for it again: fix the recipe, or retry deliberately with `runner run RECIPE --retry` "
                            "(the train workflow's manual run has a `retry` box)")
     if prior is not None and prior.failure is not None and prior.failure.stage == "gguf" and prior.train_summary:
         return _reconvert(loaded, plan, backend, prior, hub_dir=hub_dir, echo=echo, what=what, trial=trial)
-    attempt = prior.attempt + 1 if prior else int(lost.labels.get("attempt", "1")) + 1
-    resume = bool(prior.failure and prior.failure.checkpoint_on_hub) if prior \
-        else lost.config is not None and backend.checkpoint_saved(lost.config)
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
                  retry_of=prior.run_id if prior else None, resume=resume, trial=trial,
                  resolved=prior.revisions if prior and resume else None)  # a checkpoint goes on with its data
+
+
+def _failed_before(prior: RunRecord | None, lost: FoundJob | None, backend: Backend) -> tuple[str, int, bool]:
+    """What failed (a run, or a job whose record was lost), the attempt that retries it, and whether it resumes."""
+    if prior is not None:
+        what = f"run {prior.run_id} {prior.state}" + (f": {prior.failure.reason}" if prior.failure else "")
+        return what, prior.attempt + 1, bool(prior.failure and prior.failure.checkpoint_on_hub)
+    assert lost is not None
+    return (f"job {lost.id} ended {lost.stage}", int(lost.labels.get("attempt", "1")) + 1,
+            backend.checkpoint_saved(lost.config))
 
 
 def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRecord, *, hub_dir: Path | None,
@@ -444,7 +449,7 @@ def drive(record: RunRecord, step: Step, *, wait: bool) -> RunRecord:
         saved = {r.run_id: r for r in ledger.read(step.home, step.name).runs}
         record = saved.get(record.run_id, record)
         while not record.terminal and advance(record, step, wait=wait):
-            if step.time_left() is not None and step.time_left() <= 0:
+            if step.out_of_time():
                 break  # the follow window closed: reconcile carries the run on
         step.updated(record)
     return record

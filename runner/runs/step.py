@@ -9,13 +9,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from runner.backends.base import Backend
 from runner.errors import UserError
 from runner.jobspec import (
+    GgufJobConfig,
     JobConfig,
     Places,
+    TrainConfig,
     hf_places,
     shipped_files,
 )
@@ -110,6 +112,11 @@ class Step:
     def time_left(self) -> float | None:
         return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
 
+    def out_of_time(self) -> bool:
+        """The follow window closed (never, when following without one)."""
+        left = self.time_left()
+        return left is not None and left <= 0
+
     @property
     def home(self) -> Path:
         assert self.root is not None  # set in __post_init__
@@ -151,6 +158,12 @@ def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
                                                                      "commit": (record.commit or "none")[:12]}
 
 
+@overload
+def _config(record: RunRecord, stage: Literal["train"]) -> TrainConfig: ...
+@overload
+def _config(record: RunRecord, stage: Literal["gguf"]) -> GgufJobConfig: ...
+@overload
+def _config(record: RunRecord, stage: str) -> JobConfig: ...
 def _config(record: RunRecord, stage: str) -> JobConfig:
     """The config the run fixed for `stage`; a record without one cannot be carried on."""
     config = getattr(record.configs, stage)
