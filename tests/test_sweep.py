@@ -192,6 +192,9 @@ def test_a_four_trial_sweep_runs_locally_and_converts_only_the_winner(examples_r
     assert out["winner"] == best
     by_trial = {r["trial"]: r for r in runs_}
     assert by_trial[best]["state"] == "recorded" and by_trial[best]["jobs"]["gguf"]["stage"] == "COMPLETED"
+    # Each trial trained into a folder of its own, and the winner's conversion read the winner's weights.
+    assert len({r["configs"]["train"]["output_dir"] for r in runs_}) == 4
+    assert by_trial[best]["configs"]["gguf"]["model_dir"] == by_trial[best]["configs"]["train"]["output_dir"]
     for trial, r in by_trial.items():
         if trial != best:
             assert r["state"] == "rejected" and "gguf" not in r["jobs"]

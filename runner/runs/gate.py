@@ -14,7 +14,6 @@ from runner.jobspec import (
     gguf_config,
     shipped_files,
     train_config,
-    trial_branch,
 )
 from runner.ledger import RunRecord
 from runner.plan import Plan
@@ -27,6 +26,7 @@ from runner.runs.step import (
     _labels,
     _local_gguf_places,
     _places,
+    trial_branch_of,
     recipe_version,
     sha256_file,
 )
@@ -60,11 +60,11 @@ def _derived_config(step: Step, record: RunRecord, stage: str) -> JobConfig:
     if problem := consistent(loaded, record.revisions):
         raise SpendRefused(f"run {record.run_id} ({record.recipe}): the record {problem}; not submitting")
     if stage == "train":
-        places = _places(step.backend, loaded, record.run_id, step.hub_dir)
         # record.version is the recipe's own here: fixed from it at the start, checked against it before submitting.
-        branch = trial_branch(step.trial, record.version) if step.trial and step.backend.branches else None
+        branch = trial_branch_of(step.trial, record.version)
+        places = _places(step.backend, loaded, record.run_id, step.hub_dir, branch)
         return train_config(loaded, plan, record.run_id, places, push=record.push, resume=record.resume,
-                            resolved=record.revisions, branch=branch)
+                            resolved=record.revisions, branch=branch if step.backend.branches else None)
     places = _places(step.backend, loaded, record.run_id, None) if record.push else _local_gguf_places(record)
     return gguf_config(loaded, places, record.run_id, adapter=plan.lora, push=record.push, resolved=record.revisions)
 

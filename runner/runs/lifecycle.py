@@ -35,6 +35,7 @@ from runner.runs.step import (
     _config,
     _identity,
     _places,
+    trial_branch_of,
     new_run_id,
     recipe_version,
     sha256_file,
@@ -120,7 +121,8 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
         if job is None or job.stage not in FAILED:
             raise SpendRefused(f"{loaded.display}: run {prior.run_id} says its conversion failed, but no failed GGUF "
                                f"job of attempt {prior.attempt} is on the backend; not converting again")
-    where = train_config(loaded, plan, prior.run_id, _places(backend, loaded, prior.run_id, hub_dir),
+    where = train_config(loaded, plan, prior.run_id,
+                         _places(backend, loaded, prior.run_id, hub_dir, trial_branch_of(trial, prior.version)),
                          push=backend.bills)
     pushed = summary.pushed
     problem = outputs.missing_model(backend, where, summary)
@@ -182,7 +184,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     record.history.append({"state": "planned", "at": record.created_at})
     step = Step(loaded, backend, plan=plan, root=root, hub_dir=hub_dir, trial=trial)
     _fix_configs(step, record)
-    places = _places(backend, loaded, run_id, hub_dir)
+    places = _places(backend, loaded, run_id, hub_dir, trial_branch_of(trial, record.version))
     record.links["model"] = f"https://huggingface.co/{loaded.output_repo}" if push else str(places.model_dir)
     ledger.save(step.home, record, r.name)
     return record

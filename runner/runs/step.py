@@ -19,6 +19,7 @@ from runner.jobspec import (
     Places,
     TrainConfig,
     hf_places,
+    trial_branch,
     shipped_files,
 )
 from runner.ledger import RunRecord
@@ -42,9 +43,12 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def local_places(loaded: LoadedRecipe, run_id: str, hub_dir: Path) -> Places:
-    """The local stand-in for the Hub: <hub_dir>/<namespace>/<name>[-GGUF]."""
+def local_places(loaded: LoadedRecipe, run_id: str, hub_dir: Path, branch: str | None = None) -> Places:
+    """The local stand-in for the Hub: <hub_dir>/<namespace>/<name>[-GGUF]; a branch (a sweep's trial) is a folder
+    of its own, <name>@<branch>, so trials never write over each other's model."""
     repo = loaded.output_repo or f"local/{loaded.recipe.name}"
+    if branch:
+        repo = f"{repo}@{branch}"
     return Places(model_dir=hub_dir / repo, gguf_dir=hub_dir / f"{repo}-GGUF",
                   work_dir=loaded.root / ".runner" / "runs" / run_id)
 
@@ -123,10 +127,18 @@ class Step:
         return self.root
 
 
-def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None) -> Places:
+def _places(backend: Backend, loaded: LoadedRecipe, run_id: str, hub_dir: Path | None,
+            branch: str | None = None) -> Places:
+    """Where a job reads and writes: the mount inside a Hub job (a branch is then the push's revision), else
+    the local Hub folder, a branch its own folder."""
     if backend.mount:
         return hf_places(backend.mount)
-    return local_places(loaded, run_id, hub_dir or loaded.root / ".runner" / "hub")
+    return local_places(loaded, run_id, hub_dir or loaded.root / ".runner" / "hub", branch)
+
+
+def trial_branch_of(trial: str | None, version: str) -> str | None:
+    """The branch (or, locally, the folder) a sweep's trial writes its model to; None outside a sweep."""
+    return trial_branch(trial, version) if trial else None
 
 
 def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
