@@ -86,3 +86,14 @@ def consistent(loaded: LoadedRecipe, resolved: Resolved) -> str | None:
         if pin is not None and SHA.match(pin) and sha not in (None, pin):
             return f"names {kind} revision {sha[:12]}, the recipe pins {pin[:12]}"
     return None
+
+
+def now(loaded: LoadedRecipe, backend: Any) -> Resolved:
+    """The commits the recipe's Hub inputs are at now, through the backend's client (or one on the
+    configured endpoint); nothing when offline, where the job can only read what is cached anyway."""
+    from runner import hub
+
+    if hub.offline():
+        return Resolved()
+    api = getattr(backend, "api", None)
+    return resolve(loaded, (lambda: api) if api is not None else hub.api)

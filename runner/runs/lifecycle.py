@@ -145,17 +145,6 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
     return record
 
 
-def resolve_inputs(loaded: LoadedRecipe, backend: Backend) -> revisions.Resolved:
-    """The commits the recipe's Hub inputs are at now, through the backend's client (or one on the
-    configured endpoint); nothing when offline, where the job can only read what is cached anyway."""
-    from runner import hub
-
-    if hub.offline():
-        return revisions.Resolved()
-    api = getattr(backend, "api", None)
-    return revisions.resolve(loaded, (lambda: api) if api is not None else hub.api)
-
-
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
           processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
           root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None) -> RunRecord:
@@ -171,7 +160,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
             raise UserError(f"{loaded.display}: training on HF Jobs needs an output repo (output.repo, or a "
                             "namespace in recipes/_defaults.yaml); the trained model would be lost")
         processes = max(plan.devices, 1)  # a multi-GPU flavor trains data-parallel (or sharded) across all
-    resolved = resolved if resolved is not None else resolve_inputs(loaded, backend)
+    resolved = resolved if resolved is not None else revisions.now(loaded, backend)
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
         commit=git_commit(loaded.root),
