@@ -75,7 +75,7 @@ def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Pla
     if verdict.winner is not None:
         records[verdict.winner].sweep = _result(results, records, spec.metric, spec.direction, verdict)
         ledger.save(loaded.root, records[verdict.winner], loaded.recipe.name)
-        _to_main(records[verdict.winner], backend, echo)
+        _to_main(records[verdict.winner], steps[verdict.winner], echo)
         step = dataclasses.replace(steps[verdict.winner], sweep_winner=verdict.winner)
         winner = records[verdict.winner] = runs.drive(records[verdict.winner], step, wait=True)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner)
@@ -90,16 +90,21 @@ def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], met
     return ledger.SweepResult(metric=metric, mode=mode, reason=verdict.reason, trials=rows)
 
 
-def _to_main(record: RunRecord, backend: Backend, echo: runs.Echo) -> None:
+def _to_main(record: RunRecord, step: runs.Step, echo: runs.Echo) -> None:
     """Where trials pushed to branches of their own, the winner's model (at the commit its job pushed) becomes the
     repo's main, before its conversion and card; a winner its gate rejects is not published."""
     config, summary = record.configs.train, record.train_summary
     pushed = summary.pushed if summary else None
-    if not backend.branches or config is None or not config.branch or pushed is None or not pushed.commit or \
+    if not step.backend.branches or config is None or not config.branch or pushed is None or not pushed.commit or \
             (record.gate is not None and not record.gate.passed):
         return
-    oid = backend.publish_model(config, pushed.commit, f"recipes-runner: trial {record.trial} (run {record.run_id}) "
-                                f"won the sweep; its model from {config.branch} at {pushed.commit[:12]}")
+    # Records are data a merge can edit: the repo, branch and commit published are the ones the recipe derives and
+    # the training job reported, re-read from the Hub, never the record's word.
+    runs.authorize(step, record, "train")
+    runs.verify_training(step, record)
+    oid = step.backend.publish_model(config, pushed.commit, f"recipes-runner: trial {record.trial} (run "
+                                     f"{record.run_id}) won the sweep; its model from {config.branch} at "
+                                     f"{pushed.commit[:12]}")
     echo(f"[sweep] {config.repo} main is now the winner's model (from {config.branch}, commit {oid[:12]})")
 
 

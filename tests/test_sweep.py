@@ -389,3 +389,33 @@ def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, c
     refused = cli("plan", "recipes/demo.yaml", "--markdown", cwd=repo)
     assert refused.code == 1
     assert refused.out.count("sweep over budget: 4 trials may cost") == 2  # the errors list, and the sweep's verdict
+
+
+def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace, monkeypatch, capsys) -> None:
+    """A loser's record edited to `trained`, with the lowest loss and another repo as its output: the re-run picks it,
+    and the publication is refused before any commit (the repo is the recipe's, the model what the job pushed)."""
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    recipe = _sweep_workspace(workspace, 5)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")[0] == 0
+    victim = hub.commit("alice/victim", {"model.safetensors": b"victim weights", "extra.bin": b"x"})
+    path = workspace / "runs" / "tiny-sft.json"
+    doc = json.loads(path.read_text())
+    loser = next(r for r in doc["runs"] if r["state"] == "rejected")
+    loser.update(state="trained", gate=None)
+    loser["evaluation"]["metrics"][0]["after"] = 0.1
+    loser["configs"]["train"]["hub_model_id"] = "alice/victim"
+    path.write_text(json.dumps(doc))
+    jobs = len(hub.state.jobs)
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
+    assert code == 1 and "the record's output repo differs from the recipe's (alice/tiny-sft)" in out, out
+    assert hub.history("alice/victim")[0][0] == victim and b"x" == hub.files("alice/victim")["extra.bin"]
+    assert len(hub.state.jobs) == jobs
