@@ -9,6 +9,7 @@ recipes and runs on disk (`survey`), the Hub through HfApi (`lookup`), GitHub th
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class Proposal(BaseModel):
     plan_comment: str | None = None  # the pinned recipe's plan, as the plan check would comment it
 
     @property
-    def branch(self) -> str:
+    def branch(self) -> str:  # read back by proposes_for
         """One branch per recipe and target commits: the same revisions are never proposed twice."""
         return f"{BRANCH_PREFIX}{self.name}-" + "-".join(m.now[:8] for m in self.moved)
 
@@ -104,6 +105,11 @@ def pinned(text: str, proposal: Proposal) -> str:
     values = {FIELDS[m.kind][0]: m.now for m in proposal.moved}
     beside = {FIELDS[m.kind][0]: FIELDS[m.kind][1] for m in proposal.moved}
     return yamledit.set_values(text, proposal.path, values, beside)
+
+
+def proposes_for(branch: str, name: str) -> bool:
+    """Whether a branch is one of this recipe's proposals (`qwen` must not match `qwen-chat`'s)."""
+    return re.fullmatch(rf"{re.escape(BRANCH_PREFIX + name)}(-[0-9a-f]{{8}})+", branch) is not None
 
 
 def body(proposal: Proposal) -> str:
@@ -267,7 +273,7 @@ def propose(repo: Any, proposal: Proposal, text: str) -> str:
                         ", ".join(f"{m.repo} {m.trained[:12]} -> {m.now[:12]}" for m in proposal.moved))
     pr = repo.create_pull(title=proposal.title, body=body(proposal), head=proposal.branch, base=base)
     for old in repo.get_pulls(state="open", base=base):
-        if old.number != pr.number and old.head.ref.startswith(f"{BRANCH_PREFIX}{proposal.name}-"):
+        if old.number != pr.number and proposes_for(old.head.ref, proposal.name):
             old.edit(state="closed")  # one open proposal per recipe: the newest revisions
             old.create_issue_comment(f"Superseded by #{pr.number}, which pins newer revisions.")
     if proposal.plan_comment is not None:  # a pull request GITHUB_TOKEN opens starts no plan workflow

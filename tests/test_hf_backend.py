@@ -377,3 +377,12 @@ def test_over_budget_is_refused_before_any_spend(hub, workspace, monkeypatch, ca
     code, out = run(workspace, monkeypatch, capsys, "run", "recipes/tiny-sft.yaml", "--backend", "hf")
     assert code == 1 and "exceeds budget_usd $0.01" in out and "nothing submitted" in out
     assert not hub.state.jobs and not hub.state.repos and not (workspace / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_claim_settle_setting_is_one_line(monkeypatch, value: str) -> None:
+    from runner.backends.hf import HfBackend
+
+    monkeypatch.setenv("RUNNER_CLAIM_SETTLE_SECONDS", value)
+    with pytest.raises(UserError, match="RUNNER_CLAIM_SETTLE_SECONDS=.*seconds >= 0"):
+        HfBackend(None, "alice", TOKEN)

@@ -254,3 +254,12 @@ def test_a_base_the_hub_will_not_show_is_one_line_and_the_others_go_on(hub, trai
     assert result.code == 1 and "error: model acme/base: gated on the Hub" in result.err
     [proposal] = json.loads(result.out)
     assert proposal["name"] == "hub-chat" and [m["kind"] for m in proposal["moved"]] == ["dataset"]
+
+
+def test_a_proposal_supersedes_only_its_own_recipes_branches() -> None:
+    """Closing the older proposal of `qwen` must leave `qwen-chat`'s open."""
+    from runner.watch import proposes_for
+
+    assert proposes_for("watch/qwen-1234abcd", "qwen") and proposes_for("watch/qwen-1234abcd-89abcdef", "qwen")
+    assert not proposes_for("watch/qwen-chat-1234abcd", "qwen")
+    assert not proposes_for("watch/qwen-1234abcd", "qwen-chat") and not proposes_for("watch/qwen-", "qwen")

@@ -77,7 +77,7 @@ class HfBackend:
         self.poll = poll  # the longest pause between two looks at a job's stage
         self.base_delay = base_delay
         # Longer than the job listing's lag: a claim reads the listing again after it.
-        self.settle = settle if settle is not None else float(os.environ.get(SETTLE_VARIABLE) or DEFAULT_SETTLE)
+        self.settle = settle if settle is not None else _settle_from_env()
         self.echo = echo or (lambda _line: None)
 
     @classmethod
@@ -385,6 +385,18 @@ def job_request(spec: JobSpec) -> dict[str, Any]:
     return {"image": IMAGE, "command": ["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
             "env": {"RUNNER_JOB_CONFIG": spec.config.model_dump_json(), "RUNNER_NPROC": str(spec.processes),
                     "PYTHONUNBUFFERED": "1"}}
+
+
+def _settle_from_env() -> float:
+    """RUNNER_CLAIM_SETTLE_SECONDS as a number of seconds >= 0; anything else is one line saying what to set."""
+    raw = os.environ.get(SETTLE_VARIABLE) or str(DEFAULT_SETTLE)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise UserError(f"{SETTLE_VARIABLE}={raw!r}: set it to a number of seconds >= 0 (default {DEFAULT_SETTLE:g})")
+    return seconds
 
 
 def read_config(text: str | None) -> JobConfig | None:
