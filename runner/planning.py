@@ -120,14 +120,15 @@ def plan_all(loaded: list[LoadedRecipe], token: str | None, problems: list[str])
     if not loaded:
         return []
     price_table = prices(token)
-    plans = []
+    plans, worst = [], {}
     for item in loaded:
         try:
             plans.append(plan_recipe(item, token=token, price_table=price_table))
+            worst[plans[-1].recipe] = worst_usd(item, plans[-1], token, price_table)
         except UserError as e:
             problems.append(str(e))
     cap = min((x.defaults.max_total_usd for x in loaded if x.defaults.max_total_usd is not None), default=None)
-    together = merge_refusal({p.recipe: p.max_cost_usd for p in plans}, cap)
+    together = merge_refusal(worst, cap)
     if together:
         problems.append(together)
     return plans
@@ -157,8 +158,17 @@ def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str |
     from runner import recipe
 
     price_table = prices(token)
-    worst = {plan.recipe: plan.max_cost_usd}
+    worst = {plan.recipe: worst_usd(loaded, plan, token, price_table)}
     for path in paths:
-        other = plan_recipe(recipe.load(path), token=token, price_table=price_table)
-        worst[other.recipe] = other.max_cost_usd
+        other = recipe.load(path)
+        other_plan = plan_recipe(other, token=token, price_table=price_table)
+        worst[other_plan.recipe] = worst_usd(other, other_plan, token, price_table)
     return merge_refusal(worst, cap)
+
+
+def worst_usd(loaded: LoadedRecipe, plan: Plan, token: str | None, price_table: Prices) -> float:
+    """What a recipe may cost a merge at worst: its plan's, or for a sweep every trial's and one conversion."""
+    if loaded.recipe.sweep is None:
+        return plan.max_cost_usd
+    return sweep.plan_sweep(sweep.expand(loaded.recipe), trial_planner(loaded, token, price_table),
+                            loaded.recipe.budget_usd).worst_usd

@@ -75,3 +75,23 @@ def test_recipes_merged_together_above_the_total_cap_fail_both(workspace, cli, h
         real = cli("run", recipe, "--backend", "hf", "--merged-with", *recipes, cwd=workspace)
         assert real.code == 1 and "nothing submitted" in real.out + real.err
     assert not hub.state.jobs and not hub.state.repos
+
+
+def test_a_sweep_counts_every_trial_toward_the_merge_total(workspace, cli, hub) -> None:
+    """A sweep may cost all its trials: the merge total counts them, in the plan check and at the merge alike."""
+    sft = workspace / "recipes" / "tiny-sft.yaml"
+    sft.write_text(sft.read_text() + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 2e-4]\n"
+                                     "    training.seed: [1, 2]\n")
+    recipes = ["recipes/tiny-sft.yaml", "recipes/tiny-dpo.yaml"]
+    doc = json.loads(cli("plan", *recipes, "--json", cwd=workspace).out)
+    single = {p["recipe"]: p["max_cost_usd"] for p in doc["plans"]}
+    sweep_worst = doc["sweeps"]["recipes/tiny-sft.yaml"]["worst_usd"]
+    cap = (sweep_worst + single["recipes/tiny-dpo.yaml"]) * 0.99  # above one trial's share, below all four
+    assert cap > sum(single.values())
+    defaults = workspace / "recipes" / "_defaults.yaml"
+    defaults.write_text(defaults.read_text() + f"max_total_usd: {cap:.6f}\n")
+    check = cli("plan", *recipes, cwd=workspace)
+    assert check.code == 1 and "max_total_usd" in check.err
+    merge = cli("run", "recipes/tiny-dpo.yaml", "--backend", "hf", "--dry-run", "--merged-with", *recipes,
+                cwd=workspace)
+    assert merge.code == 1 and "max_total_usd" in merge.out + merge.err, merge
