@@ -143,9 +143,13 @@ def plan_sweeps(loaded: list[LoadedRecipe], token: str | None) -> dict[str, swee
     """Recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
     swept = [lr for lr in loaded if lr.recipe.sweep is not None]
     price_table = prices(token) if swept else None
-    return {lr.display: sweep.plan_sweep(sweep.expand(lr.recipe), trial_planner(lr, token, price_table),
-                                         lr.recipe.budget_usd)
-            for lr in swept if price_table is not None}
+    return {lr.display: sweep_plan(lr, token, price_table) for lr in swept if price_table is not None}
+
+
+def sweep_plan(loaded: LoadedRecipe, token: str | None, price_table: Prices) -> sweep.SweepPlan:
+    """The plan of a recipe's sweep: its trials planned one by one, gated together against its budget."""
+    return sweep.plan_sweep(sweep.expand(loaded.recipe), trial_planner(loaded, token, price_table),
+                            loaded.recipe.budget_usd)
 
 
 def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str | None) -> str | None:
@@ -170,5 +174,4 @@ def worst_usd(loaded: LoadedRecipe, plan: Plan, token: str | None, price_table: 
     """What a recipe may cost a merge at worst: its plan's, or for a sweep every trial's and one conversion."""
     if loaded.recipe.sweep is None:
         return plan.max_cost_usd
-    return sweep.plan_sweep(sweep.expand(loaded.recipe), trial_planner(loaded, token, price_table),
-                            loaded.recipe.budget_usd).worst_usd
+    return sweep_plan(loaded, token, price_table).worst_usd
