@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runner import waits
 from runner.errors import UserError
 
 BOT_LOGIN = "github-actions[bot]"  # who GITHUB_TOKEN comments as
@@ -38,9 +39,11 @@ def repository() -> Any:
     """The repository this workflow runs for, on the API the runner names."""
     from github import Auth, Github, GithubRetry
 
+    pause = waits.seconds(waits.GITHUB_PAUSE)
     gh = Github(auth=Auth.Token(_env("GITHUB_TOKEN")),
                 base_url=os.environ.get("GITHUB_API_URL", "https://api.github.com").rstrip("/"),
-                retry=GithubRetry(total=6, backoff_factor=1.0), per_page=100, timeout=30, lazy=True)
+                retry=GithubRetry(total=6, backoff_factor=1.0), per_page=100, timeout=30, lazy=True,
+                seconds_between_writes=pause, seconds_between_requests=pause / 4)
     return gh.get_repo(_env("GITHUB_REPOSITORY"))
 
 

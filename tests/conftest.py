@@ -78,6 +78,8 @@ def _hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # The stand-in lists a job the moment it exists (unless a test plays lag): a claim need not wait long.
     monkeypatch.setenv("RUNNER_CLAIM_SETTLE_SECONDS", "0.05")
+    # GitHub's secondary rate limits do not apply to the stand-in: no pause between its writes.
+    monkeypatch.setenv("RUNNER_GITHUB_PAUSE_SECONDS", "0")
 
 
 # --- git and repositories ---------------------------------------------------------------------------------

@@ -386,3 +386,14 @@ def test_a_bad_claim_settle_setting_is_one_line(monkeypatch, value: str) -> None
     monkeypatch.setenv("RUNNER_CLAIM_SETTLE_SECONDS", value)
     with pytest.raises(UserError, match="RUNNER_CLAIM_SETTLE_SECONDS=.*seconds >= 0"):
         HfBackend(None, "alice", TOKEN)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1"])
+def test_a_bad_github_pause_setting_is_one_line(monkeypatch, value: str) -> None:
+    from runner import github
+
+    monkeypatch.setenv("GITHUB_TOKEN", "test-only-not-a-token")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "alice/fork")
+    monkeypatch.setenv("RUNNER_GITHUB_PAUSE_SECONDS", value)
+    with pytest.raises(UserError, match="RUNNER_GITHUB_PAUSE_SECONDS=.*seconds >= 0"):
+        github.repository()

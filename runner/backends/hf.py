@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runner import waits
 from runner.backends.base import FAILED, FINISHED, FoundJob, JobSpec, JobStatus
 from runner.errors import UserError
 from runner.hubretry import RETRIABLE, AnswerLost, HubUnavailable
@@ -33,7 +33,6 @@ IMAGE = ("ghcr.io/astral-sh/uv:python3.12-bookworm"
          "@sha256:9aa60c50016c0485636ab9a830246a6ef3399aa4a8bab3d17ef4a2358fba2ca7")
 MOUNT = "/runner"  # the run's bundle folder inside the job container
 CHECKPOINT_DIR = "last-checkpoint/"  # where TRL's hub_strategy="checkpoint" pushes
-SETTLE_VARIABLE, DEFAULT_SETTLE = "RUNNER_CLAIM_SETTLE_SECONDS", 5.0
 CLAIM_READINGS = 4  # readings of the job listing, a settle pause apart, before a claim gives up
 LOST_ANSWERS = 5  # a request whose answer keeps getting lost (and did nothing) is sent at most this often
 T = TypeVar("T")
@@ -77,7 +76,7 @@ class HfBackend:
         self.poll = poll  # the longest pause between two looks at a job's stage
         self.base_delay = base_delay
         # Longer than the job listing's lag: a claim reads the listing again after it.
-        self.settle = settle if settle is not None else _settle_from_env()
+        self.settle = settle if settle is not None else waits.seconds(waits.CLAIM_SETTLE)
         self.echo = echo or (lambda _line: None)
 
     @classmethod
@@ -385,18 +384,6 @@ def job_request(spec: JobSpec) -> dict[str, Any]:
     return {"image": IMAGE, "command": ["uv", "run", "--python", "3.12", f"{MOUNT}/{spec.script}.py"],
             "env": {"RUNNER_JOB_CONFIG": spec.config.model_dump_json(), "RUNNER_NPROC": str(spec.processes),
                     "PYTHONUNBUFFERED": "1"}}
-
-
-def _settle_from_env() -> float:
-    """RUNNER_CLAIM_SETTLE_SECONDS as a number of seconds >= 0; anything else is one line saying what to set."""
-    raw = os.environ.get(SETTLE_VARIABLE) or str(DEFAULT_SETTLE)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise UserError(f"{SETTLE_VARIABLE}={raw!r}: set it to a number of seconds >= 0 (default {DEFAULT_SETTLE:g})")
-    return seconds
 
 
 def read_config(text: str | None) -> JobConfig | None:
