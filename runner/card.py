@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import UserError
 from runner.evaluation import Evaluation
+from runner.jobs.gguf import human_bytes
 from runner.jobspec import DPOJobConfig, GRPOJobConfig, TrainJobConfig
 from runner.ledger import RunRecord
 from runner.plan import Plan
@@ -54,20 +55,11 @@ def loss_plot_png(log_history: list[LogEntry], title: str) -> bytes | None:
     return buf.getvalue()
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _gguf_lines(gguf: GgufSummary, repo: str | None) -> list[str]:
     """The GGUF table and how to run it; a vision model's projector goes beside the text model (--mmproj)."""
     lines = ["", "## GGUF", "", "| file | quantization | size |", "| --- | --- | --- |"]
     lines += [f"| `{f.name}` | {f.quantization}"
-              f"{' (vision projector)' if f.kind == 'mmproj' else ''} | {_human_bytes(f.bytes)} |"
+              f"{' (vision projector)' if f.kind == 'mmproj' else ''} | {human_bytes(f.bytes)} |"
               for f in gguf.files]
     models = gguf.models
     projector = gguf.projector.name if gguf.projector else None

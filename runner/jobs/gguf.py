@@ -731,7 +731,8 @@ def modelfile(gguf_name: str, template: tuple[str, list[str]] | None, eos: str) 
     return "\n".join(lines) + "\n"
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """A byte count as people read it (1.5 GiB); the runner's model card shows sizes the same way."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:
@@ -763,7 +764,7 @@ def gguf_card(config: GgufArguments, files: list[dict[str, Any]], imatrix: dict[
                   "(transformers).", ""]
     lines += ["| file | quantization | size | sha256 |", "| --- | --- | --- | --- |"]
     lines += [f"| [`{Path(f['path']).name}`](./{Path(f['path']).name}) | {f['quantization']} | "
-              f"{_human_bytes(f['bytes'])} | `{f['sha256'][:16]}` |" for f in files]
+              f"{human_bytes(f['bytes'])} | `{f['sha256'][:16]}` |" for f in files]
     lines += ["", "## Use", "", "llama.cpp:", "", "```bash", f"llama-server -hf {repo}:{default}",
               f"llama-cli -hf {repo}:{default}", "```", "", "LM Studio:", "", "```bash", f"lms get {repo}@{default}",
               "```", "", "Ollama:", "", "```bash", f"ollama run hf.co/{repo}:{default}", "```", "",

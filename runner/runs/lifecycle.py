@@ -34,6 +34,7 @@ from runner.runs.step import (
     Step,
     _config,
     _identity,
+    _outputs,
     _places,
     trial_branch_of,
     new_run_id,
@@ -285,6 +286,7 @@ def _checkpoint_place(config: JobConfig) -> str:
     return f"{config.repo}/last-checkpoint/" + (f" (branch {config.branch})" if config.branch else "")
 
 
+
 def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
     """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
     record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
@@ -358,11 +360,9 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
 
 def _trained(step: Step, record: RunRecord) -> None:
     config = _config(record, "train")
-    raw = step.backend.summary(config)
-    summary, invalid = parse(TrainSummary, raw) if raw is not None else (None, None)
-    problem = invalid or outputs.missing_model(step.backend, config, summary)
-    if problem or summary is None:
-        return _missing(step, record, "train", problem or "it wrote no summary")
+    summary, problem = _outputs(step, config, TrainSummary, lambda s: outputs.missing_model(step.backend, config, s))
+    if summary is None:
+        return _missing(step, record, "train", problem)
     record.train_summary = summary
     record.metrics = dict(summary.final_metrics)
     record.evaluation = summary.evaluation
@@ -381,11 +381,9 @@ def _judge(step: Step, record: RunRecord) -> gates.GateVerdict:
 
 def _converted(step: Step, record: RunRecord) -> None:
     config = _config(record, "gguf")
-    raw = step.backend.summary(config)
-    summary, invalid = parse(GgufSummary, raw) if raw is not None else (None, None)
-    problem = invalid or outputs.missing_ggufs(step.backend, config, summary)
-    if problem or summary is None:
-        return _missing(step, record, "gguf", problem or "it wrote no summary")
+    summary, problem = _outputs(step, config, GgufSummary, lambda s: outputs.missing_ggufs(step.backend, config, s))
+    if summary is None:
+        return _missing(step, record, "gguf", problem)
     record.gguf_summary = summary
     if summary.skipped:
         step.echo(f"[gguf] not converted: {summary.skipped}")

@@ -25,6 +25,7 @@ from runner.jobspec import (
 from runner.ledger import RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
+from runner.summaries import S, parse
 
 LOG_TAIL = 30
 
@@ -189,3 +190,12 @@ def _local_gguf_places(record: RunRecord) -> Places:
     model_dir = Path(train.output_dir)
     return Places(model_dir=model_dir, gguf_dir=model_dir.with_name(model_dir.name + "-GGUF"),
                   work_dir=Path(train.summary_path).parent)
+
+
+def _outputs(step: Step, config: JobConfig, kind: type[S],
+             missing: Callable[[S | None], str | None]) -> tuple[S | None, str]:
+    """The job's summary as `kind`, or None and what its outputs lack (words after "COMPLETED, but")."""
+    raw = step.backend.summary(config)
+    summary, invalid = parse(kind, raw) if raw is not None else (None, None)
+    problem = invalid or missing(summary)
+    return (None, problem or "it wrote no summary") if problem or summary is None else (summary, "")
