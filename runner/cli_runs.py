@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:  # what would be submitted, derived and gated exactly as a real run; no request that spends
         engine = backends.engine(args.backend)
         jobs = [{"stage": s.script, **engine.request(s), "flavor": s.flavor, "timeout_seconds": s.timeout_seconds,
-                 "labels": s.labels, "config": s.config.model_dump(mode="json")}
+                 "labels": s.labels, "config": s.config.model_dump(mode="json"), "files": sorted(s.files)}
                 for s in runs.preview(loaded, plan, engine)]
         out = {"recipe": loaded.display, "backend": args.backend, "jobs": jobs, "cost_usd": plan.cost_usd,
                "max_cost_usd": plan.max_cost_usd, "budget_usd": plan.budget_usd}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runner import imagefiles
 from runner.errors import UserError
 from runner.recipe import Evaluation, first_symlink
 
@@ -80,7 +81,8 @@ def shipped_files(loaded: LoadedRecipe) -> dict[str, Path]:
     r = loaded.recipe
     paths: list[Path] = []
     if r.dataset.is_local:
-        paths.append(loaded.local(r.dataset.path))
+        data = loaded.local(r.dataset.path)
+        paths += [data, *imagefiles.named_by(data, f"{loaded.display}: dataset {r.dataset.path}", r.dataset.columns)]
     paths += [loaded.local(w.file) for w in r.rewards if w.file]
     if r.base_model_is_local:
         base = loaded.local(r.base_model)

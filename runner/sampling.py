@@ -55,20 +55,26 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 # --- local files ---------------------------------------------------------------------------
 
 
-def sample_file(path: Path, *, display: str | None = None, limit: int = SAMPLE_ROWS) -> Sample:
-    name = display or str(path)
+def read_rows(path: Path, name: str, limit: int) -> tuple[list[dict], int | None, bool]:
+    """Up to `limit` rows of a local data file as read (Parquet image structs measured), the row count, and
+    whether that count is exact."""
     if not path.is_file():
         raise UserError(f"{name}: file not found")
     suffix = path.suffix.lower()
     size = path.stat().st_size
     if suffix == ".parquet":
-        rows, total, exact = _parquet(path, name, limit)
-    elif suffix == ".csv":
-        rows, total, exact = _csv(path, name, limit, size)
-    elif suffix in (".jsonl", ".json"):
-        rows, total, exact = _json(path, name, limit, size)
-    else:
-        raise UserError(f"{name}: unsupported file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+        return _parquet(path, name, limit)
+    if suffix == ".csv":
+        return _csv(path, name, limit, size)
+    if suffix in (".jsonl", ".json"):
+        return _json(path, name, limit, size)
+    raise UserError(f"{name}: unsupported file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+def sample_file(path: Path, *, display: str | None = None, limit: int = SAMPLE_ROWS) -> Sample:
+    """The first `limit` rows of a local data file, images measured (their paths are relative to the file)."""
+    name = display or str(path)
+    rows, total, exact = read_rows(path, name, limit)
     rows = images.replace_images(rows, path.parent)  # image paths are relative to the data file
     return Sample(dataset=name, split="train", rows=rows, columns=_columns(rows), num_rows=total,
                   rows_exact=exact, source="file")

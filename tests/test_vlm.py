@@ -253,6 +253,27 @@ def test_local_vlm_token_count_matches_its_processor(vlm_repo: Path) -> None:
         assert vision.tokens(*size) == pytest.approx(len(ids) - plain, abs=3), size
 
 
+def test_a_hub_job_ships_the_images_its_json_lines_name(vlm_repo: Path, cli, monkeypatch) -> None:
+    """Image paths in local data are read beside the data file, in the job's mount too: they travel with it."""
+    monkeypatch.setenv("HF_TOKEN", "hf_test_only_not_a_token")
+    pics = vlm_repo / "data" / "pics"
+    pics.mkdir()
+    for name, size in (("a.png", (448, 448)), ("b.png", (448, 300)), ("unused.png", (8, 8))):
+        (pics / name).write_bytes(png(*size))
+    rows = [{"image": f"pics/{'ab'[i % 2]}.png", "question": "Is pics/unused.png shown?", "chosen": "No.",
+             "rejected": "see pics/unused.png"} for i in range(6)]
+    rows.append({**rows[0], "image": "https://example.invalid/c.png"})
+    write_jsonl(vlm_repo / "data" / "paths.jsonl", rows)
+    recipe = VLM_RECIPE.format(name="paths", model="./models/tiny-vlm", max_length=2048)
+    write_recipe(vlm_repo, "paths", recipe.replace("data/rlaif.parquet", "data/paths.jsonl"))
+    result = cli("run", "recipes/paths.yaml", "--backend", "hf", "--dry-run", "--json", cwd=vlm_repo)
+    assert result.code == 0, result.err
+    train = json.loads(result.out)["jobs"][0]
+    shipped = [f for f in train["files"] if not f.startswith("models/")]
+    # Only the image column's files: not a text turn that names one, not a URL.
+    assert shipped == ["data/paths.jsonl", "data/pics/a.png", "data/pics/b.png"]
+
+
 @pytest.mark.slow
 def test_tiny_vlm_build_is_reproducible(tmp_path: Path) -> None:
     pytest.importorskip("transformers")

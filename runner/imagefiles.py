@@ -1,0 +1,46 @@
+"""The image files a local data file names: a remote job reads them beside the data, so they travel with it.
+
+Only the columns the training job reads as images (`image` or `images`, after the recipe's column mapping)
+are looked at, so a text turn that mentions "cat.png" ships nothing. URLs and data URIs stay as they are.
+A path must name a regular file below the data file's folder, as validation already requires.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runner import images, sampling
+from runner.errors import UserError
+
+IMAGE_COLUMNS = ("image", "images")  # what the training job reads as images (runner/jobs/train.py)
+
+
+def named_by(data_file: Path, display: str, columns: dict[str, str] | None = None) -> list[Path]:
+    """The local image files the data file's image columns name, each once, in path order."""
+    head, _, _ = sampling.read_rows(data_file, display, sampling.SAMPLE_ROWS)
+    wanted = {c for c in _column_names(head) if (columns or {}).get(c, c) in IMAGE_COLUMNS}
+    if not wanted:  # a text dataset is not read to its end
+        return []
+    rows, _, _ = sampling.read_rows(data_file, display, sys.maxsize)
+    names = {value for row in rows for column in wanted for value in _paths(row.get(column))}
+    files = []
+    for name in sorted(names):
+        problem = images.from_path(name, data_file.parent).problem
+        if problem:
+            raise UserError(f"{display}: {problem}; nothing is shipped")
+        files.append(data_file.parent / name)
+    return files
+
+
+def _column_names(rows: list[dict[str, Any]]) -> set[str]:
+    return {c for row in rows for c in row}
+
+
+def _paths(cell: Any) -> Iterator[str]:
+    """Local paths in one image cell: a string, or a list of them (URLs and data URIs are not files)."""
+    for value in cell if isinstance(cell, list) else [cell]:
+        if isinstance(value, str) and value and not value.startswith(("http://", "https://", "data:")):
+            yield value
