@@ -75,6 +75,7 @@ def test_a_branch_set_up_cut_short_is_completed_by_the_next_run(hub: HubStub, wo
     job, leaving the branch holding main's earlier model. The re-run clears it (the branch has no commit of its
     own), every trial trains, and main ends with exactly the winner's model and its card."""
     hub.state.faults[f"POST /api/models/{REPO}/commit/trial-*"] = [403]
+    hub.state.commits_page_size = 2  # main's history is read page by page, as the Hub serves a long one
     code, out = run(workspace, monkeypatch, capsys, "run", swept, "--backend", "hf")
     first = _branches(workspace, swept)[0]
     assert code == 1 and f"clear branch {first} failed" in out, out
@@ -89,6 +90,7 @@ def test_a_branch_set_up_cut_short_is_completed_by_the_next_run(hub: HubStub, wo
     winner = next(r for r in runs_ if r["state"] == "recorded")
     for _, config in _train_jobs(hub):
         _assert_branch_without_main(hub, config["hub_revision"])
+    assert any("p" in q.query for q in hub.state.requests if f"/api/models/{REPO}/commits/" in q.path)
     main = hub.files(REPO)
     assert _model(main) == _model(hub.files(REPO, winner["train_summary"]["pushed"]["commit"]))
     assert set(_model(main)) == {"config.json", "model.safetensors"}
