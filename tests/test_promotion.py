@@ -101,27 +101,32 @@ def test_a_branch_set_up_cut_short_is_completed_by_the_next_run(hub: HubStub, wo
 def test_a_branch_is_cleared_only_while_it_has_no_commit_of_its_own(hub: HubStub, workspace: Path, swept: str,
                                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Two trials' branches exist before the sweep: one cut from main and left as it was (cleared now, even after
-    the Hub refuses the clearing commit once as stale), one an earlier attempt cleared and pushed a checkpoint to
-    (kept as it is: no commit of the runner's lands on it)."""
-    fresh, resumed = _branches(workspace, swept)[:2]
+    the Hub refuses the clearing commit once as stale), and the winner's, which an earlier attempt cleared and pushed
+    a checkpoint and the trainer's own card to (kept as it is: no commit of the runner's lands on it); main gets the
+    runner's card for the winner, not the trainer's."""
+    branches = _branches(workspace, swept)
+    fresh, resumed = branches[0], branches[LOSSES.index(min(LOSSES))]
     repo = hub.state.repos[REPO]
     repo.branches[fresh] = repo.branches[resumed] = repo.branches["main"]
-    checkpoint = {"last-checkpoint/trainer_state.json": b'{"global_step": 3}'}
-    hub.commit(REPO, checkpoint, deleted=tuple(k for k in EARLIER if k != ".gitattributes" and "/" not in k),
-               revision=resumed)
+    checkpoint = {"last-checkpoint/trainer_state.json": b'{"global_step": 3}', "README.md": b"the trainer's card"}
+    inherited = tuple(k for k in EARLIER if "/" not in k and k not in (".gitattributes", *checkpoint))
+    hub.commit(REPO, checkpoint, deleted=inherited, revision=resumed)  # as the earlier attempt left it
     hub.state.faults[f"POST /api/models/{REPO}/commit/{fresh}"] = [412]
     hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in LOSSES]
     hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
     code, out = run(workspace, monkeypatch, capsys, "run", swept, "--backend", "hf")
     assert code == 0, out
     _assert_branch_without_main(hub, fresh)
-    assert hub.files(REPO, resumed)["last-checkpoint/trainer_state.json"] == checkpoint[
-        "last-checkpoint/trainer_state.json"]
+    kept = hub.files(REPO, resumed)
+    assert {k: kept[k] for k in checkpoint} == checkpoint
     posted = [q for q in hub.state.requests if (q.method, q.path) == ("POST", f"/api/models/{REPO}/commit/{resumed}")]
     assert not posted  # the job's own push is the stand-in's, not a request: the runner committed nothing there
     assert len([q for q in hub.state.requests
                 if (q.method, q.path) == ("POST", f"/api/models/{REPO}/commit/{fresh}")]) == 2  # refused, then made
-    _assert_every_main_has_its_card(hub, _runs(workspace))
+    runs_ = _runs(workspace)
+    winner = next(r for r in runs_ if r["state"] == "recorded")
+    assert winner["configs"]["train"]["hub_revision"] == resumed
+    _assert_every_main_has_its_card(hub, runs_)
 
 
 def test_a_winner_whose_conversion_fails_leaves_main_its_model_with_its_card(hub: HubStub, workspace: Path,
