@@ -2,6 +2,7 @@
 
 `runner promote NAME RUN_ID` edits that file in a pull request; on merge the Hub tag `prod` of the recipe's
 model repo moves to the commit that run pushed. Only a recorded run that pushed a model can be promoted.
+A model reaches a repo's main with its card (`card_files`): a sweep's winner is made main together with it.
 """
 
 from __future__ import annotations
@@ -104,3 +105,15 @@ def current_scores(root: Path, name: str) -> Scores | None:
     run_id = read(root).models.get(name)
     run = next((r for r in ledger.read(root, name).runs if r.run_id == run_id), None) if run_id else None
     return scores(run.evaluation) if run is not None and run.evaluation is not None else None
+
+
+def card_files(record: ledger.RunRecord, name: str) -> dict[str, bytes]:
+    """The run's model card as its repo holds it, from the record alone: README.md and, when the run logged a
+    loss, loss.png. Before its GGUF conversion the card has no GGUF section; after it, it has."""
+    from runner import card
+
+    history = record.train_summary.log_history if record.train_summary else []
+    method = record.plan.method if record.plan else "?"
+    png = card.loss_plot_png(history, f"{name} ({method.upper()})")
+    text = card.build(record, has_plot=png is not None)  # what the run fixed and did, whatever the recipe says now
+    return {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})}

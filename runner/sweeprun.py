@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from runner import gates, ledger, runs, sweep
+from runner import gates, ledger, promote, runs, sweep
 from runner.backends.base import Backend
 from runner.ledger import RunRecord
 from runner.plan import Plan
@@ -92,7 +92,8 @@ def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], met
 
 def _to_main(record: RunRecord, step: runs.Step, echo: runs.Echo) -> None:
     """Where trials pushed to branches of their own, the winner's model (at the commit its job pushed) becomes the
-    repo's main, before its conversion and card; a winner its gate rejects is not published."""
+    repo's main with its card, before its conversion (whose card then replaces it); a winner its gate rejects is
+    not published."""
     config, summary = record.configs.train, record.train_summary
     pushed = summary.pushed if summary else None
     if not step.backend.branches or config is None or not config.branch or pushed is None or not pushed.commit or \
@@ -102,7 +103,8 @@ def _to_main(record: RunRecord, step: runs.Step, echo: runs.Echo) -> None:
     # the training job reported, re-read from the Hub, never the record's word.
     runs.authorize(step, record, "train")
     runs.verify_training(step, record)
-    oid = step.backend.publish_model(config, pushed.commit, f"recipes-runner: trial {record.trial} (run "
+    oid = step.backend.publish_model(config, pushed.commit, promote.card_files(record, step.name),
+                                     f"recipes-runner: trial {record.trial} (run "
                                      f"{record.run_id}) won the sweep; its model from {config.branch} at "
                                      f"{pushed.commit[:12]}")
     echo(f"[sweep] {config.repo} main is now the winner's model (from {config.branch}, commit {oid[:12]})")

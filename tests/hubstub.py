@@ -4,9 +4,10 @@ It speaks the HTTP contract that huggingface_hub's `HfApi` and the viewer client
 use (real routes, field names, error headers, `Z` datetimes), records every request,
 and injects faults on request. Tests drive it through the real clients; nothing is patched.
 
-Besides model info and the viewer it keeps model repos (create, preupload + commit,
-tree, resolve) and runs Jobs (create, inspect, list by label with Link paging, cancel,
-logs as SSE replayed per connection). A job either runs for real on this machine (its
+Besides model info and the viewer it keeps model repos (create, preupload + commit with
+its parentCommit check, branches and tags, commit history, tree, resolve) and runs Jobs
+(create, inspect, list by label with Link paging, cancel, logs as SSE replayed per
+connection). A job either runs for real on this machine (its
 repo volume materialised in a temp dir, `uv run` played by this Python, the secrets in
 its environment) or plays a scripted stage sequence (`JobScript`).
 """
@@ -66,6 +67,7 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)  # tag -> commit oid
     branches: dict[str, str] = field(default_factory=dict)  # branch -> head commit oid ("main" from the first commit)
     parents: dict[str, str | None] = field(default_factory=dict)  # commit oid -> its parent's
+    titles: dict[str, str] = field(default_factory=dict)  # commit oid -> its message's summary
 
     def tree(self, revision: str = "main") -> tuple[str, dict[str, bytes]] | None:
         """The commit a revision names: a branch's head, a tag's commit, or a commit oid."""
@@ -190,6 +192,7 @@ class HubState:
     fail_after_create: int = 0  # answer this many job creations with 503 *after* creating the job
     drop_log_streams: int = 0  # cut this many log streams after their first event
     page_size: int = 2
+    commits_page_size: int = 50  # commits per page of a repo's history listing
     timeout_scale: float = 1.0  # the stand-in's clock for job timeouts runs this many times faster
     durations_scale: float = 1.0  # jobs report running seconds this many times longer (billing tests)
     job_env: dict[str, str] = field(default_factory=dict)  # extra environment for real jobs
@@ -236,7 +239,7 @@ class HubStub:
     # --- repos ---------------------------------------------------------------------------------------
 
     def commit(self, repo_id: str, files: dict[str, bytes], deleted: tuple[str, ...] = (),
-               revision: str = "main") -> str:
+               revision: str = "main", title: str = "") -> str:
         """A commit on top of branch `revision` (KeyError if the repo has no such branch: the Hub refuses it)."""
         with self.state.lock:
             repo = self.state.repos.setdefault(repo_id, Repo(private=True))
@@ -251,6 +254,7 @@ class HubStub:
                                + str(len(repo.commits)).encode()).hexdigest()
             repo.commits.append((oid, tree))
             repo.parents[oid] = head[0] if head else None
+            repo.titles[oid] = title
             repo.branches[revision] = oid
             return oid
 
@@ -536,6 +540,28 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             repo.tags[tag] = found[0]
             return self._send(200, {})
 
+        # GET .../commits/{revision}[?p=N] as HfApi.list_repo_commits pages through it (Link rel="next"): the
+        # revision's history, newest first.
+        def _commits(self, repo_id: str, revision: str, q: dict[str, str]) -> None:
+            at = self._at(repo_id, revision)
+            if at is None:
+                return
+            repo, (oid, _) = at
+            history: list[str] = []
+            at_oid: str | None = oid
+            while at_oid is not None:
+                history.append(at_oid)
+                at_oid = repo.parents.get(at_oid)
+            start = int(q.get("p", "0")) * state.commits_page_size
+            page = history[start:start + state.commits_page_size]
+            headers = {}
+            if start + state.commits_page_size < len(history):
+                nxt = f"{stub.url}/api/models/{repo_id}/commits/{revision}?p={start // state.commits_page_size + 1}"
+                headers["Link"] = f'<{nxt}>; rel="next"'
+            items = [{"id": c, "title": repo.titles.get(c, ""), "message": repo.titles.get(c, ""),
+                      "authors": [{"user": USER}], "date": _now()} for c in page]
+            return self._send(200, items, headers)
+
         # POST .../branch/{branch} {"startingPoint"?} as HfApi.create_branch sends it: 409 when it exists.
         def _create_branch(self, repo_id: str, branch: str) -> None:
             body, branch = self._json(), unquote(branch)
@@ -584,6 +610,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 return self._jobs_get(path[len("/api/jobs/"):].split("/"), url)
             if path.startswith("/api/models/") and path.endswith("/refs"):
                 return self._refs(path[len("/api/models/"):-len("/refs")])
+            if path.startswith("/api/models/") and "/commits/" in path:
+                return self._commits(*path[len("/api/models/"):].split("/commits/", 1), q)
             if path.startswith("/api/models/") and "/tree/" in path:
                 return self._tree(path[len("/api/models/"):])
             if path.startswith("/api/models/"):
@@ -670,14 +698,14 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 return self._send(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
             files: dict[str, bytes] = {}
             deleted: list[str] = []
-            summary = ""
+            summary, parent = "", None
             for line in self._body().decode().splitlines():
                 if not line.strip():
                     continue
                 item = json.loads(line)
                 value = item["value"]
                 if item["key"] == "header":
-                    summary = value.get("summary", "")
+                    summary, parent = value.get("summary", ""), value.get("parentCommit")
                 elif item["key"] == "file":
                     files[value["path"]] = base64.b64decode(value["content"])
                 elif item["key"] == "lfsFile":
@@ -691,12 +719,14 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 else:
                     return self._send(400, {"error": f"unsupported commit item {item['key']}"})
             head = repo.tree(revision)
+            if parent is not None and (head[0] if head else None) != parent:  # the branch moved since it was read
+                return self._send(412, {"error": "A commit has happened since. Please refresh and try again."})
             tree = head[1] if head else {}
             gone = [d for d in deleted if d not in tree and not any(n.startswith(d.rstrip("/") + "/") for n in tree)]
             if gone:  # the Hub refuses to delete what is not there
                 return self._send(404, {"error": f"A file with this name doesn't exist: {gone[0]}"},
                                   {"X-Error-Code": "EntryNotFound"})
-            oid = stub.commit(repo_id, files, tuple(deleted), revision=revision)
+            oid = stub.commit(repo_id, files, tuple(deleted), revision=revision, title=summary)
             self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{stub.url}/{repo_id}/commit/{oid}",
                              "commitMessage": summary})
 

@@ -89,6 +89,6 @@ class Backend(Protocol):
     def publish(self, config: JobConfig, files: dict[str, bytes], message: str) -> None:
         """Put files (the model card, the loss plot) beside the trained model."""
 
-    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
-        """Make the model a training job pushed to its branch, at `commit`, its repo's main in one commit; that commit.
-        Only where `branches`."""
+    def publish_model(self, config: JobConfig, commit: str, card: dict[str, bytes], message: str) -> str:
+        """Make the model a training job pushed to its branch, at `commit`, with its `card` (README.md, loss.png) its
+        repo's main in one commit; that commit. Only where `branches`."""

@@ -322,40 +322,72 @@ class HfBackend:
         self._call("upload the model card", self.api.create_commit, repo_id=repo, operations=ops,
                    commit_message=message)
 
-    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
-        """The model files at `commit` (what the job pushed to its branch) become main in one commit: copied from
-        that commit (LFS server-side), and main's other model files deleted; the job bundles stay."""
-        from huggingface_hub import CommitOperationCopy, CommitOperationDelete
+    def publish_model(self, config: JobConfig, commit: str, card: dict[str, bytes], message: str) -> str:
+        """The model at `commit` (what the job pushed to its branch) and its card become main in one commit: the model
+        files copied from that commit (LFS server-side), the card's files written, main's other model files (the
+        previous model and its card) deleted; the job bundles stay. So main never holds a model without a card
+        that describes it, nor the previous model's card over it."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
         repo = config.repo
         if not repo:
             raise UserError("a model that was not pushed to the Hub has no branch to publish")
+        if "README.md" not in card:
+            raise UserError(f"Hugging Face Hub: the model at {commit[:12]} reaches {repo} main only with its card")
 
         def promote() -> str:  # read afresh on every attempt: sent again, unchanged files are skipped
-            model = {f for f in self.files(repo, commit) or () if _is_model_file(f)}
+            # The card replaces any the job pushed beside its model (the trainer writes one of its own).
+            model = {f for f in self.files(repo, commit) or () if _is_model_file(f)} - set(card)
             if not model:
                 raise UserError(f"Hugging Face Hub: {repo} holds no model at commit {commit[:12]}")
-            stale = {f for f in self.files(repo) or () if _is_model_file(f)} - model
+            stale = {f for f in self.files(repo) or () if _is_model_file(f)} - model - set(card)
             ops: list[Any] = [CommitOperationCopy(src_path_in_repo=f, path_in_repo=f, src_revision=commit)
                               for f in sorted(model)]
+            ops += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in sorted(card.items())]
             ops += [CommitOperationDelete(path_in_repo=f) for f in sorted(stale)]
             return self.api.create_commit(repo_id=repo, operations=ops, commit_message=message).oid
 
         return self._call(f"publishing the model at {commit[:12]} as {repo} main", promote, recover=lambda: None)
 
     def _branch(self, repo: str, branch: str) -> None:
-        """The branch a job pushes to, made before it runs. A new one starts from main without main's model, so
-        what the job pushes is the whole model there; one that exists (a retry's) keeps its checkpoint."""
-        from huggingface_hub import CommitOperationDelete
-
-        if self.files(repo, branch) is not None:
-            return
+        """The branch a job pushes to, set up before it runs: cut from main, then cleared of main's model and card,
+        so what the job pushes is the whole model there. Decided from the Hub on every submission, so a set-up cut
+        short is completed by the next: a branch with no commit of its own still holds what it inherited and is
+        cleared; one with commits of its own (the clearing one, a job's pushes: a retry's checkpoint) is kept."""
         self._call(f"create branch {branch}", self.api.create_branch, repo_id=repo, branch=branch, exist_ok=True)
-        inherited = sorted(f for f in self.files(repo, branch) or () if _is_model_file(f))
-        if inherited:
-            self._call(f"clear branch {branch}", self.api.create_commit, repo_id=repo, revision=branch,
-                       operations=[CommitOperationDelete(path_in_repo=f) for f in inherited],
-                       commit_message="recipes-runner: a trial's branch starts without main's model")
+        for _ in range(LOST_ANSWERS):
+            head = self._unwritten(repo, branch)
+            inherited = sorted(f for f in self.files(repo, head) or () if _is_model_file(f)) if head else []
+            if not head or not inherited or self._call(f"clear branch {branch}", self._clear, repo=repo,
+                                                       branch=branch, head=head, inherited=inherited):
+                return
+        raise UserError(f"Hugging Face Hub: branch {branch} of {repo} kept moving while it was being set up; "
+                        "is another runner submitting the same trial? Try again")
+
+    def _clear(self, repo: str, branch: str, head: str, inherited: list[str]) -> bool:
+        """Delete the files the branch inherited, on top of `head` only; False when the branch moved meanwhile."""
+        from huggingface_hub import CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            self.api.create_commit(repo_id=repo, revision=branch, parent_commit=head,
+                                   operations=[CommitOperationDelete(path_in_repo=f) for f in inherited],
+                                   commit_message="recipes-runner: a trial's branch starts without main's model")
+        except HfHubHTTPError as e:
+            if e.response is None or e.response.status_code != 412:  # 412: "A commit has happened since"
+                raise
+            return False  # another runner's set-up, or ours re-sent after a lost answer: read the branch again
+        return True
+
+    def _unwritten(self, repo: str, branch: str) -> str | None:
+        """The branch's head while nothing was committed on it since it was cut from main (that head is one of
+        main's commits); None once it has commits of its own."""
+        refs = self._call("list refs", self.api.list_repo_refs, repo_id=repo)
+        head = next((b.target_commit for b in refs.branches if b.name == branch), None)
+        if head is None:
+            raise UserError(f"Hugging Face Hub: branch {branch} of {repo} disappeared while it was being set up")
+        main = self._call(f"list the commits of {repo}", self.api.list_repo_commits, repo_id=repo)
+        return head if any(c.commit_id == head for c in main) else None
 
     # --- shipping ----------------------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class LocalBackend:
         for name, data in files.items():  # the local Hub copy: beside the weights, as on the Hub
             atomic_write(Path(config.output_dir) / name, data)
 
-    def publish_model(self, config: JobConfig, commit: str, message: str) -> str:
+    def publish_model(self, config: JobConfig, commit: str, card: dict[str, bytes], message: str) -> str:
         raise UserError("the local backend keeps no branches: a run's model is already where it publishes")
 
     def claim(self, labels: dict[str, str], job_id: str) -> FoundJob:

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from runner import card, failures, gates, ledger, outputs, promote, revisions
+from runner import failures, gates, ledger, outputs, promote, revisions
 from runner.backends.base import FAILED, Backend, FoundJob, JobStatus
 from runner.errors import UserError
 from runner.gitrepo import git_commit
@@ -396,13 +396,9 @@ def _record(step: Step, record: RunRecord) -> None:
     start = time.monotonic()
     name = step.name
     card_dir = step.home / "models" / name
-    history = record.train_summary.log_history if record.train_summary else []
-    method = record.plan.method if record.plan else "?"
-    png = card.loss_plot_png(history, f"{name} ({method.upper()})")
-    if png:
-        ledger.atomic_write(card_dir / "loss.png", png)
-    text = card.build(record, has_plot=png is not None)  # what the run fixed and did, whatever the recipe says now
-    ledger.atomic_write(card_dir / "README.md", text)
+    files = promote.card_files(record, name)
+    for file, data in files.items():
+        ledger.atomic_write(card_dir / file, data)
     # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights). On the
     # Hub only to the repo the recipe at the run's commit derives: a record names it, it does not decide it.
     target = _config(record, "train")
@@ -410,8 +406,7 @@ def _record(step: Step, record: RunRecord) -> None:
         step.echo(f"[card] not published: the record's repo {target.repo} is not the one the recipe at commit "
                   f"{(record.commit or '?')[:12]} derives ({step.loaded.output_repo if step.loaded else 'unknown'})")
     else:
-        step.backend.publish(target, {"README.md": text.encode("utf-8"), **({"loss.png": png} if png else {})},
-                             f"recipes-runner: model card for run {record.run_id}")
+        step.backend.publish(target, files, f"recipes-runner: model card for run {record.run_id}")
     record.links["card"] = str((card_dir / "README.md").relative_to(step.home))
     record.seconds["record"] = round(time.monotonic() - start, 2)
     record.move("recorded")
