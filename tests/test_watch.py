@@ -168,6 +168,59 @@ def test_a_merged_proposal_is_not_proposed_again_while_it_retrains(hub, trained,
     assert found == [] and "nothing moved" in out
 
 
+HUB_TAGGED = """\
+name: hub-tagged
+base_model: acme/base
+base_model_revision: v2-stable   # the publisher's stable tag
+method: sft
+dataset: {path: acme/chats, revision: main}   # main by name: a branch too
+training:
+  max_steps: 2
+gguf:
+  enabled: false
+"""
+
+
+def test_a_named_tag_or_branch_is_kept_and_the_merge_trains_on_where_it_moved(hub, trained, gh, cli) -> None:
+    tag, branch = hub.move("model", "acme/base", ref="v2-stable"), hub.head("dataset", "acme/chats")
+    (trained / "recipes" / "hub-tagged.yaml").write_text(HUB_TAGGED)
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert (runs(trained, "hub-tagged")[-1]["base_revision"], runs(trained, "hub-tagged")[-1]["dataset_revision"]) \
+        == (tag, branch)
+    new_tag, new_branch = hub.move("model", "acme/base", ref="v2-stable"), hub.move("dataset", "acme/chats")
+    assert hub.head("model", "acme/base") == "a" * 40  # the base's main did not move: only its tag did
+    found, _ = watch(cli, trained, gh)
+    assert [(p["name"], [(m["ref"], m["now"]) for m in p["moved"]]) for p in found] == \
+        [("hub-chat", [("main", new_branch)]), ("hub-tagged", [("v2-stable", new_tag), ("main", new_branch)])]
+    (pr,) = [p for p in watch_pulls(gh) if p["head"]["ref"].startswith("watch/hub-tagged-")]
+    text = gh.state.file(pr["head"]["ref"], "recipes/hub-tagged.yaml").decode()
+    # The refs stay as named; the change is one comment line above each, saying which commit it moved to.
+    assert [ln for ln in text.splitlines() if ln not in HUB_TAGGED.splitlines()] == [
+        f"# runner watch: base_model_revision v2-stable moved to {new_tag}; merging retrains on it",
+        f"# runner watch: dataset.revision main moved to {new_branch}; merging retrains on it"]
+    assert len(text.splitlines()) == len(HUB_TAGGED.splitlines()) + 2
+    assert new_tag[:12] in pr["body"] and "keeps the `v2-stable` and `main` the recipe names" in pr["body"]
+    (comment,) = gh.state.comments_on(pr["number"])
+    assert ":white_check_mark: hub-tagged" in comment["body"]
+    # Merged: while it retrains, the comment says it is proposed; the run resolves the refs to their new commits.
+    (trained / "recipes" / "hub-tagged.yaml").write_text(text)
+    gh.state.pulls = {}
+    assert [p["name"] for p in watch(cli, trained, gh)[0]] == ["hub-chat"]
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert (runs(trained, "hub-tagged")[-1]["base_revision"], runs(trained, "hub-tagged")[-1]["dataset_revision"]) \
+        == (new_tag, new_branch)
+    # The tag moves again: the next proposal replaces the comment, the ref still as named.
+    newest = hub.move("model", "acme/base", ref="v2-stable")
+    _, out = watch(cli, trained, gh)
+    assert f"watch/hub-tagged-{newest[:8]}" in out, out
+    (pr,) = [p for p in watch_pulls(gh) if p["head"]["ref"] == f"watch/hub-tagged-{newest[:8]}"]
+    again = gh.state.file(pr["head"]["ref"], "recipes/hub-tagged.yaml").decode()
+    assert f"# runner watch: base_model_revision v2-stable moved to {newest}; merging retrains on it" in again
+    assert new_tag not in again and "base_model_revision: v2-stable   # the publisher's stable tag" in again
+
+
 def test_newer_revisions_supersede_the_open_proposal(hub, trained, gh, cli) -> None:
     hub.move("dataset", "acme/chats")
     watch(cli, trained, gh)

@@ -93,7 +93,7 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     if loaded is None or plan is None:
         raise SpendRefused(f"{where}: no plan derived from the recipe; not submitting the {stage} job from a record")
     check_spend(plan, step.backend, where)
-    version = recipe_version(loaded)
+    version = recipe_version(loaded, record.revisions)
     if record.version != version:
         raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
                            f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
