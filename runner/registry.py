@@ -1,9 +1,9 @@
 """The repository is the model registry: every run in runs/*.json as a typed row, and models/README.md from them.
 
 Pure over what the repository holds: run records through runner/ledger.py, the promoted run of each recipe through
-runner/promote.py (models/current.json). `runner models` prints it, commit-back writes models/README.md, and the
-plan comment shows a recipe's current model beside its new plan. Records are data any merged pull request can
-edit, so every value reaches Markdown through render.md / render.code.
+runner/promote.py (models/current.json). `runner models` prints it, commit-back and a local `runner run` write
+models/README.md, and the plan comment shows a recipe's current model beside its new plan. Records are data any
+merged pull request can edit, so every value reaches Markdown through render.md / render.code.
 """
 
 from __future__ import annotations
@@ -213,6 +213,15 @@ def markdown(reg: Registry) -> str:
                 "| run | state | base | method | data | eval (base -> tuned) | cost | date | links |",
                 "|---|---|---|---|---|---|---|---|---|", *map(_row_md, reversed(runs)), ""]
     return "\n".join(out)
+
+
+def refresh(root: Path) -> Path | None:
+    """Regenerate models/README.md from the checkout's runs/ where the repository keeps models (a models/ folder:
+    cards, or the page, are there), as commit-back does in Actions; the page written, or None."""
+    if not (root / "models").is_dir():
+        return None
+    ledger.atomic_write(root / REGISTRY_FILE, markdown(load(root)).encode("utf-8"))
+    return root / REGISTRY_FILE
 
 
 def _plain(value: object) -> str:
