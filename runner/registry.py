@@ -153,9 +153,16 @@ def load_files(files: Mapping[str, bytes]) -> Registry:
 # --- text --------------------------------------------------------------------------------------------
 
 
+def _billed(m: ModelEntry) -> bool:
+    """Whether the engine the run used bills its jobs (its capability, not its name)."""
+    from runner.backends import engine  # light: the engine's class, no client
+
+    return engine(m.backend).bills
+
+
 def _usd(m: ModelEntry) -> str:
     est = f" (est. ${m.estimated_usd:.2f})" if m.estimated_usd is not None else ""
-    return f"${m.actual_usd:.2f}{est}" if m.backend == "hf" else f"$0.00 local{est}"
+    return f"${m.actual_usd:.2f}{est}" if _billed(m) else f"$0.00 local{est}"
 
 
 def _method(m: ModelEntry) -> str:
@@ -250,7 +257,7 @@ def text(reg: Registry) -> str:
 def comparison_markdown(m: ModelEntry, plan: Plan) -> list[str]:
     """The current model's figures beside a new plan of its recipe (the plan comment of a changed recipe)."""
     which = "promoted in `models/current.json`" if m.current else "newest recorded; none promoted"
-    hours = f"{m.billed_hours * 60:.0f} min billed" if m.backend == "hf" else "trained locally"
+    hours = f"{m.billed_hours * 60:.0f} min billed" if _billed(m) else "trained locally"
     plan_metrics = "measured after training" if plan.eval_rows else "no held-out evaluation planned"
     planned = f"{md(plan.flavor or 'none fits')}, ~{plan.hours * 60:.0f} min"
     lr = f", lr {m.learning_rate:g}" if m.learning_rate is not None else ""
