@@ -221,6 +221,31 @@ def test_a_named_tag_or_branch_is_kept_and_the_merge_trains_on_where_it_moved(hu
     assert new_tag not in again and "base_model_revision: v2-stable   # the publisher's stable tag" in again
 
 
+def test_a_run_versioned_before_named_refs_counted_is_not_trained_again(hub, trained, cli) -> None:
+    """A record from before a named ref's commits joined the version: a re-trigger on the same commits carries it
+    on (nothing bought); once the tag moves, the version is new and trains."""
+    from runner.recipe import load
+    from runner.runs import recipe_version
+
+    hub.move("model", "acme/base", ref="v2-stable")
+    path = trained / "recipes" / "hub-tagged.yaml"
+    path.write_text(HUB_TAGGED)
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    record = trained / "runs" / "hub-tagged.json"
+    doc = json.loads(record.read_text())
+    assert doc["runs"][-1]["version"] != recipe_version(load(path))  # the tag's commit counts
+    doc["runs"][-1]["version"] = recipe_version(load(path))  # as an older runner versioned it
+    record.write_text(json.dumps(doc))
+    jobs = len(hub.state.jobs)
+    again = cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", cwd=trained)
+    assert again.code == 0 and "already has run" in again.err and len(hub.state.jobs) == jobs
+    hub.move("model", "acme/base", ref="v2-stable")
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert len(hub.state.jobs) == jobs + 1 and len(runs(trained, "hub-tagged")) == 2
+
+
 def test_newer_revisions_supersede_the_open_proposal(hub, trained, gh, cli) -> None:
     hub.move("dataset", "acme/chats")
     watch(cli, trained, gh)

@@ -63,10 +63,12 @@ def run_lock(root: Path, name: str) -> Iterator[bool]:
 
 def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None = None,
                       resolved: revisions.Resolved | None = None) -> RunRecord | None:
-    """The newest run of this recipe version (its named refs at `resolved`) on this backend, whatever its state."""
-    version = recipe_version(loaded, resolved)
+    """The newest run of this recipe version (its named refs at `resolved`) on this backend, whatever its state;
+    a run versioned before named refs' commits counted is this version when it resolved them alike."""
+    version, plain = recipe_version(loaded, resolved), recipe_version(loaded)
     runs = ledger.read(root or loaded.root, loaded.recipe.name).runs
-    return next((r for r in reversed(runs) if r.backend == backend.name and r.version == version), None)
+    return next((r for r in reversed(runs) if r.backend == backend.name and
+                 (r.version == version or (r.version == plain and r.revisions == resolved))), None)
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
