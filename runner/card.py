@@ -205,13 +205,15 @@ def _provenance_lines(record: RunRecord, config: TrainJobConfig) -> list[str]:
 
 def _cost_lines(record: RunRecord) -> list[str]:
     """The estimate against what the Hub billed (nothing, for a run on this machine)."""
+    from runner.backends import engine  # light: the engine's class, no client
+
     est, worst, actual = (record.cost_usd.get(k) for k in ("estimated", "max", "actual"))
     hours = record.billed_hours
     return ["", "## Cost", "",
             f"Estimated ${est or 0:.2f} on {record.plan.flavor if record.plan else None}"
             + (f" (worst case ${worst:.2f}, every job running to its timeout)" if worst is not None else "")
             + "; actual "
-            + ("$0.00 (trained locally)" if record.backend == "local" else
+            + ("$0.00 (trained locally)" if not engine(record.backend).bills else
                (f"${actual:.2f} ({hours:.2f} h billed running time)" if actual is not None else "unknown")) + "."]
 
 

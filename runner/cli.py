@@ -101,8 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded, located = recipe.load_all(args.recipes)
     problems = [str(p) for p in located]
     token = None if hub.offline() else hub.token()
-    plans = planning.plan_all(loaded, token, problems)
-    sweeps = planning.plan_sweeps(loaded, token)
+    plans, sweeps = planning.plan_with_sweeps(loaded, token, problems)
     problems += [f"{name}: {sp.refusal}" for name, sp in sweeps.items() if sp.refusal]
     if not loaded and not problems:
         problems.append("error: no recipe files given or found")

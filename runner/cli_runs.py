@@ -68,7 +68,7 @@ def _opened(name: str, root: Path, repo: str | None = None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import backends, hub, planning, recipe, runs
+    from runner import backends, hub, planning, recipe, registry, runs
 
     loaded = recipe.load(args.recipe)
     token = None if hub.offline() else hub.token()
@@ -89,7 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     with _opened(args.backend, loaded.root, loaded.output_repo) as backend:
         runs.check_spend(plan, backend, loaded.display)  # before any upload or job
-        return _run(args, loaded, plan, backend, token)
+        try:
+            return _run(args, loaded, plan, backend, token)
+        finally:  # recorded, rejected or failed: the registry page with this run, as commit-back leaves it
+            registry.refresh(loaded.root)
 
 
 def _run(args: argparse.Namespace, loaded, plan, backend, token: str | None) -> int:

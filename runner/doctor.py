@@ -1,8 +1,9 @@
 """`runner doctor`: is this repository ready to train by pull request? One line per check, with the fix.
 
 Checks what a team sets up on its first day: the Hub token (who, write access to the namespace,
-Jobs allowed), the GitHub environments and their reviewers, branch protection, the budget and
-the cap, CODEOWNERS, and names the first recipe to try. Reads only; never prints the token.
+Jobs allowed), the GitHub environments and their reviewers, branch protection, whether workflows may
+open pull requests, the budget and the cap, CODEOWNERS, and names the first recipe to try. Reads only;
+never prints the token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ Verdict = Literal["ok", "warn", "fail", "skip"]
 PLACEHOLDER = "@your-org"
 PLAN_CHECK = "Validate and plan changed recipes"  # the `plan` workflow's job: the check a merge must pass
 BILLING = "https://huggingface.co/settings/billing"
+ACTIONS_PRS = ("Settings > Actions > General > Workflow permissions: tick `Allow GitHub Actions to create and "
+               "approve pull requests`")
 
 
 class Check(BaseModel):
@@ -159,7 +162,25 @@ def github_checks(repo: Any) -> list[Check]:
         if env.deployment_branch_policy is None:
             out.append(Check(name=f"environment {name} branches", verdict="warn", detail="any branch's workflow may "
                              "read its HF_TOKEN", fix=f"Settings > Environments > {name} > Deployment branches: main"))
-    return out + protection_checks(repo)
+    return out + protection_checks(repo) + [pull_requests_check(repo)]
+
+
+def pull_requests_check(repo: Any) -> Check:
+    """Workflows may open pull requests with GITHUB_TOKEN: the watcher's proposals and commit-back to a protected
+    branch do (GET .../actions/permissions/workflow, which PyGithub has no method for)."""
+    from github import GithubException
+
+    name = "Actions pull requests"
+    try:
+        _, found = repo._requester.requestJsonAndCheck("GET", f"{repo.url}/actions/permissions/workflow")
+    except GithubException as e:  # the workflow's own token may not read the setting (administration: read)
+        return Check(name=name, verdict="skip", detail=f"this token cannot read the workflow permissions "
+                     f"(HTTP {e.status})", fix=f"check it yourself: {ACTIONS_PRS}")
+    if (found or {}).get("can_approve_pull_request_reviews") is True:
+        return Check(name=name, verdict="ok", detail="workflows may open pull requests (runner watch's proposals, "
+                     "commit-back to a protected branch)")
+    return Check(name=name, verdict="fail", detail="workflows may not open pull requests: runner watch's proposals "
+                 "and commit-back to a protected branch are refused", fix=ACTIONS_PRS)
 
 
 def protection_checks(repo: Any) -> list[Check]:

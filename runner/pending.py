@@ -28,6 +28,7 @@ def unfinished(root: Path) -> list[str]:
         except (OSError, ValueError, AttributeError):
             names.append(path.stem)
             continue
+        # By name, not runner.backends.engine(...).bills: this runs before any install (standard library only).
         if any(isinstance(r, dict) and r.get("backend") == "hf" and r.get("state") not in TERMINAL for r in runs):
             names.append(path.stem)
     return names

@@ -117,33 +117,35 @@ def _why(e: Exception) -> str:
 def plan_all(loaded: list[LoadedRecipe], token: str | None, problems: list[str]) -> list[Plan]:
     """A plan per loaded recipe; a recipe that cannot be planned adds its one-line problem instead, and so do
     recipes whose summed worst case is above `max_total_usd` (they are merged, and paid for, together)."""
+    return plan_with_sweeps(loaded, token, problems)[0]
+
+
+def plan_with_sweeps(loaded: list[LoadedRecipe], token: str | None,
+                     problems: list[str]) -> tuple[list[Plan], dict[str, sweep.SweepPlan]]:
+    """`plan_all`'s plans, and by recipe display path the plan of each sweep: its trials planned once, for both
+    the merge total (every trial's worst case) and the sweep's table."""
     if not loaded:
-        return []
+        return [], {}
     price_table = prices(token)
-    plans, worst = [], {}
+    plans, worst, sweeps = [], {}, {}
     for item in loaded:
         try:
             plans.append(plan_recipe(item, token=token, price_table=price_table))
-            worst[plans[-1].recipe] = worst_usd(item, plans[-1], token, price_table)
+            if item.recipe.sweep is not None:
+                sweeps[item.display] = sweep_plan(item, token, price_table)
+            worst[plans[-1].recipe] = worst_usd(item, plans[-1], token, price_table, sweeps.get(item.display))
         except UserError as e:
             problems.append(str(e))
     cap = min((x.defaults.max_total_usd for x in loaded if x.defaults.max_total_usd is not None), default=None)
     together = merge_refusal(worst, cap)
     if together:
         problems.append(together)
-    return plans
+    return plans, sweeps
 
 
 def trial_planner(loaded: LoadedRecipe, token: str | None, price_table: Prices) -> Callable[[Recipe], Plan]:
     """Plans one sweep trial: the recipe with the trial's overrides, read from the same file and repository."""
     return lambda r: plan_recipe(dataclasses.replace(loaded, recipe=r), token=token, price_table=price_table)
-
-
-def plan_sweeps(loaded: list[LoadedRecipe], token: str | None) -> dict[str, sweep.SweepPlan]:
-    """Recipe display path -> the plan of its sweep (trials planned one by one, gated together)."""
-    swept = [lr for lr in loaded if lr.recipe.sweep is not None]
-    price_table = prices(token) if swept else None
-    return {lr.display: sweep_plan(lr, token, price_table) for lr in swept if price_table is not None}
 
 
 def sweep_plan(loaded: LoadedRecipe, token: str | None, price_table: Prices) -> sweep.SweepPlan:
@@ -170,8 +172,10 @@ def merge_gate(loaded: LoadedRecipe, plan: Plan, others: list[str], token: str |
     return merge_refusal(worst, cap)
 
 
-def worst_usd(loaded: LoadedRecipe, plan: Plan, token: str | None, price_table: Prices) -> float:
-    """What a recipe may cost a merge at worst: its plan's, or for a sweep every trial's and one conversion."""
+def worst_usd(loaded: LoadedRecipe, plan: Plan, token: str | None, price_table: Prices,
+              planned: sweep.SweepPlan | None = None) -> float:
+    """What a recipe may cost a merge at worst: its plan's, or for a sweep every trial's and one conversion
+    (from `planned`, its sweep's plan, when the caller has it)."""
     if loaded.recipe.sweep is None:
         return plan.max_cost_usd
-    return sweep_plan(loaded, token, price_table).worst_usd
+    return (planned or sweep_plan(loaded, token, price_table)).worst_usd

@@ -1,9 +1,9 @@
 """The repository is the model registry: every run in runs/*.json as a typed row, and models/README.md from them.
 
 Pure over what the repository holds: run records through runner/ledger.py, the promoted run of each recipe through
-runner/promote.py (models/current.json). `runner models` prints it, commit-back writes models/README.md, and the
-plan comment shows a recipe's current model beside its new plan. Records are data any merged pull request can
-edit, so every value reaches Markdown through render.md / render.code.
+runner/promote.py (models/current.json). `runner models` prints it, commit-back and a local `runner run` write
+models/README.md, and the plan comment shows a recipe's current model beside its new plan. Records are data any
+merged pull request can edit, so every value reaches Markdown through render.md / render.code.
 """
 
 from __future__ import annotations
@@ -153,9 +153,16 @@ def load_files(files: Mapping[str, bytes]) -> Registry:
 # --- text --------------------------------------------------------------------------------------------
 
 
+def _billed(m: ModelEntry) -> bool:
+    """Whether the engine the run used bills its jobs (its capability, not its name)."""
+    from runner.backends import engine  # light: the engine's class, no client
+
+    return engine(m.backend).bills
+
+
 def _usd(m: ModelEntry) -> str:
     est = f" (est. ${m.estimated_usd:.2f})" if m.estimated_usd is not None else ""
-    return f"${m.actual_usd:.2f}{est}" if m.backend == "hf" else f"$0.00 local{est}"
+    return f"${m.actual_usd:.2f}{est}" if _billed(m) else f"$0.00 local{est}"
 
 
 def _method(m: ModelEntry) -> str:
@@ -215,6 +222,15 @@ def markdown(reg: Registry) -> str:
     return "\n".join(out)
 
 
+def refresh(root: Path) -> Path | None:
+    """Regenerate models/README.md from the checkout's runs/ where the repository keeps models (a models/ folder:
+    cards, or the page, are there), as commit-back does in Actions; the page written, or None."""
+    if not (root / "models").is_dir():
+        return None
+    ledger.atomic_write(root / REGISTRY_FILE, markdown(load(root)).encode("utf-8"))
+    return root / REGISTRY_FILE
+
+
 def _plain(value: object) -> str:
     """A record value for a terminal: no control characters (an escape sequence in a record is data, not a colour)."""
     return "".join(c if c.isprintable() else "?" for c in str(value))
@@ -241,7 +257,7 @@ def text(reg: Registry) -> str:
 def comparison_markdown(m: ModelEntry, plan: Plan) -> list[str]:
     """The current model's figures beside a new plan of its recipe (the plan comment of a changed recipe)."""
     which = "promoted in `models/current.json`" if m.current else "newest recorded; none promoted"
-    hours = f"{m.billed_hours * 60:.0f} min billed" if m.backend == "hf" else "trained locally"
+    hours = f"{m.billed_hours * 60:.0f} min billed" if _billed(m) else "trained locally"
     plan_metrics = "measured after training" if plan.eval_rows else "no held-out evaluation planned"
     planned = f"{md(plan.flavor or 'none fits')}, ~{plan.hours * 60:.0f} min"
     lr = f", lr {m.learning_rate:g}" if m.learning_rate is not None else ""

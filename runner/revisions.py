@@ -31,6 +31,23 @@ class Resolved(BaseModel):
     dataset: HubSha | None = None
 
 
+def named(pin: str | None) -> bool:
+    """Whether a pinned revision names a tag or branch (which moves) rather than a commit (or nothing)."""
+    return pin is not None and not SHA.match(pin)
+
+
+def names_ref(loaded: LoadedRecipe) -> bool:
+    """Whether the recipe pins a Hub input by a tag or branch name."""
+    return any(named(pin) for _, pin in hub_inputs(loaded).values())
+
+
+def followed(loaded: LoadedRecipe, resolved: Resolved | None) -> dict[Kind, str]:
+    """The commits `resolved` gives the Hub inputs the recipe pins by a tag or branch name: part of what a run
+    trains (its version), as the recipe text cannot say which commit the ref was at."""
+    found = {"model": resolved.base_model, "dataset": resolved.dataset} if resolved else {}
+    return {k: sha for k, (_, pin) in hub_inputs(loaded).items() if named(pin) and (sha := found.get(k))}
+
+
 def hub_inputs(loaded: LoadedRecipe) -> dict[Kind, tuple[str, str | None]]:
     """The recipe's Hub inputs: kind -> (repo id, the revision it pins or None)."""
     r = loaded.recipe

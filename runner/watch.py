@@ -19,12 +19,16 @@ from pydantic import BaseModel, ConfigDict
 from runner import ledger, promote, yamledit
 from runner.errors import RecipeInvalid, UserError
 from runner.recipe import LoadedRecipe, load, recipe_files
-from runner.revisions import DEFAULT_REF, SHA, HubSha, Kind, Resolved, head, hub_inputs
+from runner.revisions import DEFAULT_REF, HubSha, Kind, Resolved, head, hub_inputs, named
+from runner.yamlsafe import dotted
 
 BRANCH_PREFIX = "watch/"
 # Where each kind of revision lives in a recipe, and the key a new one is written beside.
 FIELDS: dict[Kind, tuple[tuple[str, ...], str]] = {"model": (("base_model_revision",), "base_model"),
                                                    "dataset": (("dataset", "revision"), "path")}
+# The comment a proposal leaves above a tag or branch the recipe names (the ref stays; the comment is the change).
+NOTE = "runner watch: "
+NOTED = re.compile(rf"^[ \t]*# {NOTE}(?P<field>\S+) \S+ moved to (?P<sha>[0-9a-f]{{40}})\b", re.MULTILINE)
 
 
 class HubInput(BaseModel):
@@ -36,8 +40,13 @@ class HubInput(BaseModel):
     pin: str | None = None
 
     @property
+    def named(self) -> bool:
+        """Whether the recipe names a tag or branch (kept by a proposal) rather than a commit or nothing."""
+        return named(self.pin)
+
+    @property
     def ref(self) -> str:
-        return self.pin if self.pin and not SHA.match(self.pin) else DEFAULT_REF
+        return self.pin if self.pin is not None and self.named else DEFAULT_REF
 
 
 class Watched(BaseModel):
@@ -48,6 +57,7 @@ class Watched(BaseModel):
     run_id: ledger.RunId  # the current model's run
     inputs: list[HubInput]
     trained: Resolved
+    noted: dict[Kind, HubSha] = {}  # the commit a merged proposal's comment says a named ref moved to
 
 
 class Moved(BaseModel):
@@ -58,6 +68,7 @@ class Moved(BaseModel):
     ref: str
     trained: HubSha
     now: HubSha
+    named: bool = False  # the recipe names `ref` (a tag or branch): the proposal keeps it, the run resolves it
 
 
 class Proposal(BaseModel):
@@ -93,18 +104,33 @@ def proposals(watched: list[Watched], heads: dict[HubInput, str]) -> list[Propos
         for inp in w.inputs:
             trained = w.trained.base_model if inp.kind == "model" else w.trained.dataset
             now = heads.get(inp)
-            if trained is not None and now is not None and now not in (trained, inp.pin):
-                moved.append(Moved(kind=inp.kind, repo=inp.repo, ref=inp.ref, trained=trained, now=now))
+            if trained is not None and now is not None and now not in (trained, inp.pin, w.noted.get(inp.kind)):
+                moved.append(Moved(kind=inp.kind, repo=inp.repo, ref=inp.ref, trained=trained, now=now,
+                                   named=inp.named))
         if moved:
             out.append(Proposal(name=w.name, path=w.path, run_id=w.run_id, moved=moved))
     return out
 
 
 def pinned(text: str, proposal: Proposal) -> str:
-    """The recipe's text with the new commits pinned, every other line kept as it was."""
-    values = {FIELDS[m.kind][0]: m.now for m in proposal.moved}
+    """The recipe's text as the proposal makes it, every other line kept as it was: the new commit written where
+    the recipe pins a commit or follows main; a tag or branch it names kept, with a comment line above it saying
+    which commit the ref moved to (the change whose merge retrains; the run resolves the ref and records it)."""
+    values = {FIELDS[m.kind][0]: m.now for m in proposal.moved if not m.named}
     beside = {FIELDS[m.kind][0]: FIELDS[m.kind][1] for m in proposal.moved}
-    return yamledit.set_values(text, proposal.path, values, beside)
+    out = yamledit.set_values(text, proposal.path, values, beside) if values else text
+    for m in proposal.moved:
+        if m.named:
+            field = FIELDS[m.kind][0]
+            out = yamledit.set_comment(out, proposal.path, field, f"# {NOTE}",
+                                       f"{dotted(field)} {m.ref} moved to {m.now}; merging retrains on it")
+    return out
+
+
+def noted(text: str) -> dict[Kind, str]:
+    """The commits a merged proposal's comments say the recipe's named refs moved to."""
+    kinds = {dotted(path): kind for kind, (path, _) in FIELDS.items()}
+    return {kinds[m["field"]]: m["sha"] for m in NOTED.finditer(text) if m["field"] in kinds}
 
 
 def proposes_for(branch: str, name: str) -> bool:
@@ -116,13 +142,20 @@ def body(proposal: Proposal) -> str:
     """The pull request's description: what moved, from which commit to which, and what merging does."""
     rows = "\n".join(f"| {m.kind} | `{m.repo}` | {m.ref} | `{m.trained[:12]}` | `{m.now[:12]}` |"
                      for m in proposal.moved)
+    pins = [m for m in proposal.moved if not m.named]
+    kept = [m for m in proposal.moved if m.named]
+    what = " and ".join(filter(None, [
+        f"pins the new commit{'s' if len(pins) > 1 else ''} in `{proposal.path}`" if pins else "",
+        (f"keeps the {' and '.join(f'`{m.ref}`' for m in kept)} the recipe names (the run resolves "
+         f"{'them' if len(kept) > 1 else 'it'} and records the commit), noting the new commit in a comment")
+        if kept else ""]))
     return (f"The {' and '.join(m.kind for m in proposal.moved)} of `{proposal.name}` moved since its current "
             f"model (run `{proposal.run_id}`) trained on it.\n\n"
             f"| input | repo | followed | trained on | now |\n| --- | --- | --- | --- | --- |\n{rows}\n\n"
-            f"This pull request pins the new commit{'s' if len(proposal.moved) > 1 else ''} in `{proposal.path}`; "
-            "the plan comment shows what retraining would cost. Merging retrains it (behind the `training` "
-            "approval) like any recipe change; closing it declines these revisions, and `runner watch` does not "
-            "propose them again.\n\n_Opened by `runner watch`, which never trains by itself._")
+            f"This pull request {what}; the plan comment shows what retraining would cost. "
+            "Merging retrains it (behind the `training` approval) like any recipe change; closing it declines "
+            "these revisions, and `runner watch` does not propose them again.\n\n"
+            "_Opened by `runner watch`, which never trains by itself._")
 
 
 # --- the edges: disk, Hub, GitHub --------------------------------------------------------------------
@@ -150,7 +183,8 @@ def _watched(root: Path, loaded: LoadedRecipe, notes: list[str]) -> Watched | No
     if unknown:
         notes.append(f"{name}: run {run.run_id} recorded no {' or '.join(unknown)} revision (trained before runs "
                      "recorded them): not compared")
-    return Watched(name=name, path=loaded.display, run_id=run.run_id, inputs=inputs, trained=run.revisions)
+    return Watched(name=name, path=loaded.display, run_id=run.run_id, inputs=inputs, trained=run.revisions,
+                   noted=noted(loaded.path.read_text(encoding="utf-8")))
 
 
 def survey(root: Path) -> tuple[list[LoadedRecipe], list[Watched], list[str]]:
@@ -188,6 +222,8 @@ def updated(loaded: LoadedRecipe, proposal: Proposal) -> LoadedRecipe:
     r = loaded.recipe
     changes: dict[str, Any] = {}
     for m in proposal.moved:
+        if m.named:
+            continue  # the recipe keeps the ref it names, which the Hub resolves to the new commit
         if m.kind == "model":
             changes["base_model_revision"] = m.now
         else:
@@ -238,6 +274,9 @@ def read_proposals(path: Path, root: Path) -> list[Proposal]:
         inputs = hub_inputs(loaded)
         if any(inputs.get(m.kind, ("",))[0] != m.repo for m in p.moved):
             raise UserError(f"{path}: proposal for {p.name} moves a {p.moved[0].kind} the recipe does not train on")
+        for m in p.moved:  # whether a ref is kept is the checkout's to say, not the file's
+            followed = HubInput(kind=m.kind, repo=m.repo, pin=inputs[m.kind][1])
+            m.named, m.ref = followed.named, followed.ref
     return found
 
 
@@ -269,8 +308,8 @@ def propose(repo: Any, proposal: Proposal, text: str) -> str:
         if e.status != 422:  # 422: the branch is there, left by a run that stopped before its pull request
             raise
     github.commit_files(repo, proposal.branch, {proposal.path: text.encode("utf-8")},
-                        f"{proposal.title}\n\nPinned by runner watch: " +
-                        ", ".join(f"{m.repo} {m.trained[:12]} -> {m.now[:12]}" for m in proposal.moved))
+                        f"{proposal.title}\n\nProposed by runner watch: " +
+                        ", ".join(f"{m.repo}@{m.ref} {m.trained[:12]} -> {m.now[:12]}" for m in proposal.moved))
     pr = repo.create_pull(title=proposal.title, body=body(proposal), head=proposal.branch, base=base)
     for old in repo.get_pulls(state="open", base=base):
         if old.number != pr.number and proposes_for(old.head.ref, proposal.name):

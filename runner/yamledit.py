@@ -1,6 +1,7 @@
 """Set a few scalar values in a YAML file's text and leave every other byte as it was.
 
-A machine edit of a recipe (the watcher pinning a revision) must read as a one-line diff: comments,
+A machine edit of a recipe (the watcher pinning a revision, or noting where a named ref moved) must read as a
+one-line diff: comments,
 order, quoting and blank lines stay. Positions come from runner/yamlsafe.py; a value is replaced in
 place, a missing key is added beside a sibling, a string shorthand (`dataset: owner/name`) becomes a
 flow mapping. The result is parsed again and must hold exactly the old data plus the new values.
@@ -109,4 +110,29 @@ def set_values(text: str, display: str, values: dict[Path_, str], beside: dict[P
             line, col = doc.where(path) or (1, 1)
             raise UserError(f"{display}:{line}:{col}: {yamlsafe.dotted(path)}: cannot set it without rewriting the "
                             f"file; set it by hand to {quoted(value)}")
+    return out
+
+
+def set_comment(text: str, display: str, path: Path_, prefix: str, comment: str) -> str:
+    """`text` with the line `prefix + comment` just above the line of the key at `path`, indented as that line
+    (replacing a line starting with `prefix` there, left by an earlier edit); the data unchanged, else UserError."""
+    doc = yamlsafe.loads(text, display)
+    line_no = doc.keys[path][0] if path in doc.keys else 0
+    lines = text.splitlines(keepends=True)
+    out = ""
+    if line_no:
+        at = lines[line_no - 1]
+        indent = at[:len(at) - len(at.lstrip())]
+        above = line_no - 2
+        replace = above >= 0 and lines[above].lstrip().startswith(prefix)
+        lines[above if replace else line_no - 1:line_no - 1] = [f"{indent}{prefix}{comment}\n"]
+        out = "".join(lines)
+    try:
+        ok = bool(out) and yamlsafe.loads(out, display).data == doc.data
+    except UserError:
+        ok = False
+    if not ok:
+        line, col = doc.where(path) or (1, 1)
+        raise UserError(f"{display}:{line}:{col}: {yamlsafe.dotted(path)}: cannot add a comment above it without "
+                        f"rewriting the file; add it by hand: {prefix}{comment}")
     return out

@@ -41,6 +41,10 @@ class GitHubState:
     # Branch protection as the settings page writes it: branch -> fields overriding the default (everything on).
     protection: dict[str, dict[str, Any]] = field(default_factory=dict)
     admin_read: bool = True  # False: the token may not read protection rules (GITHUB_TOKEN never may: 403)
+    # GET /repos/{o}/{r}/actions/permissions/workflow (administration read, as protection rules): a new repo's
+    # default; `can_approve_pull_request_reviews` is the setting "Allow GitHub Actions to create and approve PRs".
+    workflow_permissions: dict[str, Any] = field(default_factory=lambda: {
+        "default_workflow_permissions": "read", "can_approve_pull_request_reviews": False})
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     comments: list[dict[str, Any]] = field(default_factory=list)  # {id, issue, body, user}
     artifacts_dir: Path | None = None  # <dir>/<run id>/<name>.zip, written by the upload-artifact stand-in
@@ -210,6 +214,10 @@ def _handler(stub: GitHubStub) -> type[BaseHTTPRequestHandler]:
                                         "protection_rules": rules,
                                         "deployment_branch_policy": None if r[1] in state.open_environments else
                                         {"protected_branches": False, "custom_branch_policies": True}})
+            if rest == "/actions/permissions/workflow" and method == "GET":
+                if not state.admin_read:
+                    return self._send(403, {"message": "Resource not accessible by integration"})
+                return self._send(200, dict(state.workflow_permissions))
             if (r := m(r"/branches/([^/]+)/protection", rest)) and method == "GET":
                 if not state.admin_read:
                     return self._send(403, {"message": "Resource not accessible by integration"})

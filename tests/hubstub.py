@@ -183,6 +183,8 @@ class HubState:
     # Commits of Hub models and datasets (state.models, state.datasets), oldest first, as `sha` in
     # GET /api/{models,datasets}/{id}[/revision/{rev}]: key "model:<id>" or "dataset:<id>" (see move()).
     heads: dict[str, list[str]] = field(default_factory=dict)
+    # Tags and branches other than main of those, by the same key: {name: commit} (see move(..., ref=)).
+    refs: dict[str, dict[str, str]] = field(default_factory=dict)
     # "[METHOD ]path prefix" (or a pattern with *) -> statuses to return first
     faults: dict[str, list[int]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
@@ -258,12 +260,19 @@ class HubStub:
             repo.branches[revision] = oid
             return oid
 
-    def move(self, kind: str, repo_id: str) -> str:
-        """A new commit on main of a Hub model or dataset (kind "model" or "dataset"); its sha."""
+    def move(self, kind: str, repo_id: str, ref: str = "main") -> str:
+        """A new commit of a Hub model or dataset (kind "model" or "dataset"), on main or pointed at by the tag
+        or branch `ref` (created if new; main stays); its sha."""
         with self.state.lock:
-            history = self.state.heads.setdefault(f"{kind}:{repo_id}", [_INITIAL[kind]])
-            history.append(hashlib.sha1(f"{kind}:{repo_id}:{len(history)}".encode()).hexdigest())
-            return history[-1]
+            key = f"{kind}:{repo_id}"
+            history = self.state.heads.setdefault(key, [_INITIAL[kind]])
+            if ref == "main":
+                sha = hashlib.sha1(f"{key}:{len(history)}".encode()).hexdigest()
+                history.append(sha)
+            else:  # a new commit on top of the ref's last one
+                sha = hashlib.sha1(f"{key}:{ref}:{self.state.refs.get(key, {}).get(ref)}".encode()).hexdigest()
+                self.state.refs.setdefault(key, {})[ref] = sha
+            return sha
 
     def head(self, kind: str, repo_id: str) -> str:
         """The commit main of a Hub model or dataset is at."""
@@ -861,9 +870,12 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
             an unknown revision is answered 404 RevisionNotFound, as the Hub does (None: answered)."""
             revision = unquote(rest.split("/revision/")[1]) if "/revision/" in rest else "main"
             history = state.heads.get(f"{kind}:{repo}", [_INITIAL[kind]])
+            refs = state.refs.get(f"{kind}:{repo}", {})
             if revision == "main":
                 return history[-1]
-            if revision in history:
+            if revision in refs:
+                return refs[revision]
+            if revision in history or revision in refs.values():
                 return revision
             self._send(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
             return None

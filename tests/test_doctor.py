@@ -80,6 +80,7 @@ def set_up(fork: Path, github) -> None:
     owners.write_text(owners.read_text().replace("@your-org/ml-platform", "@acme/ml"))
     github.state.environments = {"training": ["bob"], "reconcile": []}
     github.state.protected.add("main")
+    github.state.workflow_permissions["can_approve_pull_request_reviews"] = True
 
 
 def test_branch_protection_is_checked_rule_by_rule(fork, hub, github, cli) -> None:
@@ -109,9 +110,25 @@ def test_the_workflow_token_cannot_read_protection_rules(fork, hub, github, cli)
     github.state.admin_read = False
     result = cli("doctor", cwd=fork)
     assert result.code == 0 and "[ok] branch protection: main is protected (its rules need a token" in result.out
+    assert ("[skip] Actions pull requests: this token cannot read the workflow permissions (HTTP 403) -> check it "
+            "yourself: Settings > Actions > General > Workflow permissions: tick `Allow GitHub Actions to create "
+            "and approve pull requests`") in result.out
     github.state.protected.clear()
     result = cli("doctor", cwd=fork)
     assert result.code == 1 and "[fail] branch protection: main is not protected" in result.out
+
+
+def test_workflows_that_may_not_open_pull_requests_are_named(fork, hub, github, cli) -> None:
+    """A new repository's default: GITHUB_TOKEN may not open the watcher's or commit-back's pull requests."""
+    set_up(fork, github)
+    github.state.workflow_permissions["can_approve_pull_request_reviews"] = False
+    result = cli("doctor", cwd=fork)
+    assert result.code == 1
+    assert lines(result.out)["Actions pull requests"] == (
+        "[fail] Actions pull requests: workflows may not open pull requests: runner watch's proposals and "
+        "commit-back to a protected branch are refused -> Settings > Actions > General > Workflow permissions: "
+        "tick `Allow GitHub Actions to create and approve pull requests`")
+    assert ("GET", "/repos/acme/models/actions/permissions/workflow") in [r[:2] for r in github.state.requests]
 
 
 def test_environments_that_weaken_the_gate_are_warned(fork, hub, github, cli) -> None:

@@ -454,3 +454,17 @@ def test_a_plan_round_trips_through_its_json(repo: Path, cli) -> None:
     assert raw["flavor"] == raw["jobs"][0]["flavor"] and raw["cost_usd"] == round(
         sum(j["cost_usd"] for j in raw["jobs"]), 4)
     assert raw["devices"] == raw["setup"]["world_size"] and raw["memory_gb"] == raw["setup"]["memory_gb"]
+
+
+def test_a_sweep_is_planned_once_per_plan(repo: Path, cli, hub: HubStub) -> None:
+    """The merge total and the sweep's table come from one planning of its trials: each plans its model's facts
+    once, so `runner plan` asks the Hub for the base model once for the recipe and once per trial."""
+    hub.state.models["acme/swept"] = {"params": 500_000_000}
+    write_recipe(repo, "s", HUB.format(name="s", model="acme/swept", budget=50)
+                 + "sweep:\n  grid:\n    training.learning_rate: [1e-4, 2e-4]\n    adapter.r: [8, 16]\n")
+    code, doc = plan_json(cli, repo, "recipes/s.yaml")
+    assert code == 0, doc["errors"]
+    trials = doc["sweeps"]["recipes/s.yaml"]["trials"]
+    assert len(trials) == 4
+    asked = [r for r in hub.state.requests if r.method == "GET" and r.path == "/api/models/acme/swept"]
+    assert len(asked) == 1 + len(trials)

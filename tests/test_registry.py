@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import a_plan, git, train_summary_json
+from hubstub import JobScript
 
 from runner import ledger
 from runner.evaluation import Evaluation
@@ -140,6 +141,46 @@ def test_commit_back_regenerates_the_registry_page_from_the_branch(workspace: Pa
     page = github.state.file("main", "models/README.md").decode()
     assert "**failed**: gguf: boom" in page and "`d1`" in page and "3 run(s)" in page
     assert json.loads(github.state.file("main", "runs/tiny-sft.json"))["runs"][-1]["run_id"] == "r2"
+
+
+HUB_BASE = """\
+name: hub-base
+base_model: acme/base
+method: sft
+dataset:
+  path: data/sft.jsonl
+training:
+  max_steps: 2
+gguf:
+  enabled: false
+"""
+
+
+def test_a_local_run_regenerates_the_registry_page_where_the_repository_keeps_models(workspace: Path, hub,
+                                                                                     cli) -> None:
+    hub.state.models["acme/base"] = {"params": 5_000_000}
+    recipe, page = workspace / "recipes" / "hub-base.yaml", workspace / "models" / "README.md"
+    assert not (workspace / "models").exists()
+    # A first run fails in a repository with no models yet: runs/ has it, no page is made up.
+    recipe.write_text(HUB_BASE)
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="CUDA out of memory"))
+    failed = cli("run", "recipes/hub-base.yaml", "--backend", "hf", "--quiet", cwd=workspace)
+    assert failed.code == 1 and not (workspace / "models").exists()
+    # A run that records its model writes its card under models/: the page is written with both runs.
+    recipe.write_text(HUB_BASE.replace("max_steps: 2", "max_steps: 3"))
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    recorded = cli("run", "recipes/hub-base.yaml", "--backend", "hf", "--quiet", cwd=workspace)
+    assert recorded.code == 0, recorded.err
+    ids = [r["run_id"] for r in json.loads((workspace / "runs" / "hub-base.json").read_text())["runs"]]
+    assert page.read_text().strip() == cli("models", "--markdown", cwd=workspace).out.strip()
+    assert all(f"`{i}`" in page.read_text() for i in ids) and "**failed**" in page.read_text()
+    # The next local run that fails is on the page too, as commit-back would write it in Actions.
+    recipe.write_text(HUB_BASE.replace("max_steps: 2", "max_steps: 4"))
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="CUDA out of memory"))
+    assert cli("run", "recipes/hub-base.yaml", "--backend", "hf", "--quiet", cwd=workspace).code == 1
+    newest = json.loads((workspace / "runs" / "hub-base.json").read_text())["runs"][-1]["run_id"]
+    assert f"`{newest}`" in page.read_text() and page.read_text().count("**failed**") == 2
+    assert page.read_text().strip() == cli("models", "--markdown", cwd=workspace).out.strip()
 
 
 def test_the_plan_comment_of_a_changed_recipe_shows_its_current_model(workspace: Path, github, cli,

@@ -168,6 +168,84 @@ def test_a_merged_proposal_is_not_proposed_again_while_it_retrains(hub, trained,
     assert found == [] and "nothing moved" in out
 
 
+HUB_TAGGED = """\
+name: hub-tagged
+base_model: acme/base
+base_model_revision: v2-stable   # the publisher's stable tag
+method: sft
+dataset: {path: acme/chats, revision: main}   # main by name: a branch too
+training:
+  max_steps: 2
+gguf:
+  enabled: false
+"""
+
+
+def test_a_named_tag_or_branch_is_kept_and_the_merge_trains_on_where_it_moved(hub, trained, gh, cli) -> None:
+    tag, branch = hub.move("model", "acme/base", ref="v2-stable"), hub.head("dataset", "acme/chats")
+    (trained / "recipes" / "hub-tagged.yaml").write_text(HUB_TAGGED)
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert (runs(trained, "hub-tagged")[-1]["base_revision"], runs(trained, "hub-tagged")[-1]["dataset_revision"]) \
+        == (tag, branch)
+    new_tag, new_branch = hub.move("model", "acme/base", ref="v2-stable"), hub.move("dataset", "acme/chats")
+    assert hub.head("model", "acme/base") == "a" * 40  # the base's main did not move: only its tag did
+    found, _ = watch(cli, trained, gh)
+    assert [(p["name"], [(m["ref"], m["now"]) for m in p["moved"]]) for p in found] == \
+        [("hub-chat", [("main", new_branch)]), ("hub-tagged", [("v2-stable", new_tag), ("main", new_branch)])]
+    (pr,) = [p for p in watch_pulls(gh) if p["head"]["ref"].startswith("watch/hub-tagged-")]
+    text = gh.state.file(pr["head"]["ref"], "recipes/hub-tagged.yaml").decode()
+    # The refs stay as named; the change is one comment line above each, saying which commit it moved to.
+    assert [ln for ln in text.splitlines() if ln not in HUB_TAGGED.splitlines()] == [
+        f"# runner watch: base_model_revision v2-stable moved to {new_tag}; merging retrains on it",
+        f"# runner watch: dataset.revision main moved to {new_branch}; merging retrains on it"]
+    assert len(text.splitlines()) == len(HUB_TAGGED.splitlines()) + 2
+    assert new_tag[:12] in pr["body"] and "keeps the `v2-stable` and `main` the recipe names" in pr["body"]
+    (comment,) = gh.state.comments_on(pr["number"])
+    assert ":white_check_mark: hub-tagged" in comment["body"]
+    # Merged: while it retrains, the comment says it is proposed; the run resolves the refs to their new commits.
+    (trained / "recipes" / "hub-tagged.yaml").write_text(text)
+    gh.state.pulls = {}
+    assert [p["name"] for p in watch(cli, trained, gh)[0]] == ["hub-chat"]
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert (runs(trained, "hub-tagged")[-1]["base_revision"], runs(trained, "hub-tagged")[-1]["dataset_revision"]) \
+        == (new_tag, new_branch)
+    # The tag moves again: the next proposal replaces the comment, the ref still as named.
+    newest = hub.move("model", "acme/base", ref="v2-stable")
+    _, out = watch(cli, trained, gh)
+    assert f"watch/hub-tagged-{newest[:8]}" in out, out
+    (pr,) = [p for p in watch_pulls(gh) if p["head"]["ref"] == f"watch/hub-tagged-{newest[:8]}"]
+    again = gh.state.file(pr["head"]["ref"], "recipes/hub-tagged.yaml").decode()
+    assert f"# runner watch: base_model_revision v2-stable moved to {newest}; merging retrains on it" in again
+    assert new_tag not in again and "base_model_revision: v2-stable   # the publisher's stable tag" in again
+
+
+def test_a_run_versioned_before_named_refs_counted_is_not_trained_again(hub, trained, cli) -> None:
+    """A record from before a named ref's commits joined the version: a re-trigger on the same commits carries it
+    on (nothing bought); once the tag moves, the version is new and trains."""
+    from runner.recipe import load
+    from runner.runs import recipe_version
+
+    hub.move("model", "acme/base", ref="v2-stable")
+    path = trained / "recipes" / "hub-tagged.yaml"
+    path.write_text(HUB_TAGGED)
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    record = trained / "runs" / "hub-tagged.json"
+    doc = json.loads(record.read_text())
+    assert doc["runs"][-1]["version"] != recipe_version(load(path))  # the tag's commit counts
+    doc["runs"][-1]["version"] = recipe_version(load(path))  # as an older runner versioned it
+    record.write_text(json.dumps(doc))
+    jobs = len(hub.state.jobs)
+    again = cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", cwd=trained)
+    assert again.code == 0 and "already has run" in again.err and len(hub.state.jobs) == jobs
+    hub.move("model", "acme/base", ref="v2-stable")
+    hub.state.job_scripts.append(JobScript(summary=train_summary_json()))
+    assert cli("run", "recipes/hub-tagged.yaml", "--backend", "hf", "--quiet", cwd=trained).code == 0
+    assert len(hub.state.jobs) == jobs + 1 and len(runs(trained, "hub-tagged")) == 2
+
+
 def test_newer_revisions_supersede_the_open_proposal(hub, trained, gh, cli) -> None:
     hub.move("dataset", "acme/chats")
     watch(cli, trained, gh)

@@ -93,8 +93,8 @@ def authorize(step: Step, record: RunRecord, stage: str) -> JobSpec:
     if loaded is None or plan is None:
         raise SpendRefused(f"{where}: no plan derived from the recipe; not submitting the {stage} job from a record")
     check_spend(plan, step.backend, where)
-    version = recipe_version(loaded)
-    if record.version != version:
+    version = recipe_version(loaded, record.revisions)
+    if record.version not in (version, recipe_version(loaded)):  # or as versioned before named refs' commits counted
         raise SpendRefused(f"{where}: the record says version {record.version or '(none)'}, the recipe at commit "
                            f"{(record.commit or 'HEAD')[:12]} is version {version}; not submitting the {stage} job")
     train = record.configs.train

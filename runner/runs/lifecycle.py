@@ -61,11 +61,14 @@ def run_lock(root: Path, name: str) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None = None) -> RunRecord | None:
-    """The newest run of this recipe version on this backend, whatever its state."""
-    version = recipe_version(loaded)
+def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None = None,
+                      resolved: revisions.Resolved | None = None) -> RunRecord | None:
+    """The newest run of this recipe version (its named refs at `resolved`) on this backend, whatever its state;
+    a run versioned before named refs' commits counted is this version when it resolved them alike."""
+    version, plain = recipe_version(loaded, resolved), recipe_version(loaded)
     runs = ledger.read(root or loaded.root, loaded.recipe.name).runs
-    return next((r for r in reversed(runs) if r.backend == backend.name and r.version == version), None)
+    return next((r for r in reversed(runs) if r.backend == backend.name and
+                 (r.version == version or (r.version == plain and r.revisions == resolved))), None)
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
@@ -76,15 +79,16 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     that failed or was canceled, known from its record or, when the record was lost, from its job on
     the backend, is only trained again with `retry`, as a new attempt resuming from its checkpoint.
     """
-    prior = latest_of_version(loaded, backend)
+    resolved = revisions.now(loaded, backend) if revisions.names_ref(loaded) else None
+    prior = latest_of_version(loaded, backend, resolved=resolved)
     if prior is not None and prior.state not in ("failed", "canceled"):
         echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "
              "carrying it on instead of training again")
         return prior
-    lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded), "train"),
+    lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded, resolved), "train"),
                                            include_failed=True)
     if prior is None and (lost is None or lost.stage not in FAILED):
-        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial)
+        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial, resolved=resolved)
     what, attempt, resume = _failed_before(prior, lost, backend)
     if not retry:
         raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
@@ -95,7 +99,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     echo(f"[run] retrying ({what}) as attempt {attempt}" + ("; resuming from its checkpoint" if resume else ""))
     return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, attempt=attempt,
                  retry_of=prior.run_id if prior else None, resume=resume, trial=trial,
-                 resolved=prior.revisions if prior and resume else None)  # a checkpoint goes on with its data
+                 resolved=prior.revisions if prior and resume else resolved)  # a checkpoint goes on with its data
 
 
 def _failed_before(prior: RunRecord | None, lost: FoundJob | None, backend: Backend) -> tuple[str, int, bool]:
@@ -163,8 +167,8 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
         processes = max(plan.devices, 1)  # a multi-GPU flavor trains data-parallel (or sharded) across all
     resolved = resolved if resolved is not None else revisions.now(loaded, backend)
     record = RunRecord(
-        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
-        commit=git_commit(loaded.root),
+        run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
+        version=recipe_version(loaded, resolved), commit=git_commit(loaded.root),
         backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,

@@ -25,6 +25,7 @@ from runner.jobspec import (
 from runner.ledger import RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
+from runner.revisions import Resolved, followed
 from runner.summaries import S, parse
 
 LOG_TAIL = 30
@@ -147,8 +148,9 @@ def shipped_digests(loaded: LoadedRecipe) -> dict[str, str]:
     return {rel: sha256_file(path) for rel, path in sorted(shipped_files(loaded).items())}
 
 
-def recipe_version(loaded: LoadedRecipe) -> str:
-    """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships."""
+def recipe_version(loaded: LoadedRecipe, resolved: Resolved | None = None) -> str:
+    """What a run trains, as a short hash: the effective recipe (defaults applied) plus the bytes it ships, plus
+    the commits `resolved` gives a tag or branch the recipe names (such a recipe trains once per commit)."""
     r = loaded.recipe
     # Fields added later count only when set, so a recipe that does not use them keeps the version it had.
     unset: dict[str, Any] = ({"sweep": True} if r.sweep is None else {}) | \
@@ -157,6 +159,8 @@ def recipe_version(loaded: LoadedRecipe) -> str:
     h = hashlib.sha256(r.model_dump_json(exclude=unset).encode())
     for rel, digest in shipped_digests(loaded).items():
         h.update(f"\0{rel}\0{digest}".encode())
+    for kind, sha in followed(loaded, resolved).items():
+        h.update(f"\0{kind}@{sha}".encode())
     return h.hexdigest()[:16]
 
 
