@@ -210,7 +210,7 @@ def cmd_comment_plan(args: argparse.Namespace) -> int:
 
 def cmd_commit_back(args: argparse.Namespace) -> int:
     """Commit run records and model cards to the branch through the API (or a PR where it is protected)."""
-    from runner import github, ledger
+    from runner import github, ledger, registry
 
     root = Path.cwd()
     files: dict[str, bytes] = {}
@@ -231,23 +231,14 @@ def cmd_commit_back(args: argparse.Namespace) -> int:
     repo = github.repository()
     if merge:  # a run record changes: the registry page with it, from the branch as the commit will leave it
         ours = {path: files[path] for path in merge}
-        files[REGISTRY_PAGE] = _write_registry(root)
+        files[REGISTRY_PAGE] = registry.write(root)
         merge[REGISTRY_PAGE] = lambda theirs, mine: _registry_on(repo, branch, ours)
     result = github.commit_files(repo, branch, files, args.message, merge)
     print(f"{len(files)} file(s) to {branch}: {result}")
     return 0
 
 
-REGISTRY_PAGE = "models/README.md"
-
-
-def _write_registry(root: Path) -> bytes:
-    """Regenerate models/README.md in the checkout from its runs/ (what a local commit of it would hold)."""
-    from runner import ledger, registry
-
-    data = registry.markdown(registry.load(root)).encode("utf-8")
-    ledger.atomic_write(root / REGISTRY_PAGE, data)
-    return data
+REGISTRY_PAGE = "models/README.md"  # registry.REGISTRY_FILE, kept here so a plan comment does not import it
 
 
 def _registry_on(repo, branch: str, ours: dict[str, bytes]) -> bytes:

@@ -227,8 +227,15 @@ def refresh(root: Path) -> Path | None:
     cards, or the page, are there), as commit-back does in Actions; the page written, or None."""
     if not (root / "models").is_dir():
         return None
-    ledger.atomic_write(root / REGISTRY_FILE, markdown(load(root)).encode("utf-8"))
+    write(root)
     return root / REGISTRY_FILE
+
+
+def write(root: Path) -> bytes:
+    """Regenerate models/README.md in the checkout from its runs/; the bytes written."""
+    data = markdown(load(root)).encode("utf-8")
+    ledger.atomic_write(root / REGISTRY_FILE, data)
+    return data
 
 
 def _plain(value: object) -> str:
