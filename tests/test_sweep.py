@@ -392,8 +392,10 @@ def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, c
 
 
 def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace, monkeypatch, capsys) -> None:
-    """A loser's record edited to `trained`, with the lowest loss and another repo as its output: the re-run picks it,
-    and the publication is refused before any commit (the repo is the recipe's, the model what the job pushed)."""
+    """A loser's record edited to `trained`, with the lowest loss and another repo as its output. The sweep judges by
+    the summary its training job wrote: with only the record's evaluation edited, the loser loses again; with the
+    summary edited too, the re-run picks it, and the publication is refused before any commit (the repo is the
+    recipe's, the model what the job pushed)."""
     import json
 
     from hubstub import JobScript
@@ -414,7 +416,16 @@ def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace
     loser["evaluation"]["metrics"][0]["after"] = 0.1
     loser["configs"]["train"]["hub_model_id"] = "alice/victim"
     path.write_text(json.dumps(doc))
-    jobs = len(hub.state.jobs)
+    jobs, main = len(hub.state.jobs), hub.history(REPO)[0][0]
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
+    assert code == 0 and "lowest eval_loss 0.9 of 4 trials" in out, out
+    again = next(r for r in json.loads(path.read_text())["runs"] if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and hub.history(REPO)[0][0] == main and len(hub.state.jobs) == jobs
+    doc = json.loads(path.read_text())
+    loser = next(r for r in doc["runs"] if r["run_id"] == loser["run_id"])
+    loser.update(state="trained", gate=None)
+    loser["train_summary"]["evaluation"]["metrics"][0]["after"] = 0.1
+    path.write_text(json.dumps(doc))
     code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
     assert code == 1 and "the record's output repo differs from the recipe's (alice/tiny-sft)" in out, out
     assert hub.history("alice/victim")[0][0] == victim and b"x" == hub.files("alice/victim")["extra.bin"]

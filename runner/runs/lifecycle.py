@@ -69,14 +69,15 @@ def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None 
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
-          processes: int = 1, echo: Echo = print, trial: str | None = None) -> RunRecord:
+          processes: int = 1, echo: Echo = print, trial: str | None = None, root: Path | None = None,
+          commit: str | None = None) -> RunRecord:
     """The run to drive for this recipe version: the one it has, or a new one (a new attempt only on purpose).
 
     A recipe version trains once. A repeated trigger carries its run on (or finds it done); a version
     that failed or was canceled, known from its record or, when the record was lost, from its job on
     the backend, is only trained again with `retry`, as a new attempt resuming from its checkpoint.
     """
-    prior = latest_of_version(loaded, backend)
+    prior = latest_of_version(loaded, backend, root)
     if prior is not None and prior.state not in ("failed", "canceled"):
         echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "
              "carrying it on instead of training again")
@@ -84,7 +85,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded), "train"),
                                            include_failed=True)
     if prior is None and (lost is None or lost.stage not in FAILED):
-        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial)
+        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial, root=root, commit=commit)
     what, attempt, resume = _failed_before(prior, lost, backend)
     if not retry:
         raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
@@ -148,10 +149,11 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
           processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
-          root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None) -> RunRecord:
+          root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None,
+          commit: str | None = None) -> RunRecord:
     """A new run in state `planned`, with the commits of its Hub inputs resolved and its training job's config
     derived from the recipe and saved; a sweep's `trial` is recorded, and pushes to its own branch where the
-    backend keeps branches."""
+    backend keeps branches. `commit`: the reviewed commit a recipe read from a snapshot is as of."""
     r = loaded.recipe
     run_id = new_run_id()
     push = backend.bills
@@ -164,8 +166,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     resolved = resolved if resolved is not None else revisions.now(loaded, backend)
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path), version=recipe_version(loaded),
-        commit=git_commit(loaded.root),
-        backend=backend.name, plan=plan,
+        commit=commit or git_commit(loaded.root), backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
         attempt=attempt, retry_of=retry_of, resume=resume, gate_rule=r.evaluation.gate, trial=trial,
@@ -286,7 +287,6 @@ def _checkpoint_place(config: JobConfig) -> str:
     return f"{config.repo}/last-checkpoint/" + (f" (branch {config.branch})" if config.branch else "")
 
 
-
 def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
     """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
     record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
@@ -401,6 +401,7 @@ def _record(step: Step, record: RunRecord) -> None:
     png = card.loss_plot_png(history, f"{name} ({method.upper()})")
     if png:
         ledger.atomic_write(card_dir / "loss.png", png)
+    record.sweep = record.sweep and record.sweep.settled(record)  # the winner's own row, GGUF job's cost included
     text = card.build(record, has_plot=png is not None)  # what the run fixed and did, whatever the recipe says now
     ledger.atomic_write(card_dir / "README.md", text)
     # The card is the model repo's README, as on the Hub (the local stand-in: beside the weights). On the
