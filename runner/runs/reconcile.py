@@ -3,7 +3,9 @@
 A run on an engine that does not bill needs nothing else: its recipe may since have changed or gone.
 What a run on an engine that bills may submit (a GGUF job, or a training job whose record is `planned`)
 is also derived from the recipe as of the run's commit and gated again; without that recipe and a plan
-it submits nothing.
+it submits nothing. A sweep's trials are carried on together by the passes `runner run` makes (runner/sweeprun.py),
+from the sweep recipe as of their commit: its trials started only where the merge began that sweep, its winner
+picked, published and converted.
 """
 
 from __future__ import annotations
