@@ -79,8 +79,12 @@ class Sweeping:
     def trial(self, tp: sweep.TrialPlan) -> LoadedRecipe:
         return dataclasses.replace(self.loaded, recipe=tp.trial.recipe)
 
+    def time_left(self) -> float | None:
+        return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
+
     def out_of_time(self) -> bool:
-        return self.follow_seconds is not None and time.monotonic() - self.started >= self.follow_seconds
+        left = self.time_left()
+        return left is not None and left <= 0
 
     def step(self, tp: sweep.TrialPlan, record: RunRecord | None = None, *, winner: bool = False) -> runs.Step:
         """The step of one trial: its recipe (the sweep's with its overrides) and plan, derived, never read from a
@@ -121,9 +125,10 @@ def run(sw: Sweeping) -> SweepOutcome:
                 f"${sw.plan.worst_usd:.2f}")
     while True:
         outcome = advance(sw)
-        if outcome.done or not sw.wait or sw.out_of_time():
+        left = sw.time_left()
+        if outcome.done or not sw.wait or (left is not None and left <= 0):
             return outcome
-        time.sleep(POLL_SECONDS)
+        time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))  # never past the window
 
 
 def advance(sw: Sweeping) -> SweepOutcome:

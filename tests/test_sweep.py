@@ -479,6 +479,9 @@ def test_a_sweep_the_merge_left_is_finished_by_reconcile(hub, workspace, monkeyp
     from hubstub import JobScript
     from test_hf_backend import GGUF_SUMMARY, run
 
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
     hub.commit(REPO, {".gitattributes": LFS, "model.safetensors": b"an earlier model", "config.json": b"{}",
                       "runner/old/train.py": b"#"})
     losses = [1.5, 1.2, 0.9, 1.1]
