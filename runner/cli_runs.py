@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace, loaded, plan, backend, token: str | None) -> 
     hub_dir = Path(args.hub_dir).resolve() if args.hub_dir else loaded.root / ".runner" / "hub"
     echo = (lambda line: None) if args.quiet else progress_printer()
     if loaded.recipe.sweep is not None:
-        return _run_sweep(loaded, backend, token, echo, hub_dir)
+        return _run_sweep(args, loaded, backend, token, echo, hub_dir)
     echo(f"[plan] {plan.name}: {plan.method.upper()} on {plan.base_model}, "
          f"{'LoRA' if plan.lora else 'full fine-tune'}; HF Jobs estimate ${plan.cost_usd:.2f} on {plan.flavor} "
          f"(worst case ${plan.max_cost_usd:.2f})")
@@ -123,14 +123,23 @@ def _run(args: argparse.Namespace, loaded, plan, backend, token: str | None) -> 
     return 0 if record.state == "recorded" else 1
 
 
-def _run_sweep(loaded, backend, token, echo, hub_dir: Path) -> int:
-    """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py)."""
+def _run_sweep(args: argparse.Namespace, loaded, backend, token, echo, hub_dir: Path) -> int:
+    """`runner run` of a recipe with `sweep:`: every trial, then only the winner converted (runner/sweeprun.py);
+    with --detach one pass (what `parallel` allows submitted), with --follow-for passes until the window closes."""
     from runner import planning, sweeprun
 
-    plan_one = planning.trial_planner(loaded, token, planning.prices(token))
-    outcome = sweeprun.run(loaded, backend, plan_one, echo=echo, hub_dir=hub_dir)
-    print(json.dumps({"sweep": outcome.verdict.reason, "winner": outcome.verdict.winner,
-                      "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()}}))
+    sw = sweeprun.Sweeping(loaded, backend, planning.sweep_plan(loaded, token, planning.prices(token)), echo,
+                           hub_dir=hub_dir, wait=not args.detach,
+                           follow_seconds=args.follow_for * 60 if args.follow_for is not None else None)
+    outcome = sweeprun.run(sw)
+    verdict = outcome.verdict
+    print(json.dumps({"sweep": verdict.reason if verdict else None, "winner": verdict.winner if verdict else None,
+                      "trials": {t: {"run_id": r.run_id, "state": r.state} for t, r in outcome.runs.items()},
+                      "done": outcome.done}))
+    if not outcome.done:
+        echo(f"[detach] the sweep of {loaded.display} has {len(outcome.runs)} of {len(sw.plan.trials)} trials "
+             "begun and is not done; `runner reconcile` carries it on")
+        return 0
     return 0 if outcome.winner is not None and outcome.winner.state == "recorded" else 1
 
 

@@ -107,6 +107,13 @@ class SweepResult(BaseModel):
     reason: str
     trials: list[TrialRow]
 
+    def settled(self, winner: RunRecord) -> SweepResult:
+        """The table with the winner's own row as its run now stands: its state (rejected or failed by its own
+        gate or conversion, at the end) and its cost. The other rows were final when the sweep decided."""
+        rows = [t.model_copy(update={"state": winner.state, "actual_usd": winner.actual_usd()})
+                if t.run_id == winner.run_id else t for t in self.trials]
+        return self.model_copy(update={"trials": rows})
+
 
 class RunRecord(BaseModel):
     run_id: RunId
@@ -191,6 +198,8 @@ class RunRecord(BaseModel):
         self.state = state
         self.updated_at = now()
         self.history.append({"state": state, "at": self.updated_at})
+        if self.sweep is not None and state in TERMINAL:  # a sweep's winner ends: its table says how
+            self.sweep = self.sweep.settled(self)
 
 
 class RecipeRuns(BaseModel):

@@ -318,8 +318,11 @@ def sweep_markdown(result: SweepResult, winner_run: str) -> list[str]:
     for t in result.trials:
         won = t.run_id == winner_run
         cost = "-" if t.actual_usd is None else f"${t.actual_usd:.2f}"
+        # A winner its own gate rejected, or whose conversion failed, says so (its row is settled as it ends).
+        outcome = ("winner" if t.state not in ("rejected", "failed", "canceled") else f"winner, then {t.state}") \
+            if won else md(t.state)
         out.append(f"| {f'**{md(t.suffix)}**' if won else md(t.suffix)} | {_num(t.value)} | "
-                   f"{'winner' if won else md(t.state)} | {code(t.run_id)} | {cost} |")
+                   f"{outcome} | {code(t.run_id)} | {cost} |")
     return out
 
 

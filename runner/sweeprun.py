@@ -4,90 +4,223 @@ Trials are ordinary runs (runner/runs/) whose record names their trial; each wai
 sweep decides. The losers end `rejected` (no GGUF, no card) with the reason; the winner goes on through its
 gate, its conversion and its record like any run. Locally the trials train one at a time; on the Hub up to
 `sweep.parallel` at once.
+
+`advance` is one pass over a sweep, from the records on disk: follow what runs, start what `parallel` allows,
+and once every trial is held, decide. `runner run` repeats it (until done, its follow window closes, or once
+with --detach); `runner reconcile` makes the same passes later, from the recipe as of the trials' commit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
 from runner import gates, ledger, promote, runs, sweep
 from runner.backends.base import Backend
 from runner.ledger import RunRecord
-from runner.plan import Plan
-from runner.recipe import LoadedRecipe, Recipe
+from runner.recipe import LoadedRecipe
 
 POLL_SECONDS = 5.0
 
 
 class SweepOutcome(BaseModel):
-    """What a sweep did: every trial's run, the verdict, the winner's run."""
+    """What a sweep has done so far: every begun trial's run, the verdict once every trial was held, the winner's
+    run; `done` once every trial's run ended."""
 
     runs: dict[str, RunRecord]  # trial id -> its run
-    verdict: sweep.Verdict
+    verdict: sweep.Verdict | None = None
     winner: RunRecord | None = None
+    done: bool = False
 
 
-def run(loaded: LoadedRecipe, backend: Backend, plan_one: Callable[[Recipe], Plan], *,
-        echo: runs.Echo = print, hub_dir: Path | None = None) -> SweepOutcome:
-    """Train the recipe's trials, pick the winner by the sweep's metric, and carry only the winner on."""
-    spec = loaded.recipe.sweep
+@dataclass
+class Sweeping:
+    """A sweep and how to carry it on: the recipe with `sweep:` and its plan, where the records are, how long to
+    follow. `runner run` trusts the recipe file it was given (the merge, behind its approval); reconcile gives the
+    recipe as of the trials' reviewed commit, and starts a trial only for a sweep the merge began (`_begun`)."""
+
+    loaded: LoadedRecipe
+    backend: Backend
+    plan: sweep.SweepPlan
+    echo: runs.Echo = print
+    root: Path | None = None  # where runs/ is (default: the recipe's repository; reconcile: the checkout)
+    hub_dir: Path | None = None
+    commit: str | None = None  # reconcile: the reviewed commit the trials name, recorded on trials it starts
+    merge: bool = True  # False (reconcile): the records alone never make a trial start
+    wait: bool = True  # follow jobs (within the window); False: one pass, then leave the sweep to reconcile
+    follow_seconds: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    versions: dict[str, str] = field(default_factory=dict)  # trial id -> the version its recipe derives
+    _began: bool | None = None
+
+    def __post_init__(self) -> None:
+        assert self.loaded.recipe.sweep is not None
+        self.versions = {tp.trial.id: runs.recipe_version(self.trial(tp)) for tp in self.plan.trials}
+
+    @property
+    def name(self) -> str:
+        return self.loaded.recipe.name
+
+    @property
+    def home(self) -> Path:
+        return self.root or self.loaded.root
+
+    @property
+    def width(self) -> int:
+        """Most trials training at once: `parallel` where jobs run elsewhere, one on this machine."""
+        spec = self.loaded.recipe.sweep
+        assert spec is not None
+        return spec.parallel if self.backend.bills else 1
+
+    def trial(self, tp: sweep.TrialPlan) -> LoadedRecipe:
+        return dataclasses.replace(self.loaded, recipe=tp.trial.recipe)
+
+    def time_left(self) -> float | None:
+        return None if self.follow_seconds is None else self.follow_seconds - (time.monotonic() - self.started)
+
+    def out_of_time(self) -> bool:
+        left = self.time_left()
+        return left is not None and left <= 0
+
+    def step(self, tp: sweep.TrialPlan, record: RunRecord | None = None, *, winner: bool = False) -> runs.Step:
+        """The step of one trial: its recipe (the sweep's with its overrides) and plan, derived, never read from a
+        record; it may submit a training job only for a trial not yet training, when `may_start` says so."""
+        first = record is None or record.state == "planned"
+        return runs.Step(self.trial(tp), self.backend, self.echo, plan=tp.plan, root=self.home, hub_dir=self.hub_dir,
+                         trial=tp.trial.id, follow_seconds=self.follow_seconds, started=self.started,
+                         may_train=first and self.may_start(record), sweep_winner=tp.trial.id if winner else None)
+
+    def may_start(self, record: RunRecord | None) -> bool:
+        """Whether a trial's first training job may be submitted: at the merge, yes; in reconcile, only a first
+        attempt, of a sweep within its budget that the merge began."""
+        if self.merge:
+            return True
+        if (record is not None and record.attempt != 1) or (self.plan.refusal and self.backend.bills):
+            return False
+        if self._began is None:
+            self._began = _begun(self)
+        return self._began
+
+
+def _begun(sw: Sweeping) -> bool:
+    """Whether the merge began this sweep: a training job of one of its trials, labelled with the sweep's commit, is
+    on the backend. Only a holder of the Hub token (the train workflow, behind its approval) makes such a job; a run
+    record, which any merged pull request may edit, cannot."""
+    if not sw.commit:
+        return False
+    return any(sw.backend.find({"recipe": sw.name, "version": v, "stage": "train", "commit": sw.commit[:12]},
+                               include_failed=True) for v in sw.versions.values())
+
+
+def run(sw: Sweeping) -> SweepOutcome:
+    """Carry the sweep on: pass after pass until it is done, or the follow window closes, or (not waiting) once."""
+    if sw.merge:  # the merge spends on the sweep as a whole: refused as a whole before any job
+        if sw.plan.refusal and sw.backend.bills:
+            raise runs.SpendRefused(f"{sw.loaded.display}: {sw.plan.refusal}")
+        sw.echo(f"[sweep] {len(sw.plan.trials)} trials, estimate ${sw.plan.estimate_usd:.2f}, worst case "
+                f"${sw.plan.worst_usd:.2f}")
+    while True:
+        outcome = advance(sw)
+        left = sw.time_left()
+        if outcome.done or not sw.wait or (left is not None and left <= 0):
+            return outcome
+        time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))  # never past the window
+
+
+def advance(sw: Sweeping) -> SweepOutcome:
+    """One pass over the sweep: follow the trials that train, start those `parallel` leaves room for, and once every
+    trial is held (ended, or trained and waiting), pick the winner, reject the others and carry the winner on."""
+    with runs.run_lock(sw.home, f"{sw.name}.sweep") as mine:
+        if not mine:
+            raise runs.RunBusy(f"another runner process is carrying the sweep of {sw.name} on; try again later")
+        records = _records(sw)
+        for tp in sw.plan.trials:  # what runs: one step on (a planned one is started below, within the width)
+            record = records[tp.trial.id]
+            if record is not None and record.state != "planned" and not _held(record):
+                records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
+        _start(sw, records)
+        if not all(r is not None and _held(r) for r in records.values()):
+            return SweepOutcome(runs={t: r for t, r in records.items() if r is not None})
+        return _decide(sw, {t: r for t, r in records.items() if r is not None})
+
+
+def _records(sw: Sweeping) -> dict[str, RunRecord | None]:
+    """Each trial's newest run on this backend (None: not begun), found by the version its recipe derives."""
+    saved = [r for r in ledger.read(sw.home, sw.name).runs if r.backend == sw.backend.name]
+    out: dict[str, RunRecord | None] = {}
+    for tid, version in sw.versions.items():
+        record = next((r for r in reversed(saved) if r.version == version), None)
+        if record is not None and record.trial is None:  # a run of the same version, from before it was a trial
+            record.trial = tid
+            ledger.save(sw.home, record, sw.name)
+        out[tid] = record
+    return out
+
+
+def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
+    """Begin and submit the trials not yet training, in the order written, while fewer than `parallel` train."""
+    active = sum(1 for r in records.values() if r is not None and r.state != "planned" and not _held(r))
+    refused = []
+    for tp in sw.plan.trials:
+        record = records[tp.trial.id]
+        if active >= sw.width or sw.out_of_time():
+            break
+        if record is not None and record.state != "planned":
+            continue
+        if not sw.may_start(record):
+            refused.append(tp.trial.suffix)
+            continue
+        if record is None:
+            record = runs.begin(sw.trial(tp), tp.plan, sw.backend, hub_dir=sw.hub_dir, echo=sw.echo,
+                                trial=tp.trial.id, root=sw.home, commit=sw.commit)
+            sw.echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
+        record = records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
+        active += not _held(record)
+    if refused:
+        why = "its plan is over budget" if sw.plan.refusal else "no job shows the merge began this sweep"
+        sw.echo(f"[sweep] not starting trial(s) {', '.join(refused)}: {why}; reconcile starts a trial only for a "
+                "sweep the train workflow began, from the recipe at its commit (`runner run RECIPE` starts them)")
+
+
+def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
+    """Every trial is held: the verdict, from the numbers each training job wrote (the same on every pass), the
+    others rejected, and the winner published to main and carried on through its gate, conversion and card."""
+    spec = sw.loaded.recipe.sweep
     assert spec is not None
-    sp = sweep.plan_sweep(sweep.expand(loaded.recipe), plan_one, loaded.recipe.budget_usd)
-    if sp.refusal and backend.bills:
-        raise runs.SpendRefused(f"{loaded.display}: {sp.refusal}")
-    echo(f"[sweep] {len(sp.trials)} trials, estimate ${sp.estimate_usd:.2f}, worst case ${sp.worst_usd:.2f}")
-    width = spec.parallel if backend.bills else 1
-    steps: dict[str, runs.Step] = {}
-    records: dict[str, RunRecord] = {}
-    waiting = list(sp.trials)
-    while waiting or any(not _held(r) for r in records.values()):
-        active = [t for t, r in records.items() if not _held(r)]
-        while waiting and len(active) < width:
-            tp = waiting.pop(0)
-            trial_loaded = dataclasses.replace(loaded, recipe=tp.trial.recipe)
-            record = runs.begin(trial_loaded, tp.plan, backend, hub_dir=hub_dir, echo=echo, trial=tp.trial.id)
-            if record.trial is None:
-                record.trial = tp.trial.id
-                ledger.save(loaded.root, record, loaded.recipe.name)
-            steps[tp.trial.id] = runs.Step(trial_loaded, backend, echo, plan=tp.plan, hub_dir=hub_dir,
-                                           trial=tp.trial.id)
-            records[tp.trial.id] = record
-            active.append(tp.trial.id)
-            echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
-        for tid in active:
-            records[tid] = _carry(records[tid], steps[tid], parallel=width > 1)
-        if any(not _held(r) for r in records.values()):
-            time.sleep(POLL_SECONDS)
     results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(records[tp.trial.id]))
-               for tp in sp.trials]
+               for tp in sw.plan.trials]
     verdict = sweep.pick_winner(results, spec.metric, spec.direction)
-    echo(f"[sweep] {verdict.reason}")
+    if any(r.state == "trained" for r in records.values()):  # newly decided (or a pass cut short): say so
+        sw.echo(f"[sweep] {verdict.reason}")
+    root = sw.home
     for tid, record in records.items():
         if tid != verdict.winner and record.state == "trained":
-            _lose(loaded.root, loaded.recipe.name, record, verdict)
+            _lose(root, sw.name, record, verdict)
     winner = None
     if verdict.winner is not None:
-        records[verdict.winner].sweep = _result(results, records, spec.metric, spec.direction, verdict)
-        ledger.save(loaded.root, records[verdict.winner], loaded.recipe.name)
-        _to_main(records[verdict.winner], steps[verdict.winner], echo)
-        step = dataclasses.replace(steps[verdict.winner], sweep_winner=verdict.winner)
-        winner = records[verdict.winner] = runs.drive(records[verdict.winner], step, wait=True)
-    return SweepOutcome(runs=records, verdict=verdict, winner=winner)
+        tp = next(tp for tp in sw.plan.trials if tp.trial.id == verdict.winner)
+        winner, step = records[verdict.winner], sw.step(tp, records[verdict.winner], winner=True)
+        if winner.state == "trained":
+            winner.sweep = _result(results, records, spec, verdict)
+            ledger.save(root, winner, sw.name)
+            _to_main(winner, step, sw.echo)
+        if not winner.terminal:
+            winner = records[verdict.winner] = runs.drive(winner, step, wait=sw.wait)
+    return SweepOutcome(runs=records, verdict=verdict, winner=winner,
+                        done=all(r.terminal for r in records.values()))
 
 
-def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], metric: str, mode: Literal["min", "max"],
+def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], spec: sweep.Sweep,
             verdict: sweep.Verdict) -> ledger.SweepResult:
     """The winner's table of every trial: its metric, how it ended, what it cost."""
     rows = [ledger.TrialRow(trial=r.id, suffix=r.suffix, run_id=records[r.id].run_id, state=records[r.id].state,
-                            value=(r.metrics or {}).get(metric), actual_usd=records[r.id].actual_usd())
+                            value=(r.metrics or {}).get(spec.metric), actual_usd=records[r.id].actual_usd())
             for r in results]
-    return ledger.SweepResult(metric=metric, mode=mode, reason=verdict.reason, trials=rows)
+    return ledger.SweepResult(metric=spec.metric, mode=spec.direction, reason=verdict.reason, trials=rows)
 
 
 def _to_main(record: RunRecord, step: runs.Step, echo: runs.Echo) -> None:
@@ -110,10 +243,10 @@ def _to_main(record: RunRecord, step: runs.Step, echo: runs.Echo) -> None:
     echo(f"[sweep] {config.repo} main is now the winner's model (from {config.branch}, commit {oid[:12]})")
 
 
-def _carry(record: RunRecord, step: runs.Step, *, parallel: bool) -> RunRecord:
-    """One trial one step on: alone, driven to `trained`; in parallel, submitted, then left until its job ends
-    (reading a running job's logs would hold the loop), then driven the rest of the way."""
-    if not parallel:
+def _carry(record: RunRecord, step: runs.Step, *, follow: bool) -> RunRecord:
+    """One trial one step on: followed, driven to `trained` (one at a time); else submitted, then left until its
+    job ends (reading a running job's logs would hold the pass), then driven the rest of the way."""
+    if follow:
         return runs.drive(record, step, wait=True)
     if record.state == "planned":
         with runs.run_lock(step.home, step.name) as mine:
@@ -133,14 +266,18 @@ def _held(record: RunRecord) -> bool:
 
 
 def _metrics(record: RunRecord) -> dict[str, float] | None:
-    if record.state != "trained" or record.evaluation is None:
+    """What the trial's training job reported (its summary, which the winner's publication re-reads from the
+    backend), whatever came after: a decided sweep decides the same on every pass. None: training failed."""
+    summary = record.train_summary
+    if summary is None or summary.evaluation is None or (record.failure and record.failure.stage == "train"):
         return None
-    return gates.scores(record.evaluation).values
+    return gates.scores(summary.evaluation).values
 
 
 def _lose(root: Path, name: str, record: RunRecord, verdict: sweep.Verdict) -> None:
     """A trial that did not win ends rejected: no GGUF, no card, the reason in its gate verdict."""
-    why = f"lost the sweep to trial {verdict.winner} ({verdict.reason})"
+    why = f"lost the sweep to trial {verdict.winner} ({verdict.reason})" if verdict.winner else \
+        f"the sweep has no winner ({verdict.reason})"
     record.gate = gates.GateVerdict(passed=False, reasons=[why])
     record.move("rejected")
     ledger.save(root, record, name)

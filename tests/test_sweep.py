@@ -209,11 +209,13 @@ HUB_SWEEP = ("sweep:\n  grid:\n    training.learning_rate: [1e-4, 2e-4]\n    tra
              "  parallel: 4\nhardware: t4-small\ntimeout: 1h\n")
 
 
-def _sweep_workspace(workspace: Path, budget: float) -> str:
+def _sweep_workspace(workspace: Path, budget: float, *, parallel: int = 4, gate: bool = False) -> str:
     from conftest import git
 
     path = workspace / "recipes" / "tiny-sft.yaml"
-    path.write_text(path.read_text() + HUB_SWEEP + f"budget_usd: {budget}\n")
+    text = path.read_text().replace("evaluation:\n", "evaluation:\n  gate:\n    eval_loss: must_drop\n") if gate \
+        else path.read_text()
+    path.write_text(text + HUB_SWEEP.replace("parallel: 4", f"parallel: {parallel}") + f"budget_usd: {budget}\n")
     git(workspace, "commit", "-qam", "sweep")
     return "recipes/tiny-sft.yaml"
 
@@ -392,8 +394,10 @@ def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, c
 
 
 def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace, monkeypatch, capsys) -> None:
-    """A loser's record edited to `trained`, with the lowest loss and another repo as its output: the re-run picks it,
-    and the publication is refused before any commit (the repo is the recipe's, the model what the job pushed)."""
+    """A loser's record edited to `trained`, with the lowest loss and another repo as its output. The sweep judges by
+    the summary its training job wrote: with only the record's evaluation edited, the loser loses again; with the
+    summary edited too, the re-run picks it, and the publication is refused before any commit (the repo is the
+    recipe's, the model what the job pushed)."""
     import json
 
     from hubstub import JobScript
@@ -414,8 +418,223 @@ def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace
     loser["evaluation"]["metrics"][0]["after"] = 0.1
     loser["configs"]["train"]["hub_model_id"] = "alice/victim"
     path.write_text(json.dumps(doc))
-    jobs = len(hub.state.jobs)
+    jobs, main = len(hub.state.jobs), hub.history(REPO)[0][0]
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
+    assert code == 0 and "lowest eval_loss 0.9 of 4 trials" in out, out
+    again = next(r for r in json.loads(path.read_text())["runs"] if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and hub.history(REPO)[0][0] == main and len(hub.state.jobs) == jobs
+    doc = json.loads(path.read_text())
+    loser = next(r for r in doc["runs"] if r["run_id"] == loser["run_id"])
+    loser.update(state="trained", gate=None)
+    loser["train_summary"]["evaluation"]["metrics"][0]["after"] = 0.1
+    path.write_text(json.dumps(doc))
     code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
     assert code == 1 and "the record's output repo differs from the recipe's (alice/tiny-sft)" in out, out
     assert hub.history("alice/victim")[0][0] == victim and b"x" == hub.files("alice/victim")["extra.bin"]
     assert len(hub.state.jobs) == jobs
+
+
+# --- a sweep the merge left running, carried on by reconcile --------------------------------------------------
+
+def _runs(workspace: Path) -> list[dict]:
+    import json
+
+    return json.loads((workspace / "runs" / "tiny-sft.json").read_text())["runs"]
+
+
+def _reconcile_until_done(workspace: Path, monkeypatch, capsys, trials: int = 4, rounds: int = 80) -> str:
+    """`runner reconcile` on a schedule (here every 0.2 s) until every trial's run has ended; its output."""
+    import time
+
+    from test_hf_backend import run
+
+    said = []
+    for _ in range(rounds):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        assert code == 0, out
+        runs_ = _runs(workspace)
+        if len(runs_) == trials and all(r["state"] in ("recorded", "rejected", "failed", "canceled") for r in runs_):
+            return "\n".join(said)
+        time.sleep(0.2)
+    raise AssertionError("reconcile did not finish the sweep:\n" + "\n".join(said[-3:]))
+
+
+def _at_most_at_once(hub, width: int) -> None:
+    """No training job was created while `width` others of the sweep were still running."""
+    jobs = [j for j, _ in _train_jobs(hub)]
+    for j in jobs:
+        running = [k for k in jobs if k is not j and k.created_mono < j.created_mono
+                   and (k.finished_mono is None or k.finished_mono > j.created_mono)]
+        assert len(running) < width, (j.id, [k.id for k in running])
+
+
+@pytest.mark.parametrize("follow", [("--detach",), ("--follow-for", "0.01")], ids=["detach", "follow-for"])
+def test_a_sweep_the_merge_left_is_finished_by_reconcile(hub, workspace, monkeypatch, capsys, follow) -> None:
+    """`runner run` of a sweep with --detach, or a follow window shorter than its jobs, submits what `parallel`
+    allows and returns 0. Scheduled reconciles then follow the trials, start the others from the recipe at the
+    reviewed commit (never more than `parallel` at once), pick the winner, reject the losers and carry only the
+    winner on: one GGUF job, main the winner's model, the same result as a followed `runner run`."""
+    from conftest import git
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.commit(REPO, {".gitattributes": LFS, "model.safetensors": b"an earlier model", "config.json": b"{}",
+                      "runner/old/train.py": b"#"})
+    losses = [1.5, 1.2, 0.9, 1.1]
+    hub.state.job_scripts += [JobScript(running=2.0, summary=_summary(x), checkpoint=True) for x in losses]
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    reviewed = git(workspace, "rev-parse", "HEAD")
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", *follow)
+    assert code == 0 and "`runner reconcile` carries it on" in out, out
+    assert len(_train_jobs(hub)) == 2 and len(hub.state.jobs) == 2
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert "lowest eval_loss 0.9 of 4 trials" in said
+    train = _train_jobs(hub)
+    gguf = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
+    assert len(train) == 4 and len(gguf) == 1
+    _at_most_at_once(hub, 2)
+    runs_ = _runs(workspace)
+    assert sorted(r["state"] for r in runs_) == ["recorded", "rejected", "rejected", "rejected"]
+    winner = next(r for r in runs_ if r["state"] == "recorded")
+    assert winner["evaluation"]["metrics"][0]["after"] == 0.9 and gguf[0].spec["labels"]["version"] == winner["version"]
+    # The trials reconcile started record the reviewed commit, as their jobs' labels do.
+    assert {r["commit"] for r in runs_} == {reviewed}
+    assert {j.spec["labels"]["commit"] for j, _ in train} == {reviewed[:12]}
+    # The winner's table has every trial's final state; its own row says recorded, with its GGUF job's cost.
+    rows = {t["run_id"]: t for t in winner["sweep"]["trials"]}
+    assert {k: t["state"] for k, t in rows.items()} == {r["run_id"]: r["state"] for r in runs_}
+    assert rows[winner["run_id"]]["actual_usd"] == winner["cost_usd"]["actual"]
+    _assert_trials_pushed_to_their_branches(hub, runs_)
+    _assert_main_is_the_winner(hub, runs_, winner)
+    # Done: another pass submits nothing and publishes nothing.
+    main = hub.history(REPO)[0][0]
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 0 and len(hub.state.jobs) == 5 and hub.history(REPO)[0][0] == main, out
+
+
+def test_a_loser_edited_back_to_planned_adopts_its_job_and_loses_again(hub, workspace, monkeypatch, capsys) -> None:
+    """After the sweep ended, a loser's record edited to `planned` (and its gate cleared): reconcile finds the trial's
+    training job on the backend and adopts it instead of training again; judged by the numbers its job wrote, it
+    loses again. No job, no publication."""
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.3, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    hub.state.job_scripts.append(JobScript(summary=GGUF_SUMMARY))
+    recipe = _sweep_workspace(workspace, 5)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")[0] == 0
+    path = workspace / "runs" / "tiny-sft.json"
+    doc = json.loads(path.read_text())
+    loser = next(r for r in doc["runs"] if r["state"] == "rejected")
+    loser.update(state="planned", gate=None, jobs={}, train_summary=None)
+    loser["evaluation"]["metrics"][0]["after"] = 0.1
+    path.write_text(json.dumps(doc))
+    main = hub.history(REPO)[0][0]
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert len(hub.state.jobs) == 5 and hub.history(REPO)[0][0] == main, said
+    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and again["gate"]["reasons"][0].startswith("lost the sweep to trial")
+    assert "adopting job" in said
+
+
+def test_reconcile_starts_no_trial_of_a_sweep_the_merge_did_not_begin(hub, workspace, monkeypatch, capsys) -> None:
+    """A trial's run left `planned` (the train workflow died, or a record was written by hand) of a sweep no job shows
+    the merge began: reconcile starts nothing, as for any planned record; `runner run` (the train workflow) does."""
+    from conftest import git
+    from test_spend import TOKEN
+
+    from runner import planning, runs
+    from runner.backends.hf import HfBackend
+
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    monkeypatch.chdir(workspace)
+    loaded = recipe_mod.load(workspace / recipe)
+    first = sweeps.expand(loaded.recipe)[0]
+    trial = dataclasses.replace(loaded, recipe=first.recipe)
+    plan = planning.plan_recipe(trial, token=None, price_table=planning.prices(None))
+    record = runs.start(trial, plan, HfBackend(None, "alice", TOKEN), trial=first.id)
+    assert record.commit == git(workspace, "rev-parse", "HEAD")
+    from test_hf_backend import run
+
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 0 and not hub.state.jobs, out
+    assert "not starting trial(s)" in out and "no job shows the merge began this sweep" in out
+    assert _runs(workspace)[0]["state"] == "planned"
+
+
+def test_records_naming_a_later_commit_start_nothing_there(hub, workspace, monkeypatch, capsys) -> None:
+    """The merge began a sweep at one commit; a later merged pull request widens the sweep and edits the trials'
+    records to name its own commit (reviewed, but its train workflow never ran). Reconcile follows the running
+    trials from the recipe at that commit, and starts none of its trials: no job carries that commit."""
+    import json
+
+    from conftest import git
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2)]
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    path = workspace / recipe
+    path.write_text(path.read_text().replace("training.seed: [1, 2]", "training.seed: [1, 2, 3]"))
+    doc = json.loads((workspace / "runs" / "tiny-sft.json").read_text())
+    git(workspace, "commit", "-qam", "a wider sweep")
+    later = git(workspace, "rev-parse", "HEAD")
+    for r in doc["runs"]:
+        r["commit"] = later
+    (workspace / "runs" / "tiny-sft.json").write_text(json.dumps(doc))
+    said = []
+    for _ in range(40):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        if all(r["state"] == "trained" for r in _runs(workspace)):
+            break
+        import time
+        time.sleep(0.2)
+    assert [r["state"] for r in _runs(workspace)] == ["trained", "trained"], said[-1]
+    assert len(hub.state.jobs) == 2 and "no job shows the merge began this sweep" in said[-1]
+
+
+@pytest.mark.parametrize("how", ["gate", "gguf"])
+def test_a_winner_its_gate_rejects_or_whose_conversion_fails_says_so_in_its_table(hub, workspace, monkeypatch, capsys,
+                                                                                how) -> None:
+    """The sweep's table on the winner's record shows each trial's final state when the winner's run ends: a winner
+    its own gate rejected (no GGUF job, main untouched) or whose conversion failed reads so, not `winner`/trained."""
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    from runner import ledger, render, sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    losses = [2.5, 2.2, 2.1, 2.3] if how == "gate" else [1.5, 1.2, 0.9, 1.1]  # before: 2.0 (must drop)
+    hub.state.job_scripts += [JobScript(running=0.3, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts.append(JobScript(end="ERROR", message="convert failed"))
+    hub.commit(REPO, {"model.safetensors": b"an earlier model"})
+    code, out = run(workspace, monkeypatch, capsys, "run", _sweep_workspace(workspace, 5, gate=how == "gate"),
+                    "--backend", "hf")
+    assert code == 1, out
+    runs_ = _runs(workspace)
+    winner = next(r for r in runs_ if r["sweep"])
+    ended = "rejected" if how == "gate" else "failed"
+    assert winner["state"] == ended and winner["evaluation"]["metrics"][0]["after"] == min(losses)
+    rows = {t["run_id"]: t["state"] for t in winner["sweep"]["trials"]}
+    assert rows == {r["run_id"]: r["state"] for r in runs_} and rows[winner["run_id"]] == ended
+    comment = render.outcome_markdown("tiny-sft", ledger.RunRecord.model_validate(winner), "https://x")
+    row = next(ln for ln in comment.split("**Sweep**", 1)[1].splitlines() if f"`{winner['run_id']}`" in ln)
+    assert f"| winner, then {ended} |" in row and comment.count("winner") == comment.count("winner, then") == 1
+    gguf = [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"]
+    if how == "gate":
+        # Rejected: nothing converted, and main still holds the earlier model (only the runs' job bundles arrived).
+        assert not gguf and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
+    else:
+        assert len(gguf) == 1

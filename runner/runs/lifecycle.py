@@ -72,7 +72,8 @@ def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None 
 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
-          processes: int = 1, echo: Echo = print, trial: str | None = None) -> RunRecord:
+          processes: int = 1, echo: Echo = print, trial: str | None = None, root: Path | None = None,
+          commit: str | None = None) -> RunRecord:
     """The run to drive for this recipe version: the one it has, or a new one (a new attempt only on purpose).
 
     A recipe version trains once. A repeated trigger carries its run on (or finds it done); a version
@@ -80,7 +81,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     the backend, is only trained again with `retry`, as a new attempt resuming from its checkpoint.
     """
     resolved = revisions.now(loaded, backend) if revisions.names_ref(loaded) else None
-    prior = latest_of_version(loaded, backend, resolved=resolved)
+    prior = latest_of_version(loaded, backend, root, resolved=resolved)
     if prior is not None and prior.state not in ("failed", "canceled"):
         echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "
              "carrying it on instead of training again")
@@ -88,7 +89,8 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
     lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded, resolved), "train"),
                                            include_failed=True)
     if prior is None and (lost is None or lost.stage not in FAILED):
-        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial, resolved=resolved)
+        return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial, resolved=resolved,
+                     root=root, commit=commit)
     what, attempt, resume = _failed_before(prior, lost, backend)
     if not retry:
         raise SpendRefused(f"{loaded.display}: this recipe version already failed ({what}); a re-trigger does not "
@@ -152,10 +154,11 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
 
 def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path | None = None,
           processes: int = 1, attempt: int = 1, retry_of: str | None = None, resume: bool = False,
-          root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None) -> RunRecord:
+          root: Path | None = None, resolved: revisions.Resolved | None = None, trial: str | None = None,
+          commit: str | None = None) -> RunRecord:
     """A new run in state `planned`, with the commits of its Hub inputs resolved and its training job's config
     derived from the recipe and saved; a sweep's `trial` is recorded, and pushes to its own branch where the
-    backend keeps branches."""
+    backend keeps branches. `commit`: the reviewed commit a recipe read from a snapshot is as of."""
     r = loaded.recipe
     run_id = new_run_id()
     push = backend.bills
@@ -168,7 +171,7 @@ def start(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, hub_dir: Path |
     resolved = resolved if resolved is not None else revisions.now(loaded, backend)
     record = RunRecord(
         run_id=run_id, recipe=loaded.display, recipe_sha256=sha256_file(loaded.path),
-        version=recipe_version(loaded, resolved), commit=git_commit(loaded.root),
+        version=recipe_version(loaded, resolved), commit=commit or git_commit(loaded.root),
         backend=backend.name, plan=plan,
         cost_usd={"estimated": plan.cost_usd, "max": plan.max_cost_usd, "actual": 0.0 if not push else None},
         processes=processes, push=push,
@@ -290,7 +293,6 @@ def _checkpoint_place(config: JobConfig) -> str:
     return f"{config.repo}/last-checkpoint/" + (f" (branch {config.branch})" if config.branch else "")
 
 
-
 def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
     """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
     record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
@@ -400,6 +402,7 @@ def _record(step: Step, record: RunRecord) -> None:
     start = time.monotonic()
     name = step.name
     card_dir = step.home / "models" / name
+    record.sweep = record.sweep and record.sweep.settled(record)  # the winner's own row, GGUF job's cost included
     files = promote.card_files(record, name)
     for file, data in files.items():
         ledger.atomic_write(card_dir / file, data)

@@ -3,7 +3,9 @@
 A run on an engine that does not bill needs nothing else: its recipe may since have changed or gone.
 What a run on an engine that bills may submit (a GGUF job, or a training job whose record is `planned`)
 is also derived from the recipe as of the run's commit and gated again; without that recipe and a plan
-it submits nothing.
+it submits nothing. A sweep's trials are carried on together by the passes `runner run` makes (runner/sweeprun.py),
+from the sweep recipe as of their commit: its trials started only where the merge began that sweep, its winner
+picked, published and converted.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import backends, hub, ledger, planning, recipe
+from runner import backends, hub, ledger, planning, recipe, sweeprun
 from runner.backends.base import Backend
 from runner.errors import UserError
 from runner.gitrepo import on_branch, snapshot
@@ -40,6 +42,11 @@ def trusted_recipe(root: Path, name: str, record: RunRecord, default_branch: str
         # Only what reached the default branch was reviewed and merged.
         raise UserError(f"runs/{name}.json: run {record.run_id} names commit {(record.commit or '(none)')[:12]}, "
                         f"which is not on the default branch ({default_branch}); refused")
+    return recipe_path(record)
+
+
+def recipe_path(record: RunRecord) -> Path:
+    """The record's recipe path, if it is a recipe file under recipes/ (relative, not escaping)."""
     rel = Path(record.recipe)
     if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("recipes",) or rel.suffix not in (".yaml", ".yml"):
         raise UserError(f"the record's recipe path {record.recipe!r} is not a recipe under recipes/; not advanced")
@@ -66,21 +73,77 @@ def step_for(root: Path, name: str, record: RunRecord, backend: Backend, token: 
     return Step(loaded, backend, echo, plan=plan, root=root, may_train=False)
 
 
+def sweep_at(root: Path, name: str, record: RunRecord, backend: Backend, token: str | None,
+             prices: planning.Prices, echo: Echo, wait: bool) -> sweeprun.Sweeping | None:
+    """The sweep a trial's run belongs to, from the recipe as of the run's commit (where it bills; else the recipe
+    file as it is), planned afresh: None where that recipe is not at hand, has no sweep or cannot be planned."""
+    source = snapshot(root, record.commit) if backend.bills else root
+    path = source / recipe_path(record) if source is not None else None
+    if path is None or not path.is_file():
+        echo(f"[reconcile] the recipe {record.recipe} of trial run {record.run_id} is not at hand as of commit "
+             f"{(record.commit or '?')[:12]}; following its jobs only")
+        return None
+    loaded = recipe.load(path, root=source)
+    if loaded.recipe.sweep is None:
+        echo(f"[reconcile] {record.recipe} as of commit {(record.commit or '?')[:12]} has no sweep; trial run "
+             f"{record.run_id} is followed only")
+        return None
+    try:
+        plan = planning.sweep_plan(loaded, token, prices)
+    except UserError as e:
+        echo(f"[reconcile] cannot plan the sweep of {record.recipe} ({str(e).splitlines()[0]}); following only")
+        return None
+    return sweeprun.Sweeping(loaded, backend, plan, echo, root=root, commit=record.commit, merge=False, wait=wait)
+
+
+def _carry_sweep(root: Path, name: str, trials: list[RunRecord], engine: Backend, token: str | None,
+                 prices: planning.Prices, echo: Echo, wait: bool) -> Iterator[Outcome]:
+    """One sweep's unfinished trials (one backend, one commit) carried on together: by its passes where its recipe
+    is at hand (runner/sweeprun.py: trials started, the winner picked and carried on); else each followed alone."""
+    sw = sweep_at(root, name, trials[0], engine, token, prices, echo, wait)
+    if sw is None:
+        for record in trials:
+            yield Outcome(name, drive(record, step_for(root, name, record, engine, token, prices, echo), wait=wait))
+        return
+    ours = {r.run_id for r in trials}
+    derived = set(sw.versions.values())
+    for record in trials:
+        if record.version not in derived:
+            yield Outcome(name, record, error=f"trial {record.trial} is not one the sweep of {record.recipe} as of "
+                          f"commit {(record.commit or '?')[:12]} derives; not advanced")
+    known = {r.run_id for r in ledger.read(root, name).runs}
+    outcome = sweeprun.run(sw)
+    for record in outcome.runs.values():
+        if record.run_id in ours or record.run_id not in known:  # what was unfinished, and the trials it started
+            yield Outcome(name, record)
+
+
 def carry_on(root: Path, *, names: Sequence[str] = (), backend: str | None = None, wait: bool = False,
              default_branch: str = "HEAD", echo: Echo, unreadable: list[str]) -> Iterator[Outcome]:
-    """Advance every unfinished run (of `names`, on `backend`; default all); unreadable run files go to `unreadable`."""
+    """Advance every unfinished run (of `names`, on `backend`; default all); unreadable run files go to `unreadable`.
+    A sweep's trials are carried on together, by the same passes as `runner run` makes."""
     token = None if hub.offline() else hub.token()
     prices: planning.Prices | None = None
     for group in ledger.all_runs(root, unreadable):
         if names and group.name not in names:  # the reconcile workflow: one recipe per matrix job
             continue
-        for record in [r for r in group.runs if not r.terminal and backend in (None, r.backend)]:
+        unfinished = [r for r in group.runs if not r.terminal and backend in (None, r.backend)]
+        sweeps: dict[tuple[str, str | None], list[RunRecord]] = {}
+        for r in unfinished:
+            if r.trial is not None:
+                sweeps.setdefault((r.backend, r.commit), []).append(r)
+        batches = [[r] for r in unfinished if r.trial is None] + list(sweeps.values())
+        for batch in batches:
+            record = batch[0]
             try:
                 prices = prices or planning.prices(token)
                 bills = backends.engine(record.backend).bills
                 if bills:  # refused before any request is made on its behalf
                     trusted_recipe(root, group.name, record, default_branch)
                 with backends.opened(record.backend, root, record.output_repo if bills else None, echo) as engine:
+                    if record.trial is not None:
+                        yield from _carry_sweep(root, group.name, batch, engine, token, prices, echo, wait)
+                        continue
                     record = drive(record, step_for(root, group.name, record, engine, token, prices, echo), wait=wait)
             except RunBusy:
                 yield Outcome(group.name, record, busy=True)

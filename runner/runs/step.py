@@ -87,10 +87,11 @@ class Step:
     update_every: float = 120.0  # seconds between progress updates
     submit: bool = True  # False (cancel): follow a job to its end, start none; the run ends canceled instead
     # False (reconcile): follow, adopt and finish only. A first training job is started by the
-    # merge's train workflow, behind its approval, never by a later pass over run records.
+    # merge's train workflow, behind its approval, never by a later pass over run records (a sweep's passes
+    # start trials from the recipe at a reviewed commit, of a sweep the merge began: runner/sweeprun.py).
     may_train: bool = True
-    # A sweep's trial waits at `trained` until its sweep names it the winner (runner/sweeprun.py); reconcile
-    # never converts or records a trial on its own.
+    # A sweep's trial waits at `trained` until its sweep names it the winner (runner/sweeprun.py): no trial is
+    # converted or recorded on its own.
     sweep_winner: str | None = None
     # The sweep trial this run trains, as the sweep expands the recipe (not as a record says): where the backend
     # keeps branches, its training job pushes to the trial's own branch of the model repo.
