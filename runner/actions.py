@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RecipeInvalid, UserError
-from runner.recipe import name_of, recipe_files
+from runner.recipe import LoadedRecipe, name_of, recipe_files
 
 
 def annotation(p) -> str:
@@ -34,7 +34,7 @@ def _changed(base: str | None, head: str, only: str | None = None, tree: Path | 
     Every recipe when there is no "before" (a new branch). `tree` holds the files at `head` (default: here)."""
     import subprocess
 
-    from runner import jobspec, recipe
+    from runner import recipe
     from runner.recipe import DEFAULTS_FILE
 
     root = Path.cwd()
@@ -60,14 +60,25 @@ def _changed(base: str | None, head: str, only: str | None = None, tree: Path | 
         return everything
     changed = []
     for path in everything:
-        shipped: set[str] = set()
         try:
-            shipped = set(jobspec.shipped_files(recipe.load(tree / path, root=tree)))
+            loaded = recipe.load(tree / path, root=tree)
         except (UserError, ValueError, OSError):
-            pass  # an invalid recipe counts as changed only through its own file; the plan reports it
-        if path in names or shipped & names:
+            loaded = None  # an invalid recipe counts as changed only through its own file; the plan reports it
+        if path in names or (loaded is not None and _touches(loaded, names)):
             changed.append(path)
     return changed
+
+
+def _touches(loaded: LoadedRecipe, names: set[str]) -> bool:
+    """Whether the change touches a file the recipe's run ships; a recipe whose files cannot be listed (a data row
+    naming a missing image) counts as touched when its data changed, so its plan says what is wrong."""
+    from runner import jobspec
+
+    try:
+        return bool(set(jobspec.shipped_files(loaded)) & names)
+    except (UserError, OSError):
+        data = loaded.recipe.dataset
+        return data.is_local and loaded.local(data.path).relative_to(loaded.root).as_posix() in names
 
 
 def cmd_changed(args: argparse.Namespace) -> int:

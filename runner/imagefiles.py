@@ -7,6 +7,7 @@ A path must name a regular file below the data file's folder, as validation alre
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +21,27 @@ IMAGE_COLUMNS = ("image", "images")  # what the training job reads as images (ru
 
 def named_by(data_file: Path, display: str, columns: dict[str, str] | None = None) -> list[Path]:
     """The local image files the data file's image columns name, each once, in path order."""
+    stat = data_file.stat()
+    names, problem = _scan(data_file, display, tuple(sorted((columns or {}).items())), stat.st_size, stat.st_mtime_ns)
+    if problem:
+        raise UserError(f"{display}: {problem}; nothing is shipped")
+    return [data_file.parent / name for name in names]
+
+
+@functools.lru_cache(maxsize=32)
+def _scan(data_file: Path, display: str, columns: tuple[tuple[str, str], ...], size: int,
+          mtime_ns: int) -> tuple[tuple[str, ...], str | None]:
+    """The image paths a data file names and the first problem among them; cached by the file's size and time,
+    since one run derives its version (and so these files) several times."""
+    mapping = dict(columns)
     head, _, _ = sampling.read_rows(data_file, display, sampling.SAMPLE_ROWS)
-    wanted = {c for c in _column_names(head) if (columns or {}).get(c, c) in IMAGE_COLUMNS}
+    wanted = {c for c in _column_names(head) if mapping.get(c, c) in IMAGE_COLUMNS}
     if not wanted:  # a text dataset is not read to its end
-        return []
+        return (), None
     rows, _, _ = sampling.read_rows(data_file, display, sys.maxsize)
-    names = {value for row in rows for column in wanted for value in _paths(row.get(column))}
-    files = []
-    for name in sorted(names):
-        problem = images.from_path(name, data_file.parent).problem
-        if problem:
-            raise UserError(f"{display}: {problem}; nothing is shipped")
-        files.append(data_file.parent / name)
-    return files
+    names = sorted({value for row in rows for column in wanted for value in _paths(row.get(column))})
+    problem = next((p for p in (images.from_path(n, data_file.parent).problem for n in names) if p), None)
+    return tuple(names), problem
 
 
 def _column_names(rows: list[dict[str, Any]]) -> set[str]:

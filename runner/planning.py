@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hardware, hub, ledger, modelfacts, sweep
+from runner import hardware, hub, jobspec, ledger, modelfacts, sweep
 from runner.budget import merge_refusal
 from runner.dataset import DatasetReport, from_sample, load_sample
 from runner.errors import UserError
@@ -130,6 +130,7 @@ def plan_with_sweeps(loaded: list[LoadedRecipe], token: str | None,
     plans, worst, sweeps = [], {}, {}
     for item in loaded:
         try:
+            jobspec.shipped_files(item)  # what the merge ships must exist: a data row's missing image fails here
             plans.append(plan_recipe(item, token=token, price_table=price_table))
             if item.recipe.sweep is not None:
                 sweeps[item.display] = sweep_plan(item, token, price_table)

@@ -16,6 +16,8 @@ import pytest
 from conftest import (
     ROOT,
     assert_summaries_read_whole,
+    git,
+    init_repo,
     job_env,
     keys_outside,
     train_summary_json,
@@ -251,6 +253,25 @@ def test_local_vlm_token_count_matches_its_processor(vlm_repo: Path) -> None:
     for size in ((56, 56), (150, 90), (30, 100)):
         ids = processor(text=[text], images=[[Image.new("RGB", size)]])["input_ids"][0]
         assert vision.tokens(*size) == pytest.approx(len(ids) - plain, abs=3), size
+
+
+def test_a_missing_image_past_the_sample_fails_the_plan_of_the_pull_request_that_adds_it(vlm_repo: Path, cli) -> None:
+    """The plan of a data-only change checks every image the merge would ship, not just the sampled rows."""
+    (vlm_repo / "data" / "pics").mkdir()
+    (vlm_repo / "data" / "pics" / "a.png").write_bytes(png(448, 448))
+    row = {"image": "pics/a.png", "question": "What is it?", "chosen": "A box.", "rejected": "A cat."}
+    data = write_jsonl(vlm_repo / "data" / "paths.jsonl", [row] * 300)
+    recipe = VLM_RECIPE.format(name="paths", model="./models/tiny-vlm", max_length=2048)
+    write_recipe(vlm_repo, "paths", recipe.replace("data/rlaif.parquet", "data/paths.jsonl"))
+    init_repo(vlm_repo)
+    assert cli("plan", "recipes/paths.yaml", cwd=vlm_repo).code == 0
+    write_jsonl(data, [row] * 300 + [{**row, "image": "pics/typo.png"}])  # row 301: past the plan's sample
+    git(vlm_repo, "commit", "-qam", "more data")
+    changed = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=vlm_repo)
+    assert json.loads(changed.out) == ["recipes/paths.yaml"], changed.err
+    plan = cli("plan", "recipes/paths.yaml", cwd=vlm_repo)
+    assert plan.code == 1 and "image file 'pics/typo.png' not found" in plan.out + plan.err
+    assert "Traceback" not in plan.err
 
 
 def test_a_hub_job_ships_the_images_its_json_lines_name(vlm_repo: Path, cli, monkeypatch) -> None:
