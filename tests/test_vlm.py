@@ -255,22 +255,31 @@ def test_local_vlm_token_count_matches_its_processor(vlm_repo: Path) -> None:
         assert vision.tokens(*size) == pytest.approx(len(ids) - plain, abs=3), size
 
 
-def test_a_missing_image_past_the_sample_fails_the_plan_of_the_pull_request_that_adds_it(vlm_repo: Path, cli) -> None:
+@pytest.mark.parametrize("bad, says", [
+    ("pics/typo.png", "image file 'pics/typo.png' not found"),
+    ("../outside.png", "image path '../outside.png' must be relative to the data file's folder"),
+    ("/etc/outside.png", "image path '/etc/outside.png' must be relative to the data file's folder"),
+    ("pics/link.png", "image path 'pics/link.png' goes through a symbolic link"),
+])
+def test_a_bad_image_past_the_sample_fails_the_plan_of_the_pull_request_that_adds_it(vlm_repo: Path, cli, bad: str,
+                                                                                     says: str) -> None:
     """The plan of a data-only change checks every image the merge would ship, not just the sampled rows."""
     (vlm_repo / "data" / "pics").mkdir()
     (vlm_repo / "data" / "pics" / "a.png").write_bytes(png(448, 448))
+    (vlm_repo / "outside.png").write_bytes(png(8, 8))
+    (vlm_repo / "data" / "pics" / "link.png").symlink_to(vlm_repo / "outside.png")
     row = {"image": "pics/a.png", "question": "What is it?", "chosen": "A box.", "rejected": "A cat."}
     data = write_jsonl(vlm_repo / "data" / "paths.jsonl", [row] * 300)
     recipe = VLM_RECIPE.format(name="paths", model="./models/tiny-vlm", max_length=2048)
     write_recipe(vlm_repo, "paths", recipe.replace("data/rlaif.parquet", "data/paths.jsonl"))
     init_repo(vlm_repo)
     assert cli("plan", "recipes/paths.yaml", cwd=vlm_repo).code == 0
-    write_jsonl(data, [row] * 300 + [{**row, "image": "pics/typo.png"}])  # row 301: past the plan's sample
+    write_jsonl(data, [row] * 300 + [{**row, "image": bad}])  # row 301: past the plan's sample
     git(vlm_repo, "commit", "-qam", "more data")
     changed = cli("changed", "--base", "HEAD~1", "--head", "HEAD", "--json", cwd=vlm_repo)
     assert json.loads(changed.out) == ["recipes/paths.yaml"], changed.err
     plan = cli("plan", "recipes/paths.yaml", cwd=vlm_repo)
-    assert plan.code == 1 and "image file 'pics/typo.png' not found" in plan.out + plan.err
+    assert plan.code == 1 and says in plan.out + plan.err
     assert "Traceback" not in plan.err
 
 
