@@ -31,7 +31,8 @@ def tier(name: str, extra: list[str]) -> tuple[float, float, str]:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     if proc.returncode:
-        sys.exit(f"{name}: pytest exited {proc.returncode}: {last}")
+        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        sys.exit("\n".join([f"{name}: pytest exited {proc.returncode}: {last}", *failed]))
     return wall, cpu, last
 
 
