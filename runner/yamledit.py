@@ -102,14 +102,8 @@ def set_values(text: str, display: str, values: dict[Path_, str], beside: dict[P
             out = _set_one(out, doc, path, value, (beside or {}).get(path))
         except (ValueError, KeyError, StopIteration, TypeError):
             out = ""
-        try:
-            ok = out and yamlsafe.loads(out, display).data == expected
-        except UserError:
-            ok = False
-        if not ok:
-            line, col = doc.where(path) or (1, 1)
-            raise UserError(f"{display}:{line}:{col}: {yamlsafe.dotted(path)}: cannot set it without rewriting the "
-                            f"file; set it by hand to {quoted(value)}")
+        _check(out, expected, doc, display, path, f"set it without rewriting the file; set it by hand to "
+                                                  f"{quoted(value)}")
     return out
 
 
@@ -127,12 +121,17 @@ def set_comment(text: str, display: str, path: Path_, prefix: str, comment: str)
         replace = above >= 0 and lines[above].lstrip().startswith(prefix)
         lines[above if replace else line_no - 1:line_no - 1] = [f"{indent}{prefix}{comment}\n"]
         out = "".join(lines)
+    _check(out, doc.data, doc, display, path, f"add a comment above it without rewriting the file; add it by hand: "
+                                              f"{prefix}{comment}")
+    return out
+
+
+def _check(out: str, expected: Any, doc: yamlsafe.Located, display: str, path: Path_, cannot: str) -> None:
+    """An edit must leave a file that reads as `expected`; else one located line saying what to do by hand."""
     try:
-        ok = bool(out) and yamlsafe.loads(out, display).data == doc.data
+        ok = bool(out) and yamlsafe.loads(out, display).data == expected
     except UserError:
         ok = False
     if not ok:
         line, col = doc.where(path) or (1, 1)
-        raise UserError(f"{display}:{line}:{col}: {yamlsafe.dotted(path)}: cannot add a comment above it without "
-                        f"rewriting the file; add it by hand: {prefix}{comment}")
-    return out
+        raise UserError(f"{display}:{line}:{col}: {yamlsafe.dotted(path)}: cannot {cannot}")
