@@ -23,6 +23,7 @@ from runner import gates, ledger, promote, runs, sweep
 from runner.backends.base import Backend
 from runner.ledger import RunRecord
 from runner.recipe import LoadedRecipe
+from runner.summaries import TrainSummary, parse
 
 POLL_SECONDS = 5.0
 
@@ -187,13 +188,20 @@ def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
 
 
 def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
-    """Every trial is held: the verdict, from the numbers each training job wrote (the same on every pass), the
-    others rejected, and the winner published to main and carried on through its gate, conversion and card."""
+    """Every trial is held: the verdict, from the numbers each training job wrote (read again from the backend, the
+    same on every pass), the others rejected, and the winner published to main and carried on through its gate
+    (judged again), conversion and card. A sweep whose conversion was bought is decided: no number re-decides it."""
     spec = sw.loaded.recipe.sweep
     assert spec is not None
-    results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(records[tp.trial.id]))
+    summaries = {tp.trial.id: _reread(sw, tp) for tp in sw.plan.trials}
+    results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(summaries[tp.trial.id]))
                for tp in sw.plan.trials]
     verdict = sweep.pick_winner(results, spec.metric, spec.direction)
+    bought = _bought(sw)
+    if bought and verdict.winner not in bought:
+        verdict = sweep.Verdict(winner=bought[0], reason=f"decided earlier: trial {bought[0]}'s GGUF conversion is on "
+                                f"the backend (the numbers now pick {verdict.winner or 'none'}); nothing else is "
+                                "published or converted")
     if any(r.state == "trained" for r in records.values()):  # newly decided (or a pass cut short): say so
         sw.echo(f"[sweep] {verdict.reason}")
     root = sw.home
@@ -204,7 +212,9 @@ def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
     if verdict.winner is not None:
         tp = next(tp for tp in sw.plan.trials if tp.trial.id == verdict.winner)
         winner, step = records[verdict.winner], sw.step(tp, records[verdict.winner], winner=True)
-        if winner.state == "trained":
+        if winner.state == "trained" and not bought:  # bought: it was published before its conversion was
+            winner.gate_rule = tp.trial.recipe.evaluation.gate  # the recipe's rule over the job's numbers
+            winner.gate = _gate(sw, winner.gate_rule, summaries[verdict.winner])
             winner.sweep = _result(results, records, spec, verdict)
             ledger.save(root, winner, sw.name)
             _to_main(winner, step, sw.echo)
@@ -265,13 +275,33 @@ def _held(record: RunRecord) -> bool:
     return record.terminal or record.state == "trained"
 
 
-def _metrics(record: RunRecord) -> dict[str, float] | None:
-    """What the trial's training job reported (its summary, which the winner's publication re-reads from the
-    backend), whatever came after: a decided sweep decides the same on every pass. None: training failed."""
-    summary = record.train_summary
-    if summary is None or summary.evaluation is None or (record.failure and record.failure.stage == "train"):
+def _reread(sw: Sweeping, tp: sweep.TrialPlan) -> TrainSummary | None:
+    """What the trial's training job wrote, read again from the backend: the summary its newest live job of the
+    trial's version names in its own config, once that job COMPLETED. Never the record's copy, which a merged pull
+    request may edit."""
+    job = sw.backend.find({"recipe": sw.name, "version": sw.versions[tp.trial.id], "stage": "train"})
+    raw = sw.backend.summary(job.config) if job is not None and job.stage == "COMPLETED" else None
+    return parse(TrainSummary, raw)[0] if raw is not None else None
+
+
+def _metrics(summary: TrainSummary | None) -> dict[str, float] | None:
+    """The numbers a trial's job reported after training; None: it failed, or was not evaluated."""
+    return None if summary is None or summary.evaluation is None else gates.scores(summary.evaluation).values
+
+
+def _bought(sw: Sweeping) -> list[str]:
+    """The trials whose version has a GGUF job on the backend (in any stage): that conversion decided the sweep."""
+    return [tid for tid, version in sw.versions.items()
+            if sw.backend.find({"recipe": sw.name, "version": version, "stage": "gguf"}, include_failed=True)]
+
+
+def _gate(sw: Sweeping, rule: gates.Gate | None, summary: TrainSummary | None) -> gates.GateVerdict | None:
+    """The winner's gate, judged again from the recipe's rule and the numbers its job wrote (not a record's verdict)."""
+    if rule is None:
         return None
-    return gates.scores(summary.evaluation).values
+    ev = summary.evaluation if summary else None
+    before, after = (gates.scores(ev, after=False), gates.scores(ev)) if ev else (gates.Scores(), gates.Scores())
+    return gates.judge(rule, before, after, promote.current_scores(sw.home, sw.name))
 
 
 def _lose(root: Path, name: str, record: RunRecord, verdict: sweep.Verdict) -> None:

@@ -395,9 +395,8 @@ def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, c
 
 def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace, monkeypatch, capsys) -> None:
     """A loser's record edited to `trained`, with the lowest loss and another repo as its output. The sweep judges by
-    the summary its training job wrote: with only the record's evaluation edited, the loser loses again; with the
-    summary edited too, the re-run picks it, and the publication is refused before any commit (the repo is the
-    recipe's, the model what the job pushed)."""
+    the summary its training job wrote, read again from the backend: with the record's evaluation edited, and with
+    its summary edited too, the loser loses again; neither repo gets a commit, no job is bought."""
     import json
 
     from hubstub import JobScript
@@ -429,7 +428,9 @@ def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace
     loser["train_summary"]["evaluation"]["metrics"][0]["after"] = 0.1
     path.write_text(json.dumps(doc))
     code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
-    assert code == 1 and "the record's output repo differs from the recipe's (alice/tiny-sft)" in out, out
+    assert code == 0 and "lowest eval_loss 0.9 of 4 trials" in out, out
+    again = next(r for r in json.loads(path.read_text())["runs"] if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and hub.history(REPO)[0][0] == main
     assert hub.history("alice/victim")[0][0] == victim and b"x" == hub.files("alice/victim")["extra.bin"]
     assert len(hub.state.jobs) == jobs
 
@@ -638,3 +639,92 @@ def test_a_winner_its_gate_rejects_or_whose_conversion_fails_says_so_in_its_tabl
         assert not gguf and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
     else:
         assert len(gguf) == 1
+
+
+# --- a decided sweep stays decided, whatever its records say --------------------------------------------------
+
+def _decided_sweep(hub, workspace: Path, monkeypatch, capsys, losses=(1.5, 1.2, 0.9, 1.1), *, gate: bool = False,
+                   code: int = 0) -> tuple[Path, dict]:
+    """A four-trial sweep run to its end on the Hub stand-in; its run file and that file's content."""
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.3, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts += [JobScript(summary=GGUF_SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+    hub.commit(REPO, {"model.safetensors": b"an earlier model"})
+    recipe = _sweep_workspace(workspace, 5, gate=gate)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")[0] == code
+    path = workspace / "runs" / "tiny-sft.json"
+    return path, json.loads(path.read_text())
+
+
+def _best_loser(doc: dict) -> dict:
+    return min((r for r in doc["runs"] if r["state"] == "rejected"),
+               key=lambda r: r["train_summary"]["evaluation"]["metrics"][0]["after"])
+
+
+def test_edited_summaries_cannot_make_a_loser_win_a_decided_sweep(hub, workspace, monkeypatch, capsys) -> None:
+    """After the sweep was recorded, a merged pull request worsens the winner's recorded summary and sets the best
+    loser back to `trained` with no gate verdict. The sweep is judged by the summaries its training jobs wrote, read
+    again from the backend: reconcile rejects the loser again; no job, main untouched."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
+    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
+    winner["train_summary"]["evaluation"]["metrics"][0]["after"] = 9.0
+    loser = _best_loser(doc)
+    loser.update(state="trained", gate=None)
+    path.write_text(json.dumps(doc))
+    main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
+    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and again["gate"]["reasons"][0].startswith(f"lost the sweep to trial "
+                                                                                   f"{winner['trial']}"), said
+
+
+def test_a_sweep_whose_conversion_was_bought_publishes_and_converts_no_other_trial(hub, workspace, monkeypatch,
+                                                                                   capsys) -> None:
+    """The winner's summary is gone from the Hub (so the numbers now pick another trial) and the best loser's record
+    says `trained`: the winner's GGUF job on the backend says the sweep was decided. Nothing is published or
+    converted; the loser is rejected again, naming that decision."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
+    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
+    train = winner["configs"]["train"]
+    hub.commit(train["summary_repo"], {}, deleted=(train["summary_repo_path"],))
+    loser = _best_loser(doc)
+    loser.update(state="trained", gate=None)
+    path.write_text(json.dumps(doc))
+    main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
+    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected", said
+    assert f"decided earlier: trial {winner['trial']}'s GGUF conversion is on the backend" in \
+        again["gate"]["reasons"][0]
+
+
+def test_a_winners_gate_is_judged_again_not_read_from_its_record(hub, workspace, monkeypatch, capsys) -> None:
+    """A winner its gate rejected (every trial's loss rose), its record edited back to `trained` with no gate rule
+    and no verdict: the gate is judged again from the recipe's rule and the numbers its job wrote, and rejects it
+    again. No GGUF job, main untouched."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys, (2.5, 2.2, 2.1, 2.3), gate=True, code=1)
+    winner = next(r for r in doc["runs"] if r["sweep"])
+    assert winner["state"] == "rejected"
+    winner.update(state="trained", gate=None, gate_rule=None)
+    path.write_text(json.dumps(doc))
+    main = hub.history(REPO)[0][0]
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert not [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"], said
+    assert hub.history(REPO)[0][0] == main and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
+    again = next(r for r in _runs(workspace) if r["run_id"] == winner["run_id"])
+    assert again["state"] == "rejected" and not again["gate"]["passed"], said
