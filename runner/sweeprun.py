@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from runner import gates, ledger, promote, runs, sweep
+from runner import gates, ledger, promote, revisions, runs, sweep
 from runner.backends.base import Backend
+from runner.errors import UserError
 from runner.ledger import RunRecord
 from runner.recipe import LoadedRecipe
 from runner.summaries import TrainSummary, parse
@@ -55,12 +56,16 @@ class Sweeping:
     wait: bool = True  # follow jobs (within the window); False: one pass, then leave the sweep to reconcile
     follow_seconds: float | None = None
     started: float = field(default_factory=time.monotonic)
+    # The commits of the recipe's Hub inputs every trial trains on, resolved once per sweep (reconcile: the trials'
+    # records'); default: those of the sweep's unfinished trials, else where its inputs are now.
+    resolved: revisions.Resolved | None = None
     versions: dict[str, str] = field(default_factory=dict)  # trial id -> the version its recipe derives
     _began: bool | None = None
 
     def __post_init__(self) -> None:
         assert self.loaded.recipe.sweep is not None
-        self.versions = {tp.trial.id: runs.recipe_version(self.trial(tp)) for tp in self.plan.trials}
+        self.resolved = self.resolved or _resolution(self)
+        self.versions = {tp.trial.id: runs.recipe_version(self.trial(tp), self.resolved) for tp in self.plan.trials}
 
     @property
     def name(self) -> str:
@@ -105,6 +110,20 @@ class Sweeping:
         if self._began is None:
             self._began = _begun(self)
         return self._began
+
+
+def _resolution(sw: Sweeping) -> revisions.Resolved:
+    """The commits a sweep's trials train on: those its unfinished trials on this backend recorded (a sweep that
+    another `runner run` began goes on with its own; a moved tag or branch retrains nothing), else the commits its
+    Hub inputs are at now. All trials of one sweep train on the same commits."""
+    trials = {tp.trial.id: sw.trial(tp) for tp in sw.plan.trials}
+    held = {r.revisions for r in ledger.read(sw.home, sw.name).runs
+            if r.backend == sw.backend.name and not r.terminal and r.trial in trials
+            and r.version == runs.recipe_version(trials[r.trial], r.revisions)}
+    if len(held) > 1:
+        raise UserError(f"runs/{sw.name}.json: the sweep's unfinished trials name different commits of its Hub "
+                        "inputs; a sweep trains every trial on the same ones (`runner cancel` it, then run it again)")
+    return held.pop() if held else revisions.now(sw.loaded, sw.backend)
 
 
 def _begun(sw: Sweeping) -> bool:
@@ -177,7 +196,7 @@ def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
             continue
         if record is None:
             record = runs.begin(sw.trial(tp), tp.plan, sw.backend, hub_dir=sw.hub_dir, echo=sw.echo,
-                                trial=tp.trial.id, root=sw.home, commit=sw.commit)
+                                trial=tp.trial.id, root=sw.home, commit=sw.commit, resolved=sw.resolved)
             sw.echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
         record = records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
         active += not _held(record)

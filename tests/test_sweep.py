@@ -728,3 +728,116 @@ def test_a_winners_gate_is_judged_again_not_read_from_its_record(hub, workspace,
     assert hub.history(REPO)[0][0] == main and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
     again = next(r for r in _runs(workspace) if r["run_id"] == winner["run_id"])
     assert again["state"] == "rejected" and not again["gate"]["passed"], said
+
+
+# --- a sweep whose recipe names a Hub ref -----------------------------------------------------------------------
+
+NAMED_SWEEP = """\
+name: hub-sweep
+base_model: acme/base
+method: sft
+dataset: {path: acme/chats, revision: main}
+training:
+  max_steps: 2
+gguf:
+  enabled: false
+sweep:
+  grid:
+    training.learning_rate: [1e-4, 2e-4]
+  parallel: PARALLEL
+hardware: t4-small
+timeout: 1h
+budget_usd: 5
+"""
+
+
+def _named_sweep(hub, workspace: Path, monkeypatch, parallel: int) -> str:
+    """A two-trial sweep over the dataset's `main` (a branch: each commit it points at is a version of its own)."""
+    from conftest import SFT_ROWS, git
+    from hubstub import JobScript
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.models["acme/base"] = {"params": 5_000_000}
+    hub.state.datasets["acme/chats"] = {("default", "train"): SFT_ROWS}
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2, 1.1, 1.0)]
+    (workspace / "recipes" / "hub-sweep.yaml").write_text(NAMED_SWEEP.replace("PARALLEL", str(parallel)))
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "a sweep over a named ref")
+    return "recipes/hub-sweep.yaml"
+
+
+def _named_runs(workspace: Path) -> list[dict]:
+    import json
+
+    return json.loads((workspace / "runs" / "hub-sweep.json").read_text())["runs"]
+
+
+def test_a_sweep_over_a_named_ref_is_finished_by_reconcile_on_the_commit_it_began(hub, workspace, monkeypatch,
+                                                                                   capsys) -> None:
+    """The merge resolves the dataset's `main` once for the sweep and starts one trial; the ref moves; reconcile
+    takes the commit from the trials' records, finds its own trials (their versions count that commit), starts the
+    held-back trial on the same commit and decides. Two training jobs, both on the first commit."""
+    import time
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=1)
+    first = hub.head("dataset", "acme/chats")
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 0 and len(hub.state.jobs) == 1, out
+    hub.move("dataset", "acme/chats")
+    said = []
+    for _ in range(60):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        assert code == 0, out
+        runs_ = _named_runs(workspace)
+        if len(runs_) == 2 and all(r["state"] in ("recorded", "rejected") for r in runs_):
+            break
+        time.sleep(0.2)
+    runs_ = _named_runs(workspace)
+    assert sorted(r["state"] for r in runs_) == ["recorded", "rejected"], said[-1]
+    assert {r["dataset_revision"] for r in runs_} == {first} and len(hub.state.jobs) == 2
+    configs = [j.spec["environment"]["RUNNER_JOB_CONFIG"] for j in hub.state.jobs.values()]
+    assert all(first in c for c in configs)
+
+
+def test_a_named_ref_moving_mid_sweep_retrains_no_trial(hub, workspace, monkeypatch, capsys) -> None:
+    """Both trials train; the dataset's `main` moves; the train workflow runs again: the sweep goes on with the
+    commit its unfinished trials recorded, and nothing is trained twice."""
+    import time
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=2)
+    first = hub.head("dataset", "acme/chats")
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    time.sleep(1.0)
+    hub.move("dataset", "acme/chats")
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 0 and len(hub.state.jobs) == 2, out
+    runs_ = _named_runs(workspace)
+    assert len(runs_) == 2 and {r["dataset_revision"] for r in runs_} == {first}
+
+
+def test_trials_naming_different_commits_are_refused_by_reconcile(hub, workspace, monkeypatch, capsys) -> None:
+    """A merged pull request edits one trial's record to another commit of the dataset: the sweep's trials no longer
+    agree on what they train on, and reconcile refuses the sweep in one line, starting nothing."""
+    import json
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=1)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    other = hub.move("dataset", "acme/chats")
+    path = workspace / "runs" / "hub-sweep.json"
+    doc = json.loads(path.read_text())
+    doc["runs"].append(doc["runs"][0] | {"run_id": "20990101-000000-abcdef", "trial": "0" * 8,
+                                         "dataset_revision": other, "state": "planned", "jobs": {}})
+    path.write_text(json.dumps(doc))
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    lines = [ln for ln in out.splitlines() if "name different commits of its Hub inputs" in ln]
+    assert len(lines) == 1 and "runs/hub-sweep.json" in lines[0], out
+    assert len(hub.state.jobs) == 1 and "Traceback" not in out
