@@ -27,6 +27,7 @@ from runner.recipe import LoadedRecipe
 from runner.summaries import TrainSummary, parse
 
 POLL_SECONDS = 5.0
+NOT_BEGUN = "no job shows the merge began this sweep"
 
 
 class SweepOutcome(BaseModel):
@@ -61,6 +62,7 @@ class Sweeping:
     resolved: revisions.Resolved | None = None
     versions: dict[str, str] = field(default_factory=dict)  # trial id -> the version its recipe derives
     _began: bool | None = None
+    _stopped: bool | None = None
 
     def __post_init__(self) -> None:
         assert self.loaded.recipe.sweep is not None
@@ -101,15 +103,26 @@ class Sweeping:
                          may_train=first and self.may_start(record), sweep_winner=tp.trial.id if winner else None)
 
     def may_start(self, record: RunRecord | None) -> bool:
-        """Whether a trial's first training job may be submitted: at the merge, yes; in reconcile, only a first
-        attempt, of a sweep within its budget that the merge began."""
+        """Whether a trial's first training job may be submitted (`held_back` says why not)."""
+        return self.held_back(record) is None
+
+    def held_back(self, record: RunRecord | None) -> str | None:
+        """Why a trial's first training job may not be submitted (None: it may). Never once the sweep was stopped (a
+        trial's job CANCELED on the backend); at the merge, otherwise yes; in reconcile, only a first attempt, of a
+        sweep within its budget that the merge began."""
+        if self._stopped is None:  # asked once a pass: a cancel may come while the merge follows the sweep
+            self._stopped = _stopped(self)
+        if self._stopped:
+            return "a trial's job was canceled (`runner cancel`): the sweep is stopped"
         if self.merge:
-            return True
-        if (record is not None and record.attempt != 1) or (self.plan.refusal and self.backend.bills):
-            return False
+            return None
+        if record is not None and record.attempt != 1:
+            return "a retry is never reconcile's to buy"
+        if self.plan.refusal and self.backend.bills:
+            return "its plan is over budget"
         if self._began is None:
             self._began = _begun(self)
-        return self._began
+        return None if self._began else NOT_BEGUN
 
 
 def _resolution(sw: Sweeping) -> revisions.Resolved:
@@ -136,6 +149,17 @@ def _begun(sw: Sweeping) -> bool:
                                include_failed=True) for v in sw.versions.values())
 
 
+def _stopped(sw: Sweeping) -> bool:
+    """Whether the sweep was stopped: a trial's training job ended CANCELED on the backend and no live one holds its
+    work (a duplicate `claim` canceled is not a stop). The backend says so, not a record."""
+    for version in sw.versions.values():
+        labels = {"recipe": sw.name, "version": version, "stage": "train"}
+        job = sw.backend.find(labels, include_failed=True)
+        if job is not None and job.stage == "CANCELED" and sw.backend.find(labels) is None:
+            return True
+    return False
+
+
 def run(sw: Sweeping) -> SweepOutcome:
     """Carry the sweep on: pass after pass until it is done, or the follow window closes, or (not waiting) once."""
     if sw.merge:  # the merge spends on the sweep as a whole: refused as a whole before any job
@@ -158,6 +182,7 @@ def advance(sw: Sweeping) -> SweepOutcome:
         if not mine:
             raise runs.RunBusy(f"another runner process is carrying the sweep of {sw.name} on; try again later")
         records = _records(sw)
+        sw._stopped = sw._stopped or None  # a stop is for good; else the backend is asked again this pass
         for tp in sw.plan.trials:  # what runs: one step on (a planned one is started below, within the width)
             record = records[tp.trial.id]
             if record is not None and record.state != "planned" and not _held(record):
@@ -184,15 +209,15 @@ def _records(sw: Sweeping) -> dict[str, RunRecord | None]:
 def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
     """Begin and submit the trials not yet training, in the order written, while fewer than `parallel` train."""
     active = sum(1 for r in records.values() if r is not None and r.state != "planned" and not _held(r))
-    refused = []
+    refused: dict[str, str] = {}  # trial suffix -> why it is held back
     for tp in sw.plan.trials:
         record = records[tp.trial.id]
         if active >= sw.width or sw.out_of_time():
             break
         if record is not None and record.state != "planned":
             continue
-        if not sw.may_start(record):
-            refused.append(tp.trial.suffix)
+        if (why := sw.held_back(record)) is not None:
+            refused[tp.trial.suffix] = why
             continue
         if record is None:
             record = runs.begin(sw.trial(tp), tp.plan, sw.backend, hub_dir=sw.hub_dir, echo=sw.echo,
@@ -201,9 +226,10 @@ def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
         record = records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
         active += not _held(record)
     if refused:
-        why = "its plan is over budget" if sw.plan.refusal else "no job shows the merge began this sweep"
-        sw.echo(f"[sweep] not starting trial(s) {', '.join(refused)}: {why}; reconcile starts a trial only for a "
-                "sweep the train workflow began, from the recipe at its commit (`runner run RECIPE` starts them)")
+        hint = "; reconcile starts a trial only for a sweep the train workflow began, from the recipe at its commit " \
+            "(`runner run RECIPE` starts them)" if NOT_BEGUN in refused.values() else ""
+        sw.echo(f"[sweep] not starting trial(s) {', '.join(refused)}: {'; '.join(dict.fromkeys(refused.values()))}"
+                + hint)
 
 
 def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:

@@ -841,3 +841,58 @@ def test_trials_naming_different_commits_are_refused_by_reconcile(hub, workspace
     lines = [ln for ln in out.splitlines() if "name different commits of its Hub inputs" in ln]
     assert len(lines) == 1 and "runs/hub-sweep.json" in lines[0], out
     assert len(hub.state.jobs) == 1 and "Traceback" not in out
+
+
+# --- stopping a sweep -------------------------------------------------------------------------------------------
+
+def test_runner_cancel_stops_every_unfinished_trial_and_reconcile_starts_none(hub, workspace, monkeypatch,
+                                                                             capsys) -> None:
+    """`runner cancel RECIPE` of a sweep cancels every trial that trains (not only the newest run); reconcile then
+    starts none of the trials `parallel` held back."""
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=30.0, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    assert len(hub.state.jobs) == 2
+    code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("tiny-sft: run ")
+                              and ln.endswith(" canceled")]) == 2, out
+    assert [r["state"] for r in _runs(workspace)] == ["canceled", "canceled"]
+    assert {j.stage for j in hub.state.jobs.values()} == {"CANCELED"}
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 0 and len(hub.state.jobs) == 2, out
+
+
+def test_reconcile_starts_no_trial_once_a_trials_job_was_canceled_on_the_backend(hub, workspace, monkeypatch,
+                                                                                capsys) -> None:
+    """One trial's job is canceled on the Hub (its record still says `training`): the backend says the sweep was
+    stopped, so reconcile follows the trials that run, records the canceled one, and starts no other."""
+    import time
+
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    first = _runs(workspace)[0]["jobs"]["train"]["id"]
+    hub.end_job(first, "CANCELED", "canceled by alice")
+    said = []
+    for _ in range(30):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        assert code == 0, out
+        if [r["state"] for r in _runs(workspace)] == ["canceled", "trained"]:
+            break
+        time.sleep(0.2)
+    assert [r["state"] for r in _runs(workspace)] == ["canceled", "trained"], said[-1]
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert len(hub.state.jobs) == 2 and "the sweep is stopped" in out, out
