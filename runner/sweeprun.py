@@ -28,6 +28,7 @@ from runner.summaries import TrainSummary, parse
 
 POLL_SECONDS = 5.0
 NOT_BEGUN = "no job shows the merge began this sweep"
+STOPPED = "a trial's job was canceled (`runner cancel`): the sweep is stopped"
 
 
 class SweepOutcome(BaseModel):
@@ -113,7 +114,7 @@ class Sweeping:
         if self._stopped is None:  # asked once a pass: a cancel may come while the merge follows the sweep
             self._stopped = _stopped(self)
         if self._stopped:
-            return "a trial's job was canceled (`runner cancel`): the sweep is stopped"
+            return STOPPED
         if self.merge:
             return None
         if record is not None and record.attempt != 1:
@@ -188,9 +189,12 @@ def advance(sw: Sweeping) -> SweepOutcome:
             if record is not None and record.state != "planned" and not _held(record):
                 records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
         _start(sw, records)
-        if not all(r is not None and _held(r) for r in records.values()):
-            return SweepOutcome(runs={t: r for t, r in records.items() if r is not None})
-        return _decide(sw, {t: r for t, r in records.items() if r is not None})
+        begun = {t: r for t, r in records.items() if r is not None}
+        if all(r is not None and _held(r) for r in records.values()):
+            return _decide(sw, begun)
+        if sw._stopped and all(_held(r) or r.state == "planned" for r in begun.values()):
+            return _halt(sw, begun)  # nothing runs, and what is left will never start
+        return SweepOutcome(runs=begun)
 
 
 def _records(sw: Sweeping) -> dict[str, RunRecord | None]:
@@ -267,6 +271,20 @@ def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
             winner = records[verdict.winner] = runs.drive(winner, step, wait=sw.wait)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner,
                         done=all(r.terminal for r in records.values()))
+
+
+def _halt(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
+    """A stopped sweep whose other trials will never start ends with no winner: the trials waiting for its decision
+    are rejected, a trial never started is canceled; nothing is published or converted."""
+    verdict = sweep.Verdict(reason=STOPPED)
+    for record in records.values():
+        if record.state == "trained":
+            _lose(sw.home, sw.name, record, verdict)
+        elif record.state == "planned":
+            record.move("canceled")
+            ledger.save(sw.home, record, sw.name)
+    sw.echo(f"[sweep] {STOPPED}: it ends with no winner")
+    return SweepOutcome(runs=records, verdict=verdict, done=True)
 
 
 def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], spec: sweep.Sweep,

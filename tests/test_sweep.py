@@ -847,8 +847,8 @@ def test_trials_naming_different_commits_are_refused_by_reconcile(hub, workspace
 
 def test_runner_cancel_stops_every_unfinished_trial_and_reconcile_starts_none(hub, workspace, monkeypatch,
                                                                              capsys) -> None:
-    """`runner cancel RECIPE` of a sweep cancels every trial that trains (not only the newest run); reconcile then
-    starts none of the trials `parallel` held back."""
+    """`runner cancel RECIPE` of a sweep cancels every trial that trains (not only the newest run); neither reconcile
+    nor the train workflow run again starts any of the trials `parallel` held back: the sweep ends with no winner."""
     from hubstub import JobScript
     from test_hf_backend import run
 
@@ -866,12 +866,15 @@ def test_runner_cancel_stops_every_unfinished_trial_and_reconcile_starts_none(hu
     assert {j.stage for j in hub.state.jobs.values()} == {"CANCELED"}
     code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
     assert code == 0 and len(hub.state.jobs) == 2, out
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 1 and "the sweep is stopped: it ends with no winner" in out and len(hub.state.jobs) == 2, out
 
 
 def test_reconcile_starts_no_trial_once_a_trials_job_was_canceled_on_the_backend(hub, workspace, monkeypatch,
                                                                                 capsys) -> None:
     """One trial's job is canceled on the Hub (its record still says `training`): the backend says the sweep was
-    stopped, so reconcile follows the trials that run, records the canceled one, and starts no other."""
+    stopped, so reconcile follows the trials that run, records the canceled one, and starts no other. The sweep then
+    ends with no winner: the trial waiting for its decision is rejected; nothing is published or converted."""
     import time
 
     from hubstub import JobScript
@@ -890,9 +893,12 @@ def test_reconcile_starts_no_trial_once_a_trials_job_was_canceled_on_the_backend
         code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
         said.append(out)
         assert code == 0, out
-        if [r["state"] for r in _runs(workspace)] == ["canceled", "trained"]:
+        if all(r["state"] in ("canceled", "rejected") for r in _runs(workspace)):
             break
         time.sleep(0.2)
-    assert [r["state"] for r in _runs(workspace)] == ["canceled", "trained"], said[-1]
+    runs_ = _runs(workspace)
+    assert [r["state"] for r in runs_] == ["canceled", "rejected"], said[-1]
+    assert "the sweep is stopped" in runs_[1]["gate"]["reasons"][0] and "the sweep is stopped" in said[-1]
+    main = hub.history(REPO)[0][0]
     code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
-    assert len(hub.state.jobs) == 2 and "the sweep is stopped" in out, out
+    assert code == 0 and len(hub.state.jobs) == 2 and hub.history(REPO)[0][0] == main, out
