@@ -136,7 +136,7 @@ def _resolution(sw: Sweeping) -> revisions.Resolved:
             and r.version == runs.recipe_version(trials[r.trial], r.revisions)}
     if len(held) > 1:
         raise UserError(f"runs/{sw.name}.json: the sweep's unfinished trials name different commits of its Hub "
-                        "inputs; a sweep trains every trial on the same ones (`runner cancel` it, then run it again)")
+                        "inputs; all trials of a sweep train on the same ones: fix the records, or `runner cancel` it")
     return held.pop() if held else revisions.now(sw.loaded, sw.backend)
 
 
