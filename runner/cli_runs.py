@@ -190,24 +190,30 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from runner import runs
+    from runner import ledger, runs
 
     name, record, _ = _latest(args.recipe)
-    if record.terminal:
+    targets = [record]
+    if record.trial is not None:  # a sweep stops as a whole: every unfinished trial of it (one backend, one commit)
+        targets = [r for r in ledger.read(Path.cwd(), name).runs if r.trial is not None and not r.terminal
+                   and (r.backend, r.commit) == (record.backend, record.commit)] or [record]
+    if all(r.terminal for r in targets):
         print(f"{name}: run {record.run_id} already {record.state}")
         return 0
     with _opened(record.backend, Path.cwd(), record.output_repo) as backend:
-        running = record.state in ("training", "converting")
-        if running:
-            backend.cancel(record.current_job()[1])
+        running = {r.run_id for r in targets if r.state in ("training", "converting")}
+        for r in targets:  # every job first, then each run followed to its end
+            if r.run_id in running:
+                backend.cancel(r.current_job()[1])
         # No recipe, no plan: cancelling needs only the record (the recipe may be gone), and submits nothing.
         step = runs.Step(None, backend, progress_printer(), name=name, root=Path.cwd(), submit=False)
-        try:
-            record = runs.cancel(record, step) if not running else runs.drive(record, step, wait=True)
-        except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
-            print(f"{name}: canceled the job of run {record.run_id}; the runner following it records the outcome")
-            return 0
-    print(f"{name}: run {record.run_id} {record.state}")
+        for r in targets:
+            try:
+                r = runs.cancel(r, step) if r.run_id not in running else runs.drive(r, step, wait=True)
+            except runs.RunBusy:  # a runner is following this run: it records the cancellation itself
+                print(f"{name}: canceled the job of run {r.run_id}; the runner following it records the outcome")
+                continue
+            print(f"{name}: run {r.run_id} {r.state}")
     return 0
 
 

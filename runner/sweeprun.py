@@ -19,12 +19,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from runner import gates, ledger, promote, runs, sweep
+from runner import gates, ledger, promote, revisions, runs, sweep
 from runner.backends.base import Backend
+from runner.errors import UserError
 from runner.ledger import RunRecord
 from runner.recipe import LoadedRecipe
+from runner.summaries import TrainSummary, parse
 
 POLL_SECONDS = 5.0
+NOT_BEGUN = "no job shows the merge began this sweep"
+STOPPED = "a trial's job was canceled (`runner cancel`): the sweep is stopped"
 
 
 class SweepOutcome(BaseModel):
@@ -54,12 +58,17 @@ class Sweeping:
     wait: bool = True  # follow jobs (within the window); False: one pass, then leave the sweep to reconcile
     follow_seconds: float | None = None
     started: float = field(default_factory=time.monotonic)
+    # The commits of the recipe's Hub inputs every trial trains on, resolved once per sweep (reconcile: the trials'
+    # records'); default: those of the sweep's unfinished trials, else where its inputs are now.
+    resolved: revisions.Resolved | None = None
     versions: dict[str, str] = field(default_factory=dict)  # trial id -> the version its recipe derives
     _began: bool | None = None
+    _stopped: bool | None = None
 
     def __post_init__(self) -> None:
         assert self.loaded.recipe.sweep is not None
-        self.versions = {tp.trial.id: runs.recipe_version(self.trial(tp)) for tp in self.plan.trials}
+        self.resolved = self.resolved or _resolution(self)
+        self.versions = {tp.trial.id: runs.recipe_version(self.trial(tp), self.resolved) for tp in self.plan.trials}
 
     @property
     def name(self) -> str:
@@ -95,15 +104,40 @@ class Sweeping:
                          may_train=first and self.may_start(record), sweep_winner=tp.trial.id if winner else None)
 
     def may_start(self, record: RunRecord | None) -> bool:
-        """Whether a trial's first training job may be submitted: at the merge, yes; in reconcile, only a first
-        attempt, of a sweep within its budget that the merge began."""
+        """Whether a trial's first training job may be submitted (`held_back` says why not)."""
+        return self.held_back(record) is None
+
+    def held_back(self, record: RunRecord | None) -> str | None:
+        """Why a trial's first training job may not be submitted (None: it may). Never once the sweep was stopped (a
+        trial's job CANCELED on the backend); at the merge, otherwise yes; in reconcile, only a first attempt, of a
+        sweep within its budget that the merge began."""
+        if self._stopped is None:  # asked once a pass: a cancel may come while the merge follows the sweep
+            self._stopped = _stopped(self)
+        if self._stopped:
+            return STOPPED
         if self.merge:
-            return True
-        if (record is not None and record.attempt != 1) or (self.plan.refusal and self.backend.bills):
-            return False
+            return None
+        if record is not None and record.attempt != 1:
+            return "a retry is never reconcile's to buy"
+        if self.plan.refusal and self.backend.bills:
+            return "its plan is over budget"
         if self._began is None:
             self._began = _begun(self)
-        return self._began
+        return None if self._began else NOT_BEGUN
+
+
+def _resolution(sw: Sweeping) -> revisions.Resolved:
+    """The commits a sweep's trials train on: those its unfinished trials on this backend recorded (a sweep that
+    another `runner run` began goes on with its own; a moved tag or branch retrains nothing), else the commits its
+    Hub inputs are at now. All trials of one sweep train on the same commits."""
+    trials = {tp.trial.id: sw.trial(tp) for tp in sw.plan.trials}
+    held = {r.revisions for r in ledger.read(sw.home, sw.name).runs
+            if r.backend == sw.backend.name and not r.terminal and r.trial in trials
+            and r.version == runs.recipe_version(trials[r.trial], r.revisions)}
+    if len(held) > 1:
+        raise UserError(f"runs/{sw.name}.json: the sweep's unfinished trials name different commits of its Hub "
+                        "inputs; all trials of a sweep train on the same ones: fix the records, or `runner cancel` it")
+    return held.pop() if held else revisions.now(sw.loaded, sw.backend)
 
 
 def _begun(sw: Sweeping) -> bool:
@@ -114,6 +148,17 @@ def _begun(sw: Sweeping) -> bool:
         return False
     return any(sw.backend.find({"recipe": sw.name, "version": v, "stage": "train", "commit": sw.commit[:12]},
                                include_failed=True) for v in sw.versions.values())
+
+
+def _stopped(sw: Sweeping) -> bool:
+    """Whether the sweep was stopped: a trial's training job ended CANCELED on the backend and no live one holds its
+    work (a duplicate `claim` canceled is not a stop). The backend says so, not a record."""
+    for version in sw.versions.values():
+        labels = {"recipe": sw.name, "version": version, "stage": "train"}
+        job = sw.backend.find(labels, include_failed=True)
+        if job is not None and job.stage == "CANCELED" and sw.backend.find(labels) is None:
+            return True
+    return False
 
 
 def run(sw: Sweeping) -> SweepOutcome:
@@ -138,14 +183,18 @@ def advance(sw: Sweeping) -> SweepOutcome:
         if not mine:
             raise runs.RunBusy(f"another runner process is carrying the sweep of {sw.name} on; try again later")
         records = _records(sw)
+        sw._stopped = sw._stopped or None  # a stop is for good; else the backend is asked again this pass
         for tp in sw.plan.trials:  # what runs: one step on (a planned one is started below, within the width)
             record = records[tp.trial.id]
             if record is not None and record.state != "planned" and not _held(record):
                 records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
         _start(sw, records)
-        if not all(r is not None and _held(r) for r in records.values()):
-            return SweepOutcome(runs={t: r for t, r in records.items() if r is not None})
-        return _decide(sw, {t: r for t, r in records.items() if r is not None})
+        begun = {t: r for t, r in records.items() if r is not None}
+        if all(r is not None and _held(r) for r in records.values()):
+            return _decide(sw, begun)
+        if sw._stopped and all(_held(r) or r.state == "planned" for r in begun.values()):
+            return _halt(sw, begun)  # nothing runs, and what is left will never start
+        return SweepOutcome(runs=begun)
 
 
 def _records(sw: Sweeping) -> dict[str, RunRecord | None]:
@@ -164,36 +213,44 @@ def _records(sw: Sweeping) -> dict[str, RunRecord | None]:
 def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
     """Begin and submit the trials not yet training, in the order written, while fewer than `parallel` train."""
     active = sum(1 for r in records.values() if r is not None and r.state != "planned" and not _held(r))
-    refused = []
+    refused: dict[str, str] = {}  # trial suffix -> why it is held back
     for tp in sw.plan.trials:
         record = records[tp.trial.id]
         if active >= sw.width or sw.out_of_time():
             break
         if record is not None and record.state != "planned":
             continue
-        if not sw.may_start(record):
-            refused.append(tp.trial.suffix)
+        if (why := sw.held_back(record)) is not None:
+            refused[tp.trial.suffix] = why
             continue
         if record is None:
             record = runs.begin(sw.trial(tp), tp.plan, sw.backend, hub_dir=sw.hub_dir, echo=sw.echo,
-                                trial=tp.trial.id, root=sw.home, commit=sw.commit)
+                                trial=tp.trial.id, root=sw.home, commit=sw.commit, resolved=sw.resolved)
             sw.echo(f"[sweep] trial {tp.trial.suffix} ({tp.trial.id}): run {record.run_id}")
         record = records[tp.trial.id] = _carry(record, sw.step(tp, record), follow=sw.wait and sw.width == 1)
         active += not _held(record)
     if refused:
-        why = "its plan is over budget" if sw.plan.refusal else "no job shows the merge began this sweep"
-        sw.echo(f"[sweep] not starting trial(s) {', '.join(refused)}: {why}; reconcile starts a trial only for a "
-                "sweep the train workflow began, from the recipe at its commit (`runner run RECIPE` starts them)")
+        hint = "; reconcile starts a trial only for a sweep the train workflow began, from the recipe at its commit " \
+            "(`runner run RECIPE` starts them)" if NOT_BEGUN in refused.values() else ""
+        sw.echo(f"[sweep] not starting trial(s) {', '.join(refused)}: {'; '.join(dict.fromkeys(refused.values()))}"
+                + hint)
 
 
 def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
-    """Every trial is held: the verdict, from the numbers each training job wrote (the same on every pass), the
-    others rejected, and the winner published to main and carried on through its gate, conversion and card."""
+    """Every trial is held: the verdict, from the numbers each training job wrote (read again from the backend, the
+    same on every pass), the others rejected, and the winner published to main and carried on through its gate
+    (judged again), conversion and card. A sweep whose conversion was bought is decided: no number re-decides it."""
     spec = sw.loaded.recipe.sweep
     assert spec is not None
-    results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(records[tp.trial.id]))
+    summaries = {tp.trial.id: _reread(sw, tp) for tp in sw.plan.trials}
+    results = [sweep.TrialResult(id=tp.trial.id, suffix=tp.trial.suffix, metrics=_metrics(summaries[tp.trial.id]))
                for tp in sw.plan.trials]
     verdict = sweep.pick_winner(results, spec.metric, spec.direction)
+    bought = _bought(sw)
+    if bought and verdict.winner not in bought:
+        verdict = sweep.Verdict(winner=bought[0], reason=f"decided earlier: trial {bought[0]}'s GGUF conversion is on "
+                                f"the backend (the numbers now pick {verdict.winner or 'none'}); nothing else is "
+                                "published or converted")
     if any(r.state == "trained" for r in records.values()):  # newly decided (or a pass cut short): say so
         sw.echo(f"[sweep] {verdict.reason}")
     root = sw.home
@@ -204,7 +261,9 @@ def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
     if verdict.winner is not None:
         tp = next(tp for tp in sw.plan.trials if tp.trial.id == verdict.winner)
         winner, step = records[verdict.winner], sw.step(tp, records[verdict.winner], winner=True)
-        if winner.state == "trained":
+        if winner.state == "trained" and not bought:  # bought: it was published before its conversion was
+            winner.gate_rule = tp.trial.recipe.evaluation.gate  # the recipe's rule over the job's numbers
+            winner.gate = _gate(sw, winner.gate_rule, summaries[verdict.winner])
             winner.sweep = _result(results, records, spec, verdict)
             ledger.save(root, winner, sw.name)
             _to_main(winner, step, sw.echo)
@@ -212,6 +271,20 @@ def _decide(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
             winner = records[verdict.winner] = runs.drive(winner, step, wait=sw.wait)
     return SweepOutcome(runs=records, verdict=verdict, winner=winner,
                         done=all(r.terminal for r in records.values()))
+
+
+def _halt(sw: Sweeping, records: dict[str, RunRecord]) -> SweepOutcome:
+    """A stopped sweep whose other trials will never start ends with no winner: the trials waiting for its decision
+    are rejected, a trial never started is canceled; nothing is published or converted."""
+    verdict = sweep.Verdict(reason=STOPPED)
+    for record in records.values():
+        if record.state == "trained":
+            _lose(sw.home, sw.name, record, verdict)
+        elif record.state == "planned":
+            record.move("canceled")
+            ledger.save(sw.home, record, sw.name)
+    sw.echo(f"[sweep] {STOPPED}: it ends with no winner")
+    return SweepOutcome(runs=records, verdict=verdict, done=True)
 
 
 def _result(results: list[sweep.TrialResult], records: dict[str, RunRecord], spec: sweep.Sweep,
@@ -265,13 +338,33 @@ def _held(record: RunRecord) -> bool:
     return record.terminal or record.state == "trained"
 
 
-def _metrics(record: RunRecord) -> dict[str, float] | None:
-    """What the trial's training job reported (its summary, which the winner's publication re-reads from the
-    backend), whatever came after: a decided sweep decides the same on every pass. None: training failed."""
-    summary = record.train_summary
-    if summary is None or summary.evaluation is None or (record.failure and record.failure.stage == "train"):
+def _reread(sw: Sweeping, tp: sweep.TrialPlan) -> TrainSummary | None:
+    """What the trial's training job wrote, read again from the backend: the summary its newest live job of the
+    trial's version names in its own config, once that job COMPLETED. Never the record's copy, which a merged pull
+    request may edit."""
+    job = sw.backend.find({"recipe": sw.name, "version": sw.versions[tp.trial.id], "stage": "train"})
+    raw = sw.backend.summary(job.config) if job is not None and job.stage == "COMPLETED" else None
+    return parse(TrainSummary, raw)[0] if raw is not None else None
+
+
+def _metrics(summary: TrainSummary | None) -> dict[str, float] | None:
+    """The numbers a trial's job reported after training; None: it failed, or was not evaluated."""
+    return None if summary is None or summary.evaluation is None else gates.scores(summary.evaluation).values
+
+
+def _bought(sw: Sweeping) -> list[str]:
+    """The trials whose version has a GGUF job on the backend (in any stage): that conversion decided the sweep."""
+    return [tid for tid, version in sw.versions.items()
+            if sw.backend.find({"recipe": sw.name, "version": version, "stage": "gguf"}, include_failed=True)]
+
+
+def _gate(sw: Sweeping, rule: gates.Gate | None, summary: TrainSummary | None) -> gates.GateVerdict | None:
+    """The winner's gate, judged again from the recipe's rule and the numbers its job wrote (not a record's verdict)."""
+    if rule is None:
         return None
-    return gates.scores(summary.evaluation).values
+    ev = summary.evaluation if summary else None
+    before, after = (gates.scores(ev, after=False), gates.scores(ev)) if ev else (gates.Scores(), gates.Scores())
+    return gates.judge(rule, before, after, promote.current_scores(sw.home, sw.name))
 
 
 def _lose(root: Path, name: str, record: RunRecord, verdict: sweep.Verdict) -> None:

@@ -395,9 +395,8 @@ def test_plan_command_shows_a_line_per_trial_and_refuses_the_total(repo: Path, c
 
 def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace, monkeypatch, capsys) -> None:
     """A loser's record edited to `trained`, with the lowest loss and another repo as its output. The sweep judges by
-    the summary its training job wrote: with only the record's evaluation edited, the loser loses again; with the
-    summary edited too, the re-run picks it, and the publication is refused before any commit (the repo is the
-    recipe's, the model what the job pushed)."""
+    the summary its training job wrote, read again from the backend: with the record's evaluation edited, and with
+    its summary edited too, the loser loses again; neither repo gets a commit, no job is bought."""
     import json
 
     from hubstub import JobScript
@@ -429,7 +428,9 @@ def test_an_edited_trial_record_cannot_publish_another_repos_main(hub, workspace
     loser["train_summary"]["evaluation"]["metrics"][0]["after"] = 0.1
     path.write_text(json.dumps(doc))
     code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")
-    assert code == 1 and "the record's output repo differs from the recipe's (alice/tiny-sft)" in out, out
+    assert code == 0 and "lowest eval_loss 0.9 of 4 trials" in out, out
+    again = next(r for r in json.loads(path.read_text())["runs"] if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and hub.history(REPO)[0][0] == main
     assert hub.history("alice/victim")[0][0] == victim and b"x" == hub.files("alice/victim")["extra.bin"]
     assert len(hub.state.jobs) == jobs
 
@@ -638,3 +639,266 @@ def test_a_winner_its_gate_rejects_or_whose_conversion_fails_says_so_in_its_tabl
         assert not gguf and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
     else:
         assert len(gguf) == 1
+
+
+# --- a decided sweep stays decided, whatever its records say --------------------------------------------------
+
+def _decided_sweep(hub, workspace: Path, monkeypatch, capsys, losses=(1.5, 1.2, 0.9, 1.1), *, gate: bool = False,
+                   code: int = 0) -> tuple[Path, dict]:
+    """A four-trial sweep run to its end on the Hub stand-in; its run file and that file's content."""
+    import json
+
+    from hubstub import JobScript
+    from test_hf_backend import GGUF_SUMMARY, run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.3, summary=_summary(x)) for x in losses]
+    hub.state.job_scripts += [JobScript(summary=GGUF_SUMMARY), JobScript(summary=GGUF_SUMMARY)]
+    hub.commit(REPO, {"model.safetensors": b"an earlier model"})
+    recipe = _sweep_workspace(workspace, 5, gate=gate)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf")[0] == code
+    path = workspace / "runs" / "tiny-sft.json"
+    return path, json.loads(path.read_text())
+
+
+def _best_loser(doc: dict) -> dict:
+    return min((r for r in doc["runs"] if r["state"] == "rejected"),
+               key=lambda r: r["train_summary"]["evaluation"]["metrics"][0]["after"])
+
+
+def test_edited_summaries_cannot_make_a_loser_win_a_decided_sweep(hub, workspace, monkeypatch, capsys) -> None:
+    """After the sweep was recorded, a merged pull request worsens the winner's recorded summary and sets the best
+    loser back to `trained` with no gate verdict. The sweep is judged by the summaries its training jobs wrote, read
+    again from the backend: reconcile rejects the loser again; no job, main untouched."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
+    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
+    winner["train_summary"]["evaluation"]["metrics"][0]["after"] = 9.0
+    loser = _best_loser(doc)
+    loser.update(state="trained", gate=None)
+    path.write_text(json.dumps(doc))
+    main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
+    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected" and again["gate"]["reasons"][0].startswith(f"lost the sweep to trial "
+                                                                                   f"{winner['trial']}"), said
+
+
+def test_a_sweep_whose_conversion_was_bought_publishes_and_converts_no_other_trial(hub, workspace, monkeypatch,
+                                                                                   capsys) -> None:
+    """The winner's summary is gone from the Hub (so the numbers now pick another trial) and the best loser's record
+    says `trained`: the winner's GGUF job on the backend says the sweep was decided. Nothing is published or
+    converted; the loser is rejected again, naming that decision."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
+    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
+    train = winner["configs"]["train"]
+    hub.commit(train["summary_repo"], {}, deleted=(train["summary_repo_path"],))
+    loser = _best_loser(doc)
+    loser.update(state="trained", gate=None)
+    path.write_text(json.dumps(doc))
+    main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
+    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    assert again["state"] == "rejected", said
+    assert f"decided earlier: trial {winner['trial']}'s GGUF conversion is on the backend" in \
+        again["gate"]["reasons"][0]
+
+
+def test_a_winners_gate_is_judged_again_not_read_from_its_record(hub, workspace, monkeypatch, capsys) -> None:
+    """A winner its gate rejected (every trial's loss rose), its record edited back to `trained` with no gate rule
+    and no verdict: the gate is judged again from the recipe's rule and the numbers its job wrote, and rejects it
+    again. No GGUF job, main untouched."""
+    import json
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys, (2.5, 2.2, 2.1, 2.3), gate=True, code=1)
+    winner = next(r for r in doc["runs"] if r["sweep"])
+    assert winner["state"] == "rejected"
+    winner.update(state="trained", gate=None, gate_rule=None)
+    path.write_text(json.dumps(doc))
+    main = hub.history(REPO)[0][0]
+    said = _reconcile_until_done(workspace, monkeypatch, capsys)
+    assert not [j for j in hub.state.jobs.values() if j.spec["labels"]["stage"] == "gguf"], said
+    assert hub.history(REPO)[0][0] == main and _model(hub.files(REPO)) == {"model.safetensors": b"an earlier model"}
+    again = next(r for r in _runs(workspace) if r["run_id"] == winner["run_id"])
+    assert again["state"] == "rejected" and not again["gate"]["passed"], said
+
+
+# --- a sweep whose recipe names a Hub ref -----------------------------------------------------------------------
+
+NAMED_SWEEP = """\
+name: hub-sweep
+base_model: acme/base
+method: sft
+dataset: {path: acme/chats, revision: main}
+training:
+  max_steps: 2
+gguf:
+  enabled: false
+sweep:
+  grid:
+    training.learning_rate: [1e-4, 2e-4]
+  parallel: PARALLEL
+hardware: t4-small
+timeout: 1h
+budget_usd: 5
+"""
+
+
+def _named_sweep(hub, workspace: Path, monkeypatch, parallel: int) -> str:
+    """A two-trial sweep over the dataset's `main` (a branch: each commit it points at is a version of its own)."""
+    from conftest import SFT_ROWS, git
+    from hubstub import JobScript
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.models["acme/base"] = {"params": 5_000_000}
+    hub.state.datasets["acme/chats"] = {("default", "train"): SFT_ROWS}
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2, 1.1, 1.0)]
+    (workspace / "recipes" / "hub-sweep.yaml").write_text(NAMED_SWEEP.replace("PARALLEL", str(parallel)))
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "a sweep over a named ref")
+    return "recipes/hub-sweep.yaml"
+
+
+def _named_runs(workspace: Path) -> list[dict]:
+    import json
+
+    return json.loads((workspace / "runs" / "hub-sweep.json").read_text())["runs"]
+
+
+def test_a_sweep_over_a_named_ref_is_finished_by_reconcile_on_the_commit_it_began(hub, workspace, monkeypatch,
+                                                                                   capsys) -> None:
+    """The merge resolves the dataset's `main` once for the sweep and starts one trial; the ref moves; reconcile
+    takes the commit from the trials' records, finds its own trials (their versions count that commit), starts the
+    held-back trial on the same commit and decides. Two training jobs, both on the first commit."""
+    import time
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=1)
+    first = hub.head("dataset", "acme/chats")
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 0 and len(hub.state.jobs) == 1, out
+    hub.move("dataset", "acme/chats")
+    said = []
+    for _ in range(60):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        assert code == 0, out
+        runs_ = _named_runs(workspace)
+        if len(runs_) == 2 and all(r["state"] in ("recorded", "rejected") for r in runs_):
+            break
+        time.sleep(0.2)
+    runs_ = _named_runs(workspace)
+    assert sorted(r["state"] for r in runs_) == ["recorded", "rejected"], said[-1]
+    assert {r["dataset_revision"] for r in runs_} == {first} and len(hub.state.jobs) == 2
+    configs = [j.spec["environment"]["RUNNER_JOB_CONFIG"] for j in hub.state.jobs.values()]
+    assert all(first in c for c in configs)
+
+
+def test_a_named_ref_moving_mid_sweep_retrains_no_trial(hub, workspace, monkeypatch, capsys) -> None:
+    """Both trials train; the dataset's `main` moves; the train workflow runs again: the sweep goes on with the
+    commit its unfinished trials recorded, and nothing is trained twice."""
+    import time
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=2)
+    first = hub.head("dataset", "acme/chats")
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    time.sleep(1.0)
+    hub.move("dataset", "acme/chats")
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 0 and len(hub.state.jobs) == 2, out
+    runs_ = _named_runs(workspace)
+    assert len(runs_) == 2 and {r["dataset_revision"] for r in runs_} == {first}
+
+
+def test_trials_naming_different_commits_are_refused_by_reconcile(hub, workspace, monkeypatch, capsys) -> None:
+    """A merged pull request edits one trial's record to another commit of the dataset: the sweep's trials no longer
+    agree on what they train on, and reconcile refuses the sweep in one line, starting nothing."""
+    import json
+
+    from test_hf_backend import run
+
+    recipe = _named_sweep(hub, workspace, monkeypatch, parallel=1)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    other = hub.move("dataset", "acme/chats")
+    path = workspace / "runs" / "hub-sweep.json"
+    doc = json.loads(path.read_text())
+    doc["runs"].append(doc["runs"][0] | {"run_id": "20990101-000000-abcdef", "trial": "0" * 8,
+                                         "dataset_revision": other, "state": "planned", "jobs": {}})
+    path.write_text(json.dumps(doc))
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    lines = [ln for ln in out.splitlines() if "name different commits of its Hub inputs" in ln]
+    assert len(lines) == 1 and "runs/hub-sweep.json" in lines[0], out
+    assert len(hub.state.jobs) == 1 and "Traceback" not in out
+
+
+# --- stopping a sweep -------------------------------------------------------------------------------------------
+
+def test_runner_cancel_stops_every_unfinished_trial_and_reconcile_starts_none(hub, workspace, monkeypatch,
+                                                                             capsys) -> None:
+    """`runner cancel RECIPE` of a sweep cancels every trial that trains (not only the newest run); neither reconcile
+    nor the train workflow run again starts any of the trials `parallel` held back: the sweep ends with no winner."""
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=30.0, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    assert len(hub.state.jobs) == 2
+    code, out = run(workspace, monkeypatch, capsys, "cancel", "tiny-sft")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("tiny-sft: run ")
+                              and ln.endswith(" canceled")]) == 2, out
+    assert [r["state"] for r in _runs(workspace)] == ["canceled", "canceled"]
+    assert {j.stage for j in hub.state.jobs.values()} == {"CANCELED"}
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 0 and len(hub.state.jobs) == 2, out
+    code, out = run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")
+    assert code == 1 and "the sweep is stopped: it ends with no winner" in out and len(hub.state.jobs) == 2, out
+
+
+def test_reconcile_starts_no_trial_once_a_trials_job_was_canceled_on_the_backend(hub, workspace, monkeypatch,
+                                                                                capsys) -> None:
+    """One trial's job is canceled on the Hub (its record still says `training`): the backend says the sweep was
+    stopped, so reconcile follows the trials that run, records the canceled one, and starts no other. The sweep then
+    ends with no winner: the trial waiting for its decision is rejected; nothing is published or converted."""
+    import time
+
+    from hubstub import JobScript
+    from test_hf_backend import run
+
+    from runner import sweeprun
+
+    monkeypatch.setattr(sweeprun, "POLL_SECONDS", 0.2)
+    hub.state.job_scripts += [JobScript(running=0.5, summary=_summary(x)) for x in (1.5, 1.2, 0.9, 1.1)]
+    recipe = _sweep_workspace(workspace, 5, parallel=2)
+    assert run(workspace, monkeypatch, capsys, "run", recipe, "--backend", "hf", "--detach")[0] == 0
+    first = _runs(workspace)[0]["jobs"]["train"]["id"]
+    hub.end_job(first, "CANCELED", "canceled by alice")
+    said = []
+    for _ in range(30):
+        code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+        said.append(out)
+        assert code == 0, out
+        if all(r["state"] in ("canceled", "rejected") for r in _runs(workspace)):
+            break
+        time.sleep(0.2)
+    runs_ = _runs(workspace)
+    assert [r["state"] for r in runs_] == ["canceled", "rejected"], said[-1]
+    assert "the sweep is stopped" in runs_[1]["gate"]["reasons"][0] and "the sweep is stopped" in said[-1]
+    main = hub.history(REPO)[0][0]
+    code, out = run(workspace, monkeypatch, capsys, "reconcile", "--backend", "hf")
+    assert code == 0 and len(hub.state.jobs) == 2 and hub.history(REPO)[0][0] == main, out

@@ -73,14 +73,14 @@ def latest_of_version(loaded: LoadedRecipe, backend: Backend, root: Path | None 
 
 def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = False, hub_dir: Path | None = None,
           processes: int = 1, echo: Echo = print, trial: str | None = None, root: Path | None = None,
-          commit: str | None = None) -> RunRecord:
+          commit: str | None = None, resolved: revisions.Resolved | None = None) -> RunRecord:
     """The run to drive for this recipe version: the one it has, or a new one (a new attempt only on purpose).
 
     A recipe version trains once. A repeated trigger carries its run on (or finds it done); a version
     that failed or was canceled, known from its record or, when the record was lost, from its job on
     the backend, is only trained again with `retry`, as a new attempt resuming from its checkpoint.
     """
-    resolved = revisions.now(loaded, backend) if revisions.names_ref(loaded) else None
+    resolved = resolved or (revisions.now(loaded, backend) if revisions.names_ref(loaded) else None)  # sweep: given
     prior = latest_of_version(loaded, backend, root, resolved=resolved)
     if prior is not None and prior.state not in ("failed", "canceled"):
         echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "

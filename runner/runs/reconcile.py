@@ -73,10 +73,16 @@ def step_for(root: Path, name: str, record: RunRecord, backend: Backend, token: 
     return Step(loaded, backend, echo, plan=plan, root=root, may_train=False)
 
 
-def sweep_at(root: Path, name: str, record: RunRecord, backend: Backend, token: str | None,
+def sweep_at(root: Path, name: str, trials: list[RunRecord], backend: Backend, token: str | None,
              prices: planning.Prices, echo: Echo, wait: bool) -> sweeprun.Sweeping | None:
-    """The sweep a trial's run belongs to, from the recipe as of the run's commit (where it bills; else the recipe
-    file as it is), planned afresh: None where that recipe is not at hand, has no sweep or cannot be planned."""
+    """The sweep the trials' runs belong to, from the recipe as of their commit (where it bills; else the recipe
+    file as it is), planned afresh, its trials on the commits of its Hub inputs the runs recorded (which must agree):
+    None where that recipe is not at hand, has no sweep or cannot be planned."""
+    record = trials[0]
+    resolved = {r.revisions for r in trials}
+    if len(resolved) > 1:
+        raise UserError(f"runs/{name}.json: the trials of the sweep at commit {(record.commit or '?')[:12]} name "
+                        "different commits of its Hub inputs; all trials of a sweep train on the same ones: refused")
     source = snapshot(root, record.commit) if backend.bills else root
     path = source / recipe_path(record) if source is not None else None
     if path is None or not path.is_file():
@@ -93,14 +99,15 @@ def sweep_at(root: Path, name: str, record: RunRecord, backend: Backend, token: 
     except UserError as e:
         echo(f"[reconcile] cannot plan the sweep of {record.recipe} ({str(e).splitlines()[0]}); following only")
         return None
-    return sweeprun.Sweeping(loaded, backend, plan, echo, root=root, commit=record.commit, merge=False, wait=wait)
+    return sweeprun.Sweeping(loaded, backend, plan, echo, root=root, commit=record.commit, merge=False, wait=wait,
+                             resolved=resolved.pop())
 
 
 def _carry_sweep(root: Path, name: str, trials: list[RunRecord], engine: Backend, token: str | None,
                  prices: planning.Prices, echo: Echo, wait: bool) -> Iterator[Outcome]:
     """One sweep's unfinished trials (one backend, one commit) carried on together: by its passes where its recipe
     is at hand (runner/sweeprun.py: trials started, the winner picked and carried on); else each followed alone."""
-    sw = sweep_at(root, name, trials[0], engine, token, prices, echo, wait)
+    sw = sweep_at(root, name, trials, engine, token, prices, echo, wait)
     if sw is None:
         for record in trials:
             yield Outcome(name, drive(record, step_for(root, name, record, engine, token, prices, echo), wait=wait))
