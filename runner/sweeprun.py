@@ -216,7 +216,8 @@ def _start(sw: Sweeping, records: dict[str, RunRecord | None]) -> None:
     refused: dict[str, str] = {}  # trial suffix -> why it is held back
     for tp in sw.plan.trials:
         record = records[tp.trial.id]
-        if active >= sw.width or sw.out_of_time():
+        # The window bounds following, not submitting: in parallel every trial there is room for is submitted.
+        if active >= sw.width or (sw.width == 1 and sw.out_of_time()):
             break
         if record is not None and record.state != "planned":
             continue

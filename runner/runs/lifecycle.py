@@ -293,14 +293,6 @@ def _checkpoint_place(config: JobConfig) -> str:
     return f"{config.repo}/last-checkpoint/" + (f" (branch {config.branch})" if config.branch else "")
 
 
-def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
-    """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
-    record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
-                             f"COMPLETED, but {problem}", kind="missing_output")
-    record.move("failed")
-    step.echo(f"[{stage}] failed: {record.failure.reason}")
-
-
 def _from_planned(step: Step, record: RunRecord, wait: bool) -> bool:
     if not record.push and record.configs.train:
         Path(record.configs.train.summary_path).parent.mkdir(parents=True, exist_ok=True)
@@ -366,9 +358,10 @@ def advance(record: RunRecord, step: Step, *, wait: bool) -> bool:
 
 def _trained(step: Step, record: RunRecord) -> None:
     config = _config(record, "train")
-    summary, problem = _outputs(step, config, TrainSummary, lambda s: outputs.missing_model(step.backend, config, s))
+    summary = _outputs(step, record, "train", config, TrainSummary,
+                       lambda s: outputs.missing_model(step.backend, config, s))
     if summary is None:
-        return _missing(step, record, "train", problem)
+        return
     record.train_summary = summary
     record.metrics = dict(summary.final_metrics)
     record.evaluation = summary.evaluation
@@ -387,9 +380,10 @@ def _judge(step: Step, record: RunRecord) -> gates.GateVerdict:
 
 def _converted(step: Step, record: RunRecord) -> None:
     config = _config(record, "gguf")
-    summary, problem = _outputs(step, config, GgufSummary, lambda s: outputs.missing_ggufs(step.backend, config, s))
+    summary = _outputs(step, record, "gguf", config, GgufSummary,
+                       lambda s: outputs.missing_ggufs(step.backend, config, s))
     if summary is None:
-        return _missing(step, record, "gguf", problem)
+        return
     record.gguf_summary = summary
     if summary.skipped:
         step.echo(f"[gguf] not converted: {summary.skipped}")

@@ -22,7 +22,7 @@ from runner.jobspec import (
     trial_branch,
     shipped_files,
 )
-from runner.ledger import RunRecord
+from runner.ledger import Failure, RunRecord
 from runner.plan import Plan
 from runner.recipe import LoadedRecipe
 from runner.revisions import Resolved, followed
@@ -197,10 +197,21 @@ def _local_gguf_places(record: RunRecord) -> Places:
                   work_dir=Path(train.summary_path).parent)
 
 
-def _outputs(step: Step, config: JobConfig, kind: type[S],
-             missing: Callable[[S | None], str | None]) -> tuple[S | None, str]:
-    """The job's summary as `kind`, or None and what its outputs lack (words after "COMPLETED, but")."""
+def _outputs(step: Step, record: RunRecord, stage: Literal["train", "gguf"], config: JobConfig, kind: type[S],
+             missing: Callable[[S | None], str | None]) -> S | None:
+    """The job's summary as `kind`; None once the run failed over what the job did not leave behind."""
     raw = step.backend.summary(config)
     summary, invalid = parse(kind, raw) if raw is not None else (None, None)
     problem = invalid or missing(summary)
-    return (None, problem or "it wrote no summary") if problem or summary is None else (summary, "")
+    if problem or summary is None:
+        _missing(step, record, stage, problem or "it wrote no summary")
+        return None
+    return summary
+
+
+def _missing(step: Step, record: RunRecord, stage: str, problem: str) -> None:
+    """A job said COMPLETED but its outputs are not where it said: the run fails, nothing is published."""
+    record.failure = Failure(stage=stage, reason=f"the {'training' if stage == 'train' else 'GGUF'} job ended "
+                             f"COMPLETED, but {problem}", kind="missing_output")
+    record.move("failed")
+    step.echo(f"[{stage}] failed: {record.failure.reason}")
