@@ -133,6 +133,19 @@ def test_a_retry_resumes_from_the_checkpoint_on_its_own_branch(train, hub, tmp_p
     assert json.loads((path / "trainer_state.json").read_text()) == {"from": "this trial"}
 
 
+def test_a_local_retry_resumes_from_the_newest_complete_checkpoint(train, tmp_path: Path) -> None:
+    """A job killed while saving leaves a newer checkpoint folder without its state: the retry resumes from the one
+    before it, not from the start (numbered, so checkpoint-100 is newer than checkpoint-20)."""
+    raw, _ = _emitted(tmp_path, "tiny-sft", lora=False, push=False)
+    raw["resume_from_checkpoint"] = "last-checkpoint"
+    out = Path(raw["output_dir"])
+    for step, complete in ((20, True), (100, True), (110, False)):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert train.resume_checkpoint(train.parse_config(raw)) == str(out / "checkpoint-100")
+
+
 @pytest.mark.parametrize("name", ["tiny-sft", "tiny-dpo", "tiny-grpo"])
 def test_the_job_resolves_the_setup_the_plan_priced(train, tmp_path: Path, name: str) -> None:
     """Batch split, checkpointing and precision come from one policy on both sides, fed the same numbers."""

@@ -651,11 +651,10 @@ def resume_checkpoint(config: Config) -> str | None:
         snapshot_download(repo_id=config.hub_repo, revision=getattr(config.args, "hub_revision", None),
                           allow_patterns=[f"{wanted}/*"], local_dir=str(local))
         path = local / wanted
-    else:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        found = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        path = Path(found) if found else Path()
+    else:  # the newest complete checkpoint: a job killed while saving leaves a newer one without its state
+        saved = [p for p in Path(config.output_dir).glob("checkpoint-*")
+                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+        path = max(saved, key=lambda p: int(p.name.split("-")[-1]), default=Path())
     if not (path / "trainer_state.json").is_file():
         log("no checkpoint to resume from; training from the start")
         return None
