@@ -668,22 +668,29 @@ def _best_loser(doc: dict) -> dict:
                key=lambda r: r["train_summary"]["evaluation"]["metrics"][0]["after"])
 
 
-def test_edited_summaries_cannot_make_a_loser_win_a_decided_sweep(hub, workspace, monkeypatch, capsys) -> None:
-    """After the sweep was recorded, a merged pull request worsens the winner's recorded summary and sets the best
-    loser back to `trained` with no gate verdict. The sweep is judged by the summaries its training jobs wrote, read
-    again from the backend: reconcile rejects the loser again; no job, main untouched."""
+def _loser_back_to_trained(hub, workspace, monkeypatch, capsys, path, doc) -> tuple[str, dict]:
+    """The best loser's record edited back to `trained` with no gate verdict, then reconcile: it buys and publishes
+    nothing. What reconcile said, and the loser's record after."""
     import json
 
-    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
-    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
-    winner["train_summary"]["evaluation"]["metrics"][0]["after"] = 9.0
     loser = _best_loser(doc)
     loser.update(state="trained", gate=None)
     path.write_text(json.dumps(doc))
     main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
     said = _reconcile_until_done(workspace, monkeypatch, capsys)
     assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
-    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    return said, next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+
+
+def test_edited_summaries_cannot_make_a_loser_win_a_decided_sweep(hub, workspace, monkeypatch, capsys) -> None:
+    """After the sweep was recorded, a merged pull request worsens the winner's recorded summary and sets the best
+    loser back to `trained` with no gate verdict. The sweep is judged by the summaries its training jobs wrote, read
+    again from the backend: reconcile rejects the loser again; no job, main untouched."""
+
+    path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
+    winner = next(r for r in doc["runs"] if r["state"] == "recorded")
+    winner["train_summary"]["evaluation"]["metrics"][0]["after"] = 9.0
+    said, again = _loser_back_to_trained(hub, workspace, monkeypatch, capsys, path, doc)
     assert again["state"] == "rejected" and again["gate"]["reasons"][0].startswith(f"lost the sweep to trial "
                                                                                    f"{winner['trial']}"), said
 
@@ -693,19 +700,12 @@ def test_a_sweep_whose_conversion_was_bought_publishes_and_converts_no_other_tri
     """The winner's summary is gone from the Hub (so the numbers now pick another trial) and the best loser's record
     says `trained`: the winner's GGUF job on the backend says the sweep was decided. Nothing is published or
     converted; the loser is rejected again, naming that decision."""
-    import json
 
     path, doc = _decided_sweep(hub, workspace, monkeypatch, capsys)
     winner = next(r for r in doc["runs"] if r["state"] == "recorded")
     train = winner["configs"]["train"]
     hub.commit(train["summary_repo"], {}, deleted=(train["summary_repo_path"],))
-    loser = _best_loser(doc)
-    loser.update(state="trained", gate=None)
-    path.write_text(json.dumps(doc))
-    main, jobs = hub.history(REPO)[0][0], len(hub.state.jobs)
-    said = _reconcile_until_done(workspace, monkeypatch, capsys)
-    assert len(hub.state.jobs) == jobs and hub.history(REPO)[0][0] == main, said
-    again = next(r for r in _runs(workspace) if r["run_id"] == loser["run_id"])
+    said, again = _loser_back_to_trained(hub, workspace, monkeypatch, capsys, path, doc)
     assert again["state"] == "rejected", said
     assert f"decided earlier: trial {winner['trial']}'s GGUF conversion is on the backend" in \
         again["gate"]["reasons"][0]
