@@ -290,9 +290,9 @@ def test_a_hub_job_ships_the_images_its_json_lines_name(vlm_repo: Path, cli, mon
     pics.mkdir()
     for name, size in (("a.png", (448, 448)), ("b.png", (448, 300)), ("unused.png", (8, 8))):
         (pics / name).write_bytes(png(*size))
-    rows = [{"image": f"pics/{'ab'[i % 2]}.png", "question": "Is pics/unused.png shown?", "chosen": "No.",
-             "rejected": "see pics/unused.png"} for i in range(6)]
-    rows.append({**rows[0], "image": "https://example.invalid/c.png"})
+    rows = [{"image": "pics/a.png", "question": "Is pics/unused.png shown?", "chosen": "No.",
+             "rejected": "see pics/unused.png"}] * 300
+    rows += [{**rows[0], "image": "pics/b.png"}, {**rows[0], "image": "https://example.invalid/c.png"}]  # unsampled
     write_jsonl(vlm_repo / "data" / "paths.jsonl", rows)
     recipe = VLM_RECIPE.format(name="paths", model="./models/tiny-vlm", max_length=2048)
     write_recipe(vlm_repo, "paths", recipe.replace("data/rlaif.parquet", "data/paths.jsonl"))
@@ -302,6 +302,10 @@ def test_a_hub_job_ships_the_images_its_json_lines_name(vlm_repo: Path, cli, mon
     shipped = [f for f in train["files"] if not f.startswith("models/")]
     # Only the image column's files: not a text turn that names one, not a URL.
     assert shipped == ["data/paths.jsonl", "data/pics/a.png", "data/pics/b.png"]
+    # The data file is unchanged, an image past the sample is gone: the files are checked again on every run.
+    (pics / "b.png").unlink()
+    again = cli("run", "recipes/paths.yaml", "--backend", "hf", "--dry-run", "--json", cwd=vlm_repo)
+    assert again.code == 1 and "image file 'pics/b.png' not found" in again.err
 
 
 @pytest.mark.slow
