@@ -146,7 +146,7 @@ def _begun(sw: Sweeping) -> bool:
     record, which any merged pull request may edit, cannot."""
     if not sw.commit:
         return False
-    return any(sw.backend.find({"recipe": sw.name, "version": v, "stage": "train", "commit": sw.commit[:12]},
+    return any(sw.backend.find(runs.identity(sw.name, v, "train") | {"commit": sw.commit[:12]},
                                include_failed=True) for v in sw.versions.values())
 
 
@@ -154,7 +154,7 @@ def _stopped(sw: Sweeping) -> bool:
     """Whether the sweep was stopped: a trial's training job ended CANCELED on the backend and no live one holds its
     work (a duplicate `claim` canceled is not a stop). The backend says so, not a record."""
     for version in sw.versions.values():
-        labels = {"recipe": sw.name, "version": version, "stage": "train"}
+        labels = runs.identity(sw.name, version, "train")
         job = sw.backend.find(labels, include_failed=True)
         if job is not None and job.stage == "CANCELED" and sw.backend.find(labels) is None:
             return True
@@ -170,9 +170,9 @@ def run(sw: Sweeping) -> SweepOutcome:
                 f"${sw.plan.worst_usd:.2f}")
     while True:
         outcome = advance(sw)
-        left = sw.time_left()
-        if outcome.done or not sw.wait or (left is not None and left <= 0):
+        if outcome.done or not sw.wait or sw.out_of_time():
             return outcome
+        left = sw.time_left()
         time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))  # never past the window
 
 
@@ -343,7 +343,7 @@ def _reread(sw: Sweeping, tp: sweep.TrialPlan) -> TrainSummary | None:
     """What the trial's training job wrote, read again from the backend: the summary its newest live job of the
     trial's version names in its own config, once that job COMPLETED. Never the record's copy, which a merged pull
     request may edit."""
-    job = sw.backend.find({"recipe": sw.name, "version": sw.versions[tp.trial.id], "stage": "train"})
+    job = sw.backend.find(runs.identity(sw.name, sw.versions[tp.trial.id], "train"))
     raw = sw.backend.summary(job.config) if job is not None and job.stage == "COMPLETED" else None
     return parse(TrainSummary, raw)[0] if raw is not None else None
 
@@ -356,7 +356,7 @@ def _metrics(summary: TrainSummary | None) -> dict[str, float] | None:
 def _bought(sw: Sweeping) -> list[str]:
     """The trials whose version has a GGUF job on the backend (in any stage): that conversion decided the sweep."""
     return [tid for tid, version in sw.versions.items()
-            if sw.backend.find({"recipe": sw.name, "version": version, "stage": "gguf"}, include_failed=True)]
+            if sw.backend.find(runs.identity(sw.name, version, "gguf"), include_failed=True)]
 
 
 def _gate(sw: Sweeping, rule: gates.Gate | None, summary: TrainSummary | None) -> gates.GateVerdict | None:

@@ -11,8 +11,9 @@ watches jobs; step.py holds what they share.
 from runner.gitrepo import git_commit, on_branch, snapshot
 from runner.runs.gate import authorize, check_spend, preview
 from runner.runs.lifecycle import advance, begin, cancel, drive, run_lock, start, verify_training
-from runner.runs.step import Echo, RunBusy, SpendRefused, Step, local_places, new_run_id, recipe_version, sha256_file
+from runner.runs.step import (Echo, RunBusy, SpendRefused, Step, identity, local_places, new_run_id, recipe_version,
+                              sha256_file)
 
 __all__ = ["Echo", "RunBusy", "SpendRefused", "Step", "advance", "authorize", "begin", "cancel", "check_spend", "drive",
-           "git_commit", "local_places", "new_run_id", "on_branch", "preview", "recipe_version", "run_lock",
+           "git_commit", "identity", "local_places", "new_run_id", "on_branch", "preview", "recipe_version", "run_lock",
            "sha256_file", "snapshot", "start", "verify_training"]

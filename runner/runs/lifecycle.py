@@ -33,7 +33,7 @@ from runner.runs.step import (
     SpendRefused,
     Step,
     _config,
-    _identity,
+    identity,
     _outputs,
     _places,
     trial_branch_of,
@@ -86,7 +86,7 @@ def begin(loaded: LoadedRecipe, plan: Plan, backend: Backend, *, retry: bool = F
         echo(f"[run] {loaded.display} at this version already has run {prior.run_id} ({prior.state}); "
              "carrying it on instead of training again")
         return prior
-    lost = None if prior else backend.find(_identity(loaded.recipe.name, recipe_version(loaded, resolved), "train"),
+    lost = None if prior else backend.find(identity(loaded.recipe.name, recipe_version(loaded, resolved), "train"),
                                            include_failed=True)
     if prior is None and (lost is None or lost.stage not in FAILED):
         return start(loaded, plan, backend, hub_dir=hub_dir, processes=processes, trial=trial, resolved=resolved,
@@ -124,7 +124,7 @@ def _reconvert(loaded: LoadedRecipe, plan: Plan, backend: Backend, prior: RunRec
     summary = prior.train_summary
     assert summary is not None
     if backend.bills:
-        job = backend.find(_identity(loaded.recipe.name, prior.version, "gguf", prior.attempt), include_failed=True)
+        job = backend.find(identity(loaded.recipe.name, prior.version, "gguf", prior.attempt), include_failed=True)
         if job is None or job.stage not in FAILED:
             raise SpendRefused(f"{loaded.display}: run {prior.run_id} says its conversion failed, but no failed GGUF "
                                f"job of attempt {prior.attempt} is on the backend; not converting again")
@@ -196,7 +196,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
     # retrying is a deliberate act (`runner run --retry`), which is a new attempt.
     if stage == "train" and record.attempt > 1:
         _check_retry(step, record)
-    found = step.backend.find(_identity(step.name, record.version, stage, record.attempt),
+    found = step.backend.find(identity(step.name, record.version, stage, record.attempt),
                               include_failed=True)
     if found and found.stage in FAILED:
         reason = (f"this recipe version's {stage} job {found.id} already ended {found.stage}; a re-trigger does not "
@@ -218,7 +218,7 @@ def _submit(step: Step, record: RunRecord, stage: str) -> None:
             verify_training(step, record)
         job_id = step.backend.submit(spec)
         # Another machine may have submitted the same work meanwhile: one of the two jobs survives.
-        held = step.backend.claim(_identity(step.name, record.version, stage, record.attempt), job_id)
+        held = step.backend.claim(identity(step.name, record.version, stage, record.attempt), job_id)
         if held.id != job_id:
             setattr(record.configs, stage, held.config)  # the surviving job's config, as when adopting
             job_id = held.id
@@ -240,7 +240,7 @@ def verify_training(step: Step, record: RunRecord) -> None:
     # A conversion retry reuses the model the previous attempt trained: that attempt's job, in its bundle.
     owner = (ref.reused_from if ref else None) or record.run_id
     attempt = record.attempt - 1 if owner != record.run_id else record.attempt
-    job = step.backend.find(_identity(step.name, record.version, "train", attempt))
+    job = step.backend.find(identity(step.name, record.version, "train", attempt))
     if job is None or ref is None or job.id != ref.id or job.stage != "COMPLETED":
         seen = "no such job" if job is None else f"job {job.id} is {job.stage}"
         raise SpendRefused(f"{where}: a GGUF job needs this attempt's training job COMPLETED on the backend "
@@ -263,7 +263,7 @@ def verify_training(step: Step, record: RunRecord) -> None:
 
 def _check_retry(step: Step, record: RunRecord) -> None:
     """Attempt N trains only after attempt N-1 of this version failed: an edited record cannot buy another run."""
-    newest = step.backend.find(_identity(step.name, record.version, "train"), include_failed=True)
+    newest = step.backend.find(identity(step.name, record.version, "train"), include_failed=True)
     if newest and newest.labels.get("attempt", "1") == str(record.attempt):
         return  # this attempt's own job: adopted below
     if newest is None or newest.stage not in FAILED or \

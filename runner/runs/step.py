@@ -165,14 +165,14 @@ def recipe_version(loaded: LoadedRecipe, resolved: Resolved | None = None) -> st
     return h.hexdigest()[:16]
 
 
-def _identity(name: str, version: str, stage: str, attempt: int = 1) -> dict[str, str]:
+def identity(name: str, version: str, stage: str, attempt: int = 1) -> dict[str, str]:
     """The labels that say what a job trains, whichever run submitted it (a retry is a new attempt)."""
     labels = {"recipe": name, "version": version, "stage": stage}
     return labels | ({"attempt": str(attempt)} if attempt > 1 else {})
 
 
 def _labels(record: RunRecord, name: str, stage: str) -> dict[str, str]:
-    return _identity(name, record.version, stage, record.attempt) | {"run": record.run_id,
+    return identity(name, record.version, stage, record.attempt) | {"run": record.run_id,
                                                                      "commit": (record.commit or "none")[:12]}
 
 
